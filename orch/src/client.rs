@@ -1,0 +1,242 @@
+//! The client: push commands, read their state, cancel them, wait for them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::command::{Command, NewCommand};
+use crate::error::{Error, Failure, FailureKind, Result};
+use crate::store::{CancelStatus, CommandId, CommandRecord, JournalEntry, State, Store};
+
+/// The outcome of a command as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Not finished yet: blocked, pending or running.
+    InProgress(State),
+    /// Succeeded, with its output as JSON text.
+    Success(String),
+    /// Failed for good, with the last failure.
+    Failed(Failure),
+    /// The last attempt ran past its timeout and no attempts were left.
+    TimedOut(Failure),
+    /// Cancelled.
+    Cancelled,
+    /// No such command.
+    NotFound,
+}
+
+impl Status {
+    /// The status of a stored command.
+    pub fn of(record: &CommandRecord) -> Status {
+        let failure = || {
+            record
+                .error
+                .clone()
+                .unwrap_or_else(|| Failure::new(FailureKind::Error, "failed without a recorded error"))
+        };
+        match record.state {
+            State::Blocked | State::Pending | State::Running => Status::InProgress(record.state),
+            State::Succeeded => Status::Success(record.output.clone().unwrap_or_else(|| "null".to_owned())),
+            State::Failed => {
+                let failure = failure();
+                if failure.kind == FailureKind::Timeout {
+                    Status::TimedOut(failure)
+                } else {
+                    Status::Failed(failure)
+                }
+            }
+            State::Cancelled => Status::Cancelled,
+        }
+    }
+
+    /// Whether the command has finished (or does not exist).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Status::InProgress(_))
+    }
+}
+
+/// Wakes local tasks when commands are pushed or finished in this process.
+#[derive(Debug, Default)]
+pub(crate) struct Signals {
+    pub(crate) pushed: Notify,
+    pub(crate) finished: Notify,
+}
+
+/// The handle applications use: push, read, cancel, wait. Cheap to clone.
+///
+/// ```
+/// # async fn demo(store: std::sync::Arc<dyn orch::Store>) -> orch::Result<()> {
+/// use orch::{Command, Orch};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct PingCommand;
+/// # impl Command for PingCommand { type Output = (); }
+/// let orch = Orch::new(store);
+/// let id = orch.push(&PingCommand).await?;
+/// println!("{:?}", orch.status(id).await?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Orch {
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    signals: Arc<Signals>,
+    wait_poll: Duration,
+}
+
+impl std::fmt::Debug for Orch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orch")
+            .field("backend", &self.store.backend())
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+impl Orch {
+    /// A client over `store`, with the system clock.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Orch { store, clock: Arc::new(SystemClock), signals: Arc::default(), wait_poll: Duration::from_millis(100) }
+    }
+
+    /// Uses `clock` for every time this client and its workers read.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How often [`Orch::wait`] reads the store when no local signal arrives
+    /// (default 100 ms; commands finished by workers in this process wake it at once).
+    pub fn with_wait_poll(mut self, every: Duration) -> Self {
+        self.wait_poll = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    pub(crate) fn signals(&self) -> &Arc<Signals> {
+        &self.signals
+    }
+
+    /// Pushes a typed command with its type's defaults.
+    pub async fn push<C: Command>(&self, command: &C) -> Result<CommandId> {
+        self.push_new(NewCommand::of(command)).await
+    }
+
+    /// Pushes a command with per-push overrides.
+    pub async fn push_new(&self, command: NewCommand) -> Result<CommandId> {
+        let ids = self.push_many(vec![command]).await?;
+        Ok(ids[0])
+    }
+
+    /// Pushes many commands in one round trip, all or none. Ids are returned in order.
+    pub async fn push_many(&self, commands: Vec<NewCommand>) -> Result<Vec<CommandId>> {
+        let now = self.clock.now();
+        let rows = commands
+            .into_iter()
+            .map(|c| c.into_insert(now, None))
+            .collect::<Result<Vec<_>>>()?;
+        self.insert(rows).await
+    }
+
+    pub(crate) async fn push_child(
+        &self,
+        command: NewCommand,
+        parent: CommandId,
+        correlation_id: &str,
+    ) -> Result<CommandId> {
+        let row = command.into_insert(self.clock.now(), Some((parent, correlation_id)))?;
+        Ok(self.insert(vec![row]).await?[0])
+    }
+
+    async fn insert(&self, rows: Vec<crate::store::InsertCommand>) -> Result<Vec<CommandId>> {
+        let ids: Vec<CommandId> = rows.iter().map(|r| r.id).collect();
+        if rows.is_empty() {
+            return Ok(ids);
+        }
+        let count = rows.len();
+        self.store.enqueue(rows).await?;
+        tracing::debug!(count, "commands pushed");
+        self.signals.pushed.notify_waiters();
+        Ok(ids)
+    }
+
+    /// The stored command, if it exists.
+    pub async fn get(&self, id: CommandId) -> Result<Option<CommandRecord>> {
+        self.store.get(id).await
+    }
+
+    /// The command's status.
+    pub async fn status(&self, id: CommandId) -> Result<Status> {
+        Ok(match self.store.get(id).await? {
+            Some(record) => Status::of(&record),
+            None => Status::NotFound,
+        })
+    }
+
+    /// The typed output of a succeeded command; `None` while it has not succeeded.
+    pub async fn output<C: Command>(&self, id: CommandId) -> Result<Option<C::Output>> {
+        let record = self.store.get(id).await?.ok_or(Error::NotFound(id))?;
+        match (record.state, record.output) {
+            (State::Succeeded, Some(json)) => serde_json::from_str(&json)
+                .map(Some)
+                .map_err(|source| Error::Decode { what: format!("output of command {id}"), source }),
+            _ => Ok(None),
+        }
+    }
+
+    /// Cancels a command: at once when blocked or pending; when running, its worker's
+    /// cancellation token fires at the next heartbeat and the command ends cancelled.
+    pub async fn cancel(&self, id: CommandId) -> Result<CancelStatus> {
+        let status = self.store.cancel(id, self.clock.now()).await?;
+        tracing::debug!(%id, ?status, "cancel");
+        if status == CancelStatus::Cancelled {
+            self.signals.finished.notify_waiters();
+        }
+        Ok(status)
+    }
+
+    /// The journal of a command, oldest entry first.
+    pub async fn journal(&self, id: CommandId) -> Result<Vec<JournalEntry>> {
+        self.store.journal(id).await
+    }
+
+    /// Waits until the command finishes and returns its final status
+    /// ([`Status::NotFound`] when there is no such command).
+    ///
+    /// Wrap it in `tokio::time::timeout` to bound the wait.
+    pub async fn wait(&self, id: CommandId) -> Result<Status> {
+        loop {
+            let finished = self.signals.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            let status = self.status(id).await?;
+            if status.is_final() {
+                return Ok(status);
+            }
+            tokio::select! {
+                _ = finished => {}
+                _ = tokio::time::sleep(self.wait_poll) => {}
+            }
+        }
+    }
+
+    /// Waits for a typed command to finish and returns its output, or an error naming
+    /// how it ended.
+    pub async fn wait_output<C: Command>(&self, id: CommandId) -> Result<std::result::Result<C::Output, Status>> {
+        match self.wait(id).await? {
+            Status::Success(json) => serde_json::from_str(&json)
+                .map(Ok)
+                .map_err(|source| Error::Decode { what: format!("output of command {id}"), source }),
+            other => Ok(Err(other)),
+        }
+    }
+}

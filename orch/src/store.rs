@@ -1,0 +1,680 @@
+//! The storage contract every backend implements.
+//!
+//! A [`Store`] holds commands and their journal and performs the lifecycle's state
+//! changes atomically. It makes no scheduling decisions of its own: every operation
+//! is given the current time by its caller (from the injected [`Clock`](crate::Clock)),
+//! and every change to a running command is fenced by the lease token of the claim
+//! that started it.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::clock::Timestamp;
+use crate::error::{Error, Failure, Result};
+use crate::retry::RetryPolicy;
+
+/// The id of a command: a UUID whose leading bits are its creation time (version 7),
+/// so ids sort roughly by creation.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CommandId(Uuid);
+
+impl CommandId {
+    /// A new id for a command created at `now`.
+    pub fn generate(now: Timestamp) -> Self {
+        let random = Uuid::new_v4();
+        let millis = u64::try_from(now.as_millis()).unwrap_or(0);
+        let mut bytes = [0u8; 10];
+        bytes.copy_from_slice(&random.as_bytes()[6..16]);
+        CommandId(uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid())
+    }
+
+    /// The id as a UUID.
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+
+    /// An id from a UUID.
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        CommandId(uuid)
+    }
+}
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for CommandId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Uuid::parse_str(s)
+            .map(CommandId)
+            .map_err(|e| Error::Corrupt(format!("invalid command id {s:?}: {e}")))
+    }
+}
+
+/// A lease token: fresh for every claim, required for every change to a running command.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseToken(Uuid);
+
+impl LeaseToken {
+    /// A fresh random token.
+    pub fn generate() -> Self {
+        LeaseToken(Uuid::new_v4())
+    }
+
+    /// The token as a UUID.
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for LeaseToken {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Uuid::parse_str(s)
+            .map(LeaseToken)
+            .map_err(|e| Error::Corrupt(format!("invalid lease token {s:?}: {e}")))
+    }
+}
+
+/// A validated table prefix: 1 to 63 ASCII letters, digits or `_`, starting with a
+/// letter or `_`. Backends put it in front of every table and index name, so it is
+/// checked before any SQL is built.
+///
+/// ```
+/// use orch::TablePrefix;
+/// assert!(TablePrefix::new("orch_").is_ok());
+/// assert!(TablePrefix::new("x; DROP TABLE y").is_err());
+/// assert!(TablePrefix::new("1abc").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TablePrefix(String);
+
+impl TablePrefix {
+    /// The longest prefix accepted, so that prefixed names stay within every
+    /// database's identifier limit (64 on MySQL, 63 on PostgreSQL) with room for
+    /// index names.
+    pub const MAX_LEN: usize = 32;
+
+    /// The default prefix, `orch_`.
+    pub fn default_prefix() -> Self {
+        TablePrefix("orch_".to_owned())
+    }
+
+    /// Validates `prefix`.
+    pub fn new(prefix: &str) -> Result<Self> {
+        let reject = |reason| Err(Error::InvalidPrefix { prefix: prefix.to_owned(), reason });
+        let mut chars = prefix.chars();
+        match chars.next() {
+            None => return reject("it is empty"),
+            Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
+                return reject("it must start with an ASCII letter or `_`");
+            }
+            Some(_) => {}
+        }
+        if prefix.len() > Self::MAX_LEN {
+            return reject("it is too long");
+        }
+        if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return reject("it contains a character other than an ASCII letter, digit or `_`");
+        }
+        Ok(TablePrefix(prefix.to_owned()))
+    }
+
+    /// The prefix text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for TablePrefix {
+    fn default() -> Self {
+        Self::default_prefix()
+    }
+}
+
+impl fmt::Display for TablePrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The lifecycle state of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Waiting on other commands (workflow dependencies).
+    Blocked,
+    /// Waiting to be claimed, due at its `scheduled_at`.
+    Pending,
+    /// Leased by one worker.
+    Running,
+    /// Finished with an output.
+    Succeeded,
+    /// Finished without success, for good.
+    Failed,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl State {
+    /// Every state, in lifecycle order.
+    pub const ALL: [State; 6] =
+        [State::Blocked, State::Pending, State::Running, State::Succeeded, State::Failed, State::Cancelled];
+
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Blocked => "blocked",
+            State::Pending => "pending",
+            State::Running => "running",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "blocked" => State::Blocked,
+            "pending" => State::Pending,
+            "running" => State::Running,
+            "succeeded" => State::Succeeded,
+            "failed" => State::Failed,
+            "cancelled" => State::Cancelled,
+            other => return Err(Error::Corrupt(format!("unknown command state {other:?}"))),
+        })
+    }
+
+    /// Whether the state is final.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Succeeded | State::Failed | State::Cancelled)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A command row to insert, with every option resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InsertCommand {
+    /// The new command's id.
+    pub id: CommandId,
+    /// The command name.
+    pub name: String,
+    /// The instance key of the workers that may run it.
+    pub target: String,
+    /// The input as JSON text.
+    pub input: String,
+    /// Retries + 1.
+    pub max_attempts: u32,
+    /// The timeout of each attempt.
+    pub timeout: Duration,
+    /// The backoff between attempts.
+    pub retry_policy: RetryPolicy,
+    /// When it becomes due.
+    pub scheduled_at: Timestamp,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// The command whose outcome pushed this one, for follow-ups.
+    pub parent_id: Option<CommandId>,
+    /// Shared by a command and all its follow-ups.
+    pub correlation_id: String,
+}
+
+/// A stored command, as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandRecord {
+    /// The id.
+    pub id: CommandId,
+    /// The command name.
+    pub name: String,
+    /// The instance key of the workers that may run it.
+    pub target: String,
+    /// The lifecycle state.
+    pub state: State,
+    /// The input as JSON text.
+    pub input: String,
+    /// The output as JSON text, once succeeded.
+    pub output: Option<String>,
+    /// The last failure, if any attempt failed.
+    pub error: Option<Failure>,
+    /// How many times it has been claimed.
+    pub attempts: u32,
+    /// Retries + 1.
+    pub max_attempts: u32,
+    /// The timeout of each attempt.
+    pub timeout: Duration,
+    /// The backoff between attempts.
+    pub retry_policy: RetryPolicy,
+    /// When it is (or was) due.
+    pub scheduled_at: Timestamp,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+    /// When the latest attempt started.
+    pub started_at: Option<Timestamp>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<Timestamp>,
+    /// The current lease token, while running.
+    pub lease_token: Option<LeaseToken>,
+    /// When the current lease expires, while running.
+    pub lease_expires_at: Option<Timestamp>,
+    /// The worker holding (or that last held) the lease.
+    pub worker: Option<String>,
+    /// Whether cancellation of the running attempt was requested.
+    pub cancel_requested: bool,
+    /// Whether the failure or cancel follow-ups of a command finished outside a
+    /// worker (cancelled while pending, failed by a rescue) are still to be pushed.
+    pub follow_ups_due: bool,
+    /// The command whose outcome pushed this one.
+    pub parent_id: Option<CommandId>,
+    /// Shared by a command and all its follow-ups.
+    pub correlation_id: String,
+}
+
+/// The handle on one claimed command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The command.
+    pub id: CommandId,
+    /// The token of the claim.
+    pub token: LeaseToken,
+}
+
+/// What [`Store::claim`] needs.
+#[derive(Debug, Clone)]
+pub struct ClaimParams {
+    /// Only commands for this instance key.
+    pub target: String,
+    /// Only commands with these names (the ones the worker has handlers for).
+    pub names: Vec<String>,
+    /// At most this many.
+    pub limit: usize,
+    /// The caller's time: only commands with `scheduled_at <= now` are due.
+    pub now: Timestamp,
+    /// Who claims, recorded as the lease holder.
+    pub worker: String,
+    /// The lease is `now + timeout + lease_buffer`.
+    pub lease_buffer: Duration,
+}
+
+/// A command leased to the caller by [`Store::claim`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedCommand {
+    /// The lease: required for every later change.
+    pub lease: Lease,
+    /// The command name.
+    pub name: String,
+    /// The input as JSON text.
+    pub input: String,
+    /// Which attempt this is (1 for the first).
+    pub attempt: u32,
+    /// Retries + 1.
+    pub max_attempts: u32,
+    /// The timeout of this attempt.
+    pub timeout: Duration,
+    /// The backoff between attempts.
+    pub retry_policy: RetryPolicy,
+    /// When the lease expires unless renewed.
+    pub lease_expires_at: Timestamp,
+    /// The correlation id, inherited by follow-ups.
+    pub correlation_id: String,
+}
+
+/// What [`Store::heartbeat`] needs.
+#[derive(Debug, Clone)]
+pub struct HeartbeatParams {
+    /// The leases to renew.
+    pub leases: Vec<Lease>,
+    /// The caller's time.
+    pub now: Timestamp,
+    /// Each lease is renewed to `now + timeout + lease_buffer`.
+    pub lease_buffer: Duration,
+}
+
+/// The state of one lease after a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseStatus {
+    /// Still held and renewed.
+    Held {
+        /// Cancellation of the command was requested; the handler should stop.
+        cancel_requested: bool,
+    },
+    /// No longer held: nothing the holder does will change the command.
+    Lost,
+}
+
+/// How an attempt ended, as recorded by [`Store::complete`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The handler returned an output.
+    Succeeded {
+        /// The output as JSON text.
+        output: String,
+        /// The `on_success` follow-ups, inserted in the same transaction.
+        follow_ups: Vec<InsertCommand>,
+    },
+    /// The attempt failed and another one is due at `retry_at`.
+    Retry {
+        /// Why the attempt failed.
+        failure: Failure,
+        /// When the next attempt is due.
+        retry_at: Timestamp,
+    },
+    /// The command failed for good.
+    Failed {
+        /// Why.
+        failure: Failure,
+        /// The `on_failure` follow-ups, inserted in the same transaction.
+        follow_ups: Vec<InsertCommand>,
+    },
+    /// The running command was cancelled on request.
+    Cancelled {
+        /// The `on_cancel` follow-ups, inserted in the same transaction.
+        follow_ups: Vec<InsertCommand>,
+    },
+    /// The worker gave the command back unfinished (it is shutting down); the command
+    /// is pending again at `at`. The attempt still counts.
+    Released {
+        /// When it is due again.
+        at: Timestamp,
+    },
+}
+
+/// One attempt's result, handed to [`Store::complete`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The lease of the claim that ran the attempt.
+    pub lease: Lease,
+    /// The caller's time.
+    pub now: Timestamp,
+    /// Who ran it.
+    pub worker: String,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// Whether [`Store::complete`] applied a completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompletionStatus {
+    /// Applied, together with its follow-ups and journal entries.
+    Applied,
+    /// The lease was no longer held; nothing changed but a `lease_lost` journal entry.
+    LeaseLost,
+}
+
+/// The result of [`Store::cancel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelStatus {
+    /// The command was blocked or pending and is now cancelled.
+    Cancelled,
+    /// The command is running; its worker has been asked to stop it.
+    Requested,
+    /// The command had already finished in this state.
+    AlreadyFinished(State),
+    /// No such command.
+    NotFound,
+}
+
+/// A command returned to the queue (or failed) by [`Store::rescue`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rescued {
+    /// The command.
+    pub id: CommandId,
+    /// Its new state: `pending` when attempts are left, `failed` when not,
+    /// `cancelled` when cancellation had been requested.
+    pub state: State,
+}
+
+/// What [`Store::list`] returns, and in what order.
+#[derive(Debug, Clone, Default)]
+pub struct ListParams {
+    /// Only this state.
+    pub state: Option<State>,
+    /// Only this name.
+    pub name: Option<String>,
+    /// Only this target.
+    pub target: Option<String>,
+    /// Only this correlation id.
+    pub correlation_id: Option<String>,
+    /// Keyset pagination: only ids greater than this one.
+    pub after: Option<CommandId>,
+    /// At most this many (the store may cap it).
+    pub limit: usize,
+}
+
+/// The number of commands with one (name, target, state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountRow {
+    /// The command name.
+    pub name: String,
+    /// The target.
+    pub target: String,
+    /// The state.
+    pub state: State,
+    /// How many.
+    pub count: u64,
+}
+
+/// What happened to a command, as recorded in its journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum JournalKind {
+    /// Stored.
+    Enqueued,
+    /// Leased by a worker for an attempt.
+    Claimed,
+    /// The attempt succeeded.
+    Succeeded,
+    /// The attempt failed (handler error, panic, undecodable input).
+    Failed,
+    /// The attempt ran past its timeout and was cancelled.
+    TimedOut,
+    /// Another attempt was scheduled.
+    RetryScheduled,
+    /// Cancellation of the running attempt was requested.
+    CancelRequested,
+    /// The command was cancelled.
+    Cancelled,
+    /// An expired lease was taken back from a vanished worker.
+    Rescued,
+    /// A change was refused because the caller's lease was no longer held.
+    LeaseLost,
+    /// A worker gave the command back unfinished.
+    Released,
+    /// Follow-up commands were pushed for a command finished outside a worker.
+    FollowUpsEnqueued,
+}
+
+impl JournalKind {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalKind::Enqueued => "enqueued",
+            JournalKind::Claimed => "claimed",
+            JournalKind::Succeeded => "succeeded",
+            JournalKind::Failed => "failed",
+            JournalKind::TimedOut => "timed_out",
+            JournalKind::RetryScheduled => "retry_scheduled",
+            JournalKind::CancelRequested => "cancel_requested",
+            JournalKind::Cancelled => "cancelled",
+            JournalKind::Rescued => "rescued",
+            JournalKind::LeaseLost => "lease_lost",
+            JournalKind::Released => "released",
+            JournalKind::FollowUpsEnqueued => "follow_ups_enqueued",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "enqueued" => JournalKind::Enqueued,
+            "claimed" => JournalKind::Claimed,
+            "succeeded" => JournalKind::Succeeded,
+            "failed" => JournalKind::Failed,
+            "timed_out" => JournalKind::TimedOut,
+            "retry_scheduled" => JournalKind::RetryScheduled,
+            "cancel_requested" => JournalKind::CancelRequested,
+            "cancelled" => JournalKind::Cancelled,
+            "rescued" => JournalKind::Rescued,
+            "lease_lost" => JournalKind::LeaseLost,
+            "released" => JournalKind::Released,
+            "follow_ups_enqueued" => JournalKind::FollowUpsEnqueued,
+            other => return Err(Error::Corrupt(format!("unknown journal kind {other:?}"))),
+        })
+    }
+}
+
+impl fmt::Display for JournalKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry of a command's journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// Increasing within a store.
+    pub seq: i64,
+    /// The command.
+    pub command_id: CommandId,
+    /// When (by the clock of whoever wrote it).
+    pub at: Timestamp,
+    /// What happened.
+    pub kind: JournalKind,
+    /// The attempt it concerns (0 before the first claim).
+    pub attempt: u32,
+    /// The worker involved, if any.
+    pub worker: Option<String>,
+    /// Details: an error text, a retry time, a parent id.
+    pub message: Option<String>,
+}
+
+/// Storage for commands and their journal.
+///
+/// Implementations must make each method atomic (one transaction), fence every change
+/// to a running command on `(id, lease token, state = running)`, and never let two
+/// concurrent [`Store::claim`] calls lease the same command. The conformance suite in
+/// the `tests` crate checks all of this against a real database.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The backend's short name (`sqlite`, `postgres`, `mysql`).
+    fn backend(&self) -> &'static str;
+
+    /// Creates or upgrades the tables. Idempotent, and safe to run from several
+    /// processes at once.
+    async fn migrate(&self) -> Result<()>;
+
+    /// Inserts commands, all or none, with an `enqueued` journal entry each.
+    async fn enqueue(&self, commands: Vec<InsertCommand>) -> Result<()>;
+
+    /// Leases up to `limit` due pending commands for the target and names, oldest due
+    /// first, each with a fresh lease token, counting an attempt and journaling the claim.
+    async fn claim(&self, params: ClaimParams) -> Result<Vec<ClaimedCommand>>;
+
+    /// Renews leases; reports for each (in order) whether it is still held and whether
+    /// cancellation was requested.
+    async fn heartbeat(&self, params: HeartbeatParams) -> Result<Vec<LeaseStatus>>;
+
+    /// Records attempt results; each is applied with its follow-ups and journal entries
+    /// in one transaction, or refused when its lease is no longer held.
+    async fn complete(&self, completions: Vec<Completion>) -> Result<Vec<CompletionStatus>>;
+
+    /// Cancels a blocked or pending command at once, or requests cancellation of a
+    /// running one. A command cancelled here has `follow_ups_due` set.
+    async fn cancel(&self, id: CommandId, now: Timestamp) -> Result<CancelStatus>;
+
+    /// Takes back up to `limit` running commands whose lease expired before `now`:
+    /// pending again when attempts are left, failed when not, cancelled when
+    /// cancellation was requested. Commands that end here have `follow_ups_due` set.
+    async fn rescue(&self, now: Timestamp, limit: usize) -> Result<Vec<Rescued>>;
+
+    /// Up to `limit` finished commands with these names whose follow-ups are still due.
+    async fn follow_ups_due(&self, names: &[String], limit: usize) -> Result<Vec<CommandRecord>>;
+
+    /// Pushes the follow-ups of a command whose `follow_ups_due` is set, and clears it,
+    /// in one transaction. Returns `false` (and changes nothing) when it was already clear.
+    async fn resolve_follow_ups(
+        &self,
+        id: CommandId,
+        follow_ups: Vec<InsertCommand>,
+        now: Timestamp,
+    ) -> Result<bool>;
+
+    /// One command.
+    async fn get(&self, id: CommandId) -> Result<Option<CommandRecord>>;
+
+    /// Commands matching the filters, by id ascending.
+    async fn list(&self, params: ListParams) -> Result<Vec<CommandRecord>>;
+
+    /// Command counts by name, target and state (zero counts omitted).
+    async fn counts(&self) -> Result<Vec<CountRow>>;
+
+    /// The journal of one command, oldest first.
+    async fn journal(&self, id: CommandId) -> Result<Vec<JournalEntry>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_validation() {
+        for ok in ["orch_", "_x", "a", "A1_b2", &"a".repeat(32)] {
+            assert!(TablePrefix::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1abc", "x; DROP TABLE y", "a-b", "a b", "é", &"a".repeat(33), "a\"b"] {
+            assert!(matches!(TablePrefix::new(bad), Err(Error::InvalidPrefix { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_sort_by_creation_time() {
+        let a = CommandId::generate(Timestamp::from_millis(1_000));
+        let b = CommandId::generate(Timestamp::from_millis(2_000));
+        assert!(a < b);
+        assert_eq!(a.to_string().parse::<CommandId>().unwrap(), a);
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in State::ALL {
+            assert_eq!(State::parse(s.as_str()).unwrap(), s);
+        }
+        assert!(State::parse("zombie").is_err());
+    }
+}

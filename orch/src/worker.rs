@@ -1,0 +1,700 @@
+//! The worker: claims due commands, runs their handlers, records the outcomes.
+//!
+//! One worker is three kinds of tokio task:
+//! - the *poller* claims batches of due commands for its instance key and the names
+//!   it has handlers for, and starts one execution task per command, never more than
+//!   `concurrency` at once;
+//! - each *execution* runs a handler under its timeout and a stop token, and turns the
+//!   result into an [`Outcome`];
+//! - the *completer* writes outcomes to the store in batches (as many as have queued
+//!   up while the previous batch was written), so a busy worker pays one transaction
+//!   for many completions;
+//! - the *maintainer* renews the leases of running commands (and learns of lost
+//!   leases and cancel requests), rescues expired leases of vanished workers, and
+//!   pushes the follow-ups of commands that finished outside a worker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::client::Orch;
+use crate::clock::Timestamp;
+use crate::command::{DEFAULT_TARGET, NewCommand};
+use crate::error::{Error, Failure, FailureKind, Result};
+use crate::handler::{Context, ErasedHandler, Registry, RunResult};
+use crate::store::{
+    ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus, HeartbeatParams,
+    InsertCommand, Lease, LeaseStatus, Outcome, State, Store,
+};
+
+/// How a worker behaves. Every field has a default; [`WorkerConfig::validate`] checks them.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The instance key: the worker claims only commands targeted at it. Default `"default"`.
+    pub instance_key: String,
+    /// How many handlers run at once. Default 16.
+    pub concurrency: usize,
+    /// The most commands claimed in one round trip. Default 16.
+    pub max_pull: usize,
+    /// How long an idle worker waits before looking for due commands again. Pushes
+    /// from this process wake it sooner. Default 1 s.
+    pub poll_interval: Duration,
+    /// A lease lasts the command's timeout plus this buffer, and is renewed while the
+    /// handler runs. It must exceed the clock skew between nodes. Default 30 s.
+    pub lease_buffer: Duration,
+    /// How often leases of running commands are renewed (and cancel requests seen).
+    /// Default 1 s.
+    pub heartbeat_interval: Duration,
+    /// How often expired leases are rescued and pending follow-ups pushed. Default 5 s.
+    pub rescue_interval: Duration,
+    /// On shutdown, how long running handlers may go on before they are cancelled and
+    /// their commands released. Default 10 s.
+    pub shutdown_grace: Duration,
+    /// The name recorded as lease holder; default `host-pid-random`.
+    pub worker_id: Option<String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            instance_key: DEFAULT_TARGET.to_owned(),
+            concurrency: 16,
+            max_pull: 16,
+            poll_interval: Duration::from_secs(1),
+            lease_buffer: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(1),
+            rescue_interval: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+            worker_id: None,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks every field, naming the first one that is out of range.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |m: String| Err(Error::InvalidConfig(m));
+        if self.instance_key.is_empty() {
+            return fail("instance_key must not be empty".into());
+        }
+        if self.concurrency == 0 {
+            return fail("concurrency must be at least 1".into());
+        }
+        if self.max_pull == 0 {
+            return fail("max_pull must be at least 1".into());
+        }
+        for (name, value) in [
+            ("poll_interval", self.poll_interval),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("rescue_interval", self.rescue_interval),
+        ] {
+            if value.is_zero() {
+                return fail(format!("{name} must be greater than zero"));
+            }
+        }
+        if self.lease_buffer <= self.heartbeat_interval {
+            return fail(format!(
+                "lease_buffer ({:?}) must be longer than heartbeat_interval ({:?}), or leases expire between renewals",
+                self.lease_buffer, self.heartbeat_interval
+            ));
+        }
+        if self.worker_id.as_deref() == Some("") {
+            return fail("worker_id must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// A configured worker, ready to [`start`](Worker::start).
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.shared.worker_id)
+            .field("names", &self.shared.names)
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+struct Shared {
+    orch: Orch,
+    store: Arc<dyn Store>,
+    registry: Registry,
+    names: Vec<String>,
+    config: WorkerConfig,
+    worker_id: String,
+    running: Mutex<HashMap<CommandId, Running>>,
+}
+
+struct Running {
+    lease: Lease,
+    stop: CancellationToken,
+    reason: StopSlot,
+}
+
+/// Why a running attempt was stopped, set once by whoever stops it.
+type StopSlot = Arc<Mutex<Option<StopReason>>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    CancelRequested,
+    LeaseLost,
+    Shutdown,
+}
+
+type CompletionRequest = (Completion, oneshot::Sender<CompletionStatus>);
+
+impl Worker {
+    /// A worker running the handlers of `registry` for commands pushed through `orch`'s store.
+    pub fn new(orch: Orch, registry: Registry, config: WorkerConfig) -> Result<Self> {
+        config.validate()?;
+        if registry.is_empty() {
+            return Err(Error::invalid_config("a worker needs at least one registered handler"));
+        }
+        let worker_id = config.worker_id.clone().unwrap_or_else(default_worker_id);
+        let names = registry.names();
+        Ok(Worker {
+            shared: Arc::new(Shared {
+                store: Arc::clone(orch.store()),
+                orch,
+                registry,
+                names,
+                config,
+                worker_id,
+                running: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The name recorded as lease holder.
+    pub fn id(&self) -> &str {
+        &self.shared.worker_id
+    }
+
+    /// Starts the worker's tasks on the current tokio runtime.
+    pub fn start(self) -> WorkerHandle {
+        let shutdown = CancellationToken::new();
+        let id = self.shared.worker_id.clone();
+        let main = tokio::spawn(run(self.shared, shutdown.clone()));
+        WorkerHandle { id, shutdown, main }
+    }
+}
+
+/// A running worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    id: String,
+    shutdown: CancellationToken,
+    main: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// The worker's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Stops claiming, lets running handlers finish within the grace period, then
+    /// cancels the rest and releases their commands, records every outcome, and returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        if let Err(e) = self.main.await {
+            tracing::error!(worker = %self.id, error = %e, "worker task ended abnormally");
+        }
+    }
+
+    /// Stops everything at once, recording nothing, as if the process had died: its
+    /// leases stay until they expire and are rescued.
+    pub fn abort(self) {
+        self.main.abort();
+    }
+
+    /// Whether the worker has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.main.is_finished()
+    }
+}
+
+/// Aborts a task when dropped, so aborting a worker reaches every task it started.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..8])
+}
+
+async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let clock = Arc::clone(shared.orch.clock());
+    let signals = Arc::clone(shared.orch.signals());
+    let config = &shared.config;
+    tracing::info!(
+        worker = %shared.worker_id,
+        target = %config.instance_key,
+        names = ?shared.names,
+        concurrency = config.concurrency,
+        "worker started"
+    );
+
+    let (complete_tx, complete_rx) = mpsc::channel::<CompletionRequest>(config.concurrency * 2);
+    let completer = AbortOnDrop(tokio::spawn(completer(Arc::clone(&shared), complete_rx)));
+    let maintainer_stop = CancellationToken::new();
+    let _maintainer = AbortOnDrop(tokio::spawn(maintainer(Arc::clone(&shared), maintainer_stop.clone())));
+
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let mut tasks = JoinSet::new();
+    let mut failures: u32 = 0;
+
+    while !shutdown.is_cancelled() {
+        // Registered before claiming, so a push that lands during the claim still wakes us.
+        let pushed = signals.pushed.notified();
+        tokio::pin!(pushed);
+        pushed.as_mut().enable();
+
+        let free = permits.available_permits();
+        let mut full_batch = false;
+        if free > 0 {
+            let limit = free.min(config.max_pull);
+            let params = ClaimParams {
+                target: config.instance_key.clone(),
+                names: shared.names.clone(),
+                limit,
+                now: clock.now(),
+                worker: shared.worker_id.clone(),
+                lease_buffer: config.lease_buffer,
+            };
+            match shared.store.claim(params).await {
+                Ok(batch) => {
+                    failures = 0;
+                    full_batch = batch.len() == limit;
+                    if !batch.is_empty() {
+                        tracing::debug!(count = batch.len(), "claimed");
+                    }
+                    for claimed in batch {
+                        let permit = Arc::clone(&permits)
+                            .try_acquire_owned()
+                            .expect("claims never exceed the free permits");
+                        let shared = Arc::clone(&shared);
+                        let tx = complete_tx.clone();
+                        tasks.spawn(async move {
+                            execute(&shared, claimed, tx).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %e, consecutive = failures, "claim failed; retrying after the poll interval");
+                }
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+        if full_batch && failures == 0 {
+            continue;
+        }
+        let at_capacity = permits.available_permits() == 0;
+        let wait = config.poll_interval.saturating_mul(failures.clamp(1, 10));
+        let sleep = clock.sleep_until(clock.now() + wait);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = &mut pushed => {}
+            _ = sleep => {}
+            Some(_) = tasks.join_next(), if at_capacity => {}
+        }
+    }
+
+    tracing::info!(worker = %shared.worker_id, running = tasks.len(), "worker stopping");
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        let running: Vec<_> = {
+            let running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
+            running.values().map(|r| (Arc::clone(&r.reason), r.stop.clone())).collect()
+        };
+        tracing::warn!(count = running.len(), "grace period over; cancelling and releasing running commands");
+        for (reason, stop) in running {
+            set_reason(&reason, StopReason::Shutdown);
+            stop.cancel();
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+    drop(complete_tx);
+    let mut completer = completer;
+    let _ = (&mut completer.0).await;
+    maintainer_stop.cancel();
+    tracing::info!(worker = %shared.worker_id, "worker stopped");
+}
+
+fn set_reason(slot: &Mutex<Option<StopReason>>, reason: StopReason) {
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    slot.get_or_insert(reason);
+}
+
+async fn execute(shared: &Arc<Shared>, claimed: ClaimedCommand, completions: mpsc::Sender<CompletionRequest>) {
+    let id = claimed.lease.id;
+    let span = tracing::info_span!("command", %id, name = %claimed.name, attempt = claimed.attempt);
+    async {
+        let stop = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(None));
+        shared.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id,
+            Running { lease: claimed.lease, stop: stop.clone(), reason: Arc::clone(&reason) },
+        );
+        let outcome = run_attempt(shared, &claimed, &stop, &reason).await;
+        if let Some(outcome) = outcome {
+            let completion = Completion {
+                lease: claimed.lease,
+                now: shared.orch.clock().now(),
+                worker: shared.worker_id.clone(),
+                outcome,
+            };
+            let (tx, rx) = oneshot::channel();
+            if completions.send((completion, tx)).await.is_ok() {
+                match rx.await {
+                    Ok(CompletionStatus::Applied) => {}
+                    Ok(CompletionStatus::LeaseLost) => {
+                        tracing::warn!("lease lost before the outcome was recorded; it was discarded");
+                    }
+                    Err(_) => tracing::warn!("outcome not recorded: the worker stopped first"),
+                }
+            }
+        }
+        shared.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        shared.orch.signals().finished.notify_waiters();
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs one attempt; `None` when the lease was lost and nothing may be recorded.
+async fn run_attempt(
+    shared: &Arc<Shared>,
+    claimed: &ClaimedCommand,
+    stop: &CancellationToken,
+    reason: &Mutex<Option<StopReason>>,
+) -> Option<Outcome> {
+    let clock = shared.orch.clock();
+    let Some(handler) = shared.registry.get(&claimed.name) else {
+        // Claims only ask for registered names, so this is a store bug; give it back.
+        tracing::error!("claimed a command with no registered handler; releasing it");
+        return Some(Outcome::Released { at: clock.now() });
+    };
+    let ctx = Context {
+        id: claimed.lease.id,
+        name: claimed.name.clone(),
+        attempt: claimed.attempt,
+        max_attempts: claimed.max_attempts,
+        correlation_id: claimed.correlation_id.clone(),
+        token: stop.child_token(),
+        orch: shared.orch.clone(),
+    };
+    let deadline = clock.now() + claimed.timeout;
+    tracing::debug!("started");
+    let future = match handler.run(&claimed.input, ctx) {
+        Ok(future) => future,
+        Err(failure) => {
+            tracing::warn!(error = %failure.message, "input does not decode; failing without retries");
+            return Some(Outcome::Failed { failure, follow_ups: Vec::new() });
+        }
+    };
+    let mut task = AbortOnDrop(tokio::spawn(future));
+    let timeout = clock.sleep_until(deadline);
+    let result = tokio::select! {
+        biased;
+        joined = &mut task.0 => match joined {
+            Ok(result) => Ok(result),
+            Err(e) if e.is_panic() => Err(Failure::new(FailureKind::Panic, panic_message(e.into_panic()))),
+            Err(e) => Err(Failure::new(FailureKind::Error, format!("handler task ended: {e}"))),
+        },
+        _ = timeout => {
+            stop.cancel();
+            Err(Failure::new(FailureKind::Timeout, format!("timed out after {:?}", claimed.timeout)))
+        }
+        _ = stop.cancelled() => {
+            let why = reason.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(StopReason::Shutdown);
+            return match why {
+                StopReason::LeaseLost => {
+                    tracing::warn!("lease lost; handler stopped and its result discarded");
+                    None
+                }
+                StopReason::CancelRequested => {
+                    tracing::info!("cancelled on request");
+                    let follow_ups = handler.cancel_follow_ups(&claimed.input);
+                    Some(match resolve(shared, claimed, follow_ups) {
+                        Ok(follow_ups) => Outcome::Cancelled { follow_ups },
+                        Err(e) => {
+                            tracing::error!(error = %e, "on_cancel follow-ups are invalid; cancelling without them");
+                            Outcome::Cancelled { follow_ups: Vec::new() }
+                        }
+                    })
+                }
+                StopReason::Shutdown => {
+                    tracing::info!("released at shutdown");
+                    Some(Outcome::Released { at: clock.now() })
+                }
+            };
+        }
+    };
+    drop(task);
+    Some(match result {
+        Ok(RunResult::Succeeded { output, follow_ups }) => match resolve(shared, claimed, follow_ups) {
+            Ok(follow_ups) => {
+                tracing::info!(follow_ups = follow_ups.len(), "succeeded");
+                Outcome::Succeeded { output, follow_ups }
+            }
+            Err(e) => failed_for_good(
+                shared,
+                claimed,
+                handler.as_ref(),
+                Failure::new(FailureKind::Error, format!("on_success follow-ups are invalid: {e}")),
+            ),
+        },
+        Ok(RunResult::Failed(error)) => {
+            let failure = Failure::new(FailureKind::Error, error.message());
+            if error.is_retryable() {
+                failed_attempt(shared, claimed, handler.as_ref(), failure)
+            } else {
+                failed_for_good(shared, claimed, handler.as_ref(), failure)
+            }
+        }
+        Err(failure) => failed_attempt(shared, claimed, handler.as_ref(), failure),
+    })
+}
+
+fn failed_attempt(
+    shared: &Arc<Shared>,
+    claimed: &ClaimedCommand,
+    handler: &dyn ErasedHandler,
+    failure: Failure,
+) -> Outcome {
+    if claimed.attempt < claimed.max_attempts {
+        let (hi, lo) = claimed.lease.id.as_uuid().as_u64_pair();
+        let delay = claimed.retry_policy.delay(claimed.attempt, hi ^ lo);
+        let retry_at = shared.orch.clock().now() + delay;
+        tracing::warn!(error = %failure, retry_in = ?delay, "attempt failed; will retry");
+        Outcome::Retry { failure, retry_at }
+    } else {
+        failed_for_good(shared, claimed, handler, failure)
+    }
+}
+
+fn failed_for_good(
+    shared: &Arc<Shared>,
+    claimed: &ClaimedCommand,
+    handler: &dyn ErasedHandler,
+    failure: Failure,
+) -> Outcome {
+    tracing::warn!(error = %failure, "failed for good");
+    let follow_ups = handler.failure_follow_ups(&claimed.input, &failure);
+    let follow_ups = resolve(shared, claimed, follow_ups).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "on_failure follow-ups are invalid; failing without them");
+        Vec::new()
+    });
+    Outcome::Failed { failure, follow_ups }
+}
+
+fn resolve(shared: &Arc<Shared>, claimed: &ClaimedCommand, follow_ups: Vec<NewCommand>) -> Result<Vec<InsertCommand>> {
+    resolve_for(shared.orch.clock().now(), claimed.lease.id, &claimed.correlation_id, follow_ups)
+}
+
+fn resolve_for(
+    now: Timestamp,
+    parent: CommandId,
+    correlation_id: &str,
+    follow_ups: Vec<NewCommand>,
+) -> Result<Vec<InsertCommand>> {
+    follow_ups.into_iter().map(|f| f.into_insert(now, Some((parent, correlation_id)))).collect()
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let text = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    };
+    format!("handler panicked: {text}")
+}
+
+async fn completer(shared: Arc<Shared>, mut rx: mpsc::Receiver<CompletionRequest>) {
+    const MAX_BATCH: usize = 256;
+    let mut batch: Vec<CompletionRequest> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let completions: Vec<Completion> = batch.iter().map(|(c, _)| c.clone()).collect();
+        let mut delay = Duration::from_millis(50);
+        let statuses = loop {
+            match shared.store.complete(completions.clone()).await {
+                Ok(statuses) => break statuses,
+                Err(e) => {
+                    tracing::error!(error = %e, count = completions.len(), retry_in = ?delay, "recording outcomes failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        for ((_, reply), status) in batch.drain(..).zip(statuses) {
+            let _ = reply.send(status);
+        }
+    }
+}
+
+async fn maintainer(shared: Arc<Shared>, stop: CancellationToken) {
+    let clock = Arc::clone(shared.orch.clock());
+    let config = &shared.config;
+    let mut next_rescue = clock.now();
+    loop {
+        let now = clock.now();
+        if now >= next_rescue {
+            rescue_and_follow_up(&shared, now).await;
+            next_rescue = now + config.rescue_interval;
+        }
+        let wake = (clock.now() + config.heartbeat_interval).min(next_rescue);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = clock.sleep_until(wake) => {}
+        }
+        heartbeat(&shared).await;
+    }
+}
+
+async fn heartbeat(shared: &Arc<Shared>) {
+    let entries: Vec<(Lease, CancellationToken, StopSlot)> = {
+        let running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.values().map(|r| (r.lease, r.stop.clone(), Arc::clone(&r.reason))).collect()
+    };
+    if entries.is_empty() {
+        return;
+    }
+    let params = HeartbeatParams {
+        leases: entries.iter().map(|(lease, _, _)| *lease).collect(),
+        now: shared.orch.clock().now(),
+        lease_buffer: shared.config.lease_buffer,
+    };
+    match shared.store.heartbeat(params).await {
+        Ok(statuses) => {
+            for ((lease, stop, reason), status) in entries.into_iter().zip(statuses) {
+                match status {
+                    LeaseStatus::Held { cancel_requested: false } => {}
+                    LeaseStatus::Held { cancel_requested: true } => {
+                        tracing::info!(id = %lease.id, "cancel requested; stopping handler");
+                        set_reason(&reason, StopReason::CancelRequested);
+                        stop.cancel();
+                    }
+                    LeaseStatus::Lost => {
+                        tracing::warn!(id = %lease.id, "lease lost; stopping handler");
+                        set_reason(&reason, StopReason::LeaseLost);
+                        stop.cancel();
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
+    }
+}
+
+async fn rescue_and_follow_up(shared: &Arc<Shared>, now: Timestamp) {
+    match shared.store.rescue(now, 1_000).await {
+        Ok(rescued) if !rescued.is_empty() => {
+            for r in &rescued {
+                tracing::warn!(id = %r.id, state = %r.state, "rescued an expired lease");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "rescue failed; will retry"),
+    }
+    let due = match shared.store.follow_ups_due(&shared.names, 100).await {
+        Ok(due) => due,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading due follow-ups failed; will retry");
+            return;
+        }
+    };
+    for record in due {
+        if let Err(e) = push_due_follow_ups(shared, &record).await {
+            tracing::warn!(id = %record.id, error = %e, "pushing follow-ups failed; will retry");
+        }
+    }
+}
+
+async fn push_due_follow_ups(shared: &Arc<Shared>, record: &CommandRecord) -> Result<()> {
+    let Some(handler) = shared.registry.get(&record.name) else {
+        return Ok(());
+    };
+    let follow_ups = match record.state {
+        State::Cancelled => handler.cancel_follow_ups(&record.input),
+        State::Failed => {
+            let failure = record
+                .error
+                .clone()
+                .unwrap_or_else(|| Failure::new(FailureKind::Error, "failed without a recorded error"));
+            handler.failure_follow_ups(&record.input, &failure)
+        }
+        _ => Vec::new(),
+    };
+    let now = shared.orch.clock().now();
+    let rows = resolve_for(now, record.id, &record.correlation_id, follow_ups)?;
+    let count = rows.len();
+    if shared.store.resolve_follow_ups(record.id, rows, now).await? {
+        tracing::info!(id = %record.id, state = %record.state, count, "pushed follow-ups");
+        if count > 0 {
+            shared.orch.signals().pushed.notify_waiters();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_validation_names_the_field() {
+        assert!(WorkerConfig::default().validate().is_ok());
+        let cases: Vec<(WorkerConfig, &str)> = vec![
+            (WorkerConfig { concurrency: 0, ..Default::default() }, "concurrency"),
+            (WorkerConfig { max_pull: 0, ..Default::default() }, "max_pull"),
+            (WorkerConfig { instance_key: String::new(), ..Default::default() }, "instance_key"),
+            (WorkerConfig { poll_interval: Duration::ZERO, ..Default::default() }, "poll_interval"),
+            (
+                WorkerConfig { lease_buffer: Duration::from_millis(500), ..Default::default() },
+                "lease_buffer",
+            ),
+        ];
+        for (config, field) in cases {
+            match config.validate() {
+                Err(Error::InvalidConfig(message)) => assert!(message.contains(field), "{message}"),
+                other => panic!("expected InvalidConfig for {field}, got {other:?}"),
+            }
+        }
+    }
+}
