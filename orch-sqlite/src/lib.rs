@@ -1,0 +1,331 @@
+//! The SQLite [`Store`] for `orch`: zero setup, one file (or memory), bundled libsqlite3.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use orch_sqlite::{SqliteStore, orch::{Orch, Store}};
+//!
+//! # async fn demo() -> orch::Result<()> {
+//! let store = SqliteStore::open("orch.db")?;
+//! store.migrate().await?;
+//! let orch = Orch::new(Arc::new(store));
+//! # Ok(()) }
+//! ```
+//!
+//! Writes take SQLite's write lock up front (`BEGIN IMMEDIATE`), so a claim reads and
+//! leases its batch with no other writer in between, in this process or any other.
+//! The database runs in WAL mode, so readers (the monitor, `get`) never wait for writers.
+
+#![warn(missing_docs)]
+
+mod commands;
+mod journal;
+mod migrations;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, SqliteConnection};
+
+pub use orch;
+use orch::store::{
+    CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus, CountRow,
+    HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Rescued,
+};
+use orch::{Error, Result, Store, TablePrefix, Timestamp};
+
+const BACKEND: &str = "sqlite";
+
+/// How SQLite syncs commits to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Every commit is on disk before it returns: nothing acknowledged is lost on power
+    /// failure. The default.
+    #[default]
+    Full,
+    /// Commits may be lost on power failure (never on a process crash), in exchange for
+    /// far fewer syncs.
+    Normal,
+}
+
+/// Options for opening a [`SqliteStore`].
+///
+/// ```
+/// use std::time::Duration;
+/// let store = orch_sqlite::SqliteStore::builder(":memory:")
+///     .prefix("jobs_")
+///     .busy_timeout(Duration::from_secs(10))
+///     .open()?;
+/// # Ok::<(), orch::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteBuilder {
+    path: PathBuf,
+    prefix: String,
+    busy_timeout: Duration,
+    synchronous: Synchronous,
+}
+
+impl SqliteBuilder {
+    /// The table prefix (default `orch_`); validated by [`SqliteBuilder::open`].
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long a write waits for another connection's write lock (default 5 s).
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// The sync mode (default [`Synchronous::Full`]).
+    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
+        self.synchronous = synchronous;
+        self
+    }
+
+    /// Opens the database, creating the file if needed. Tables are created by
+    /// [`Store::migrate`].
+    pub fn open(self) -> Result<SqliteStore> {
+        let prefix = TablePrefix::new(&self.prefix)?;
+        let busy_ms = u32::try_from(self.busy_timeout.as_millis()).map_err(|_| {
+            Error::invalid_config(format!("busy_timeout {:?} is too long", self.busy_timeout))
+        })?;
+        let path = self.path.to_str().ok_or_else(|| {
+            Error::invalid_config(format!("database path {:?} is not valid UTF-8", self.path))
+        })?;
+        let memory = path == ":memory:";
+        let mut conn = SqliteConnection::establish(path).map_err(|e| Error::backend(BACKEND, e))?;
+        let sync = match self.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        // busy_timeout first: switching to WAL needs a lock another process may hold.
+        conn.batch_execute(&format!("PRAGMA busy_timeout = {busy_ms};"))
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        if !memory {
+            conn.batch_execute("PRAGMA journal_mode = WAL;").map_err(|e| Error::backend(BACKEND, e))?;
+        }
+        conn.batch_execute(&format!("PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"))
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        tracing::debug!(path, prefix = %prefix, "opened sqlite store");
+        Ok(SqliteStore {
+            inner: Arc::new(Inner { conn: Mutex::new(conn), tables: Tables::new(&prefix), prefix }),
+        })
+    }
+}
+
+/// Table names behind the prefix, computed once.
+#[derive(Debug)]
+pub(crate) struct Tables {
+    pub(crate) commands: String,
+    pub(crate) journal: String,
+    pub(crate) migrations: String,
+}
+
+impl Tables {
+    fn new(prefix: &TablePrefix) -> Self {
+        Tables {
+            commands: format!("{prefix}commands"),
+            journal: format!("{prefix}journal"),
+            migrations: format!("{prefix}migrations"),
+        }
+    }
+}
+
+struct Inner {
+    conn: Mutex<SqliteConnection>,
+    tables: Tables,
+    prefix: TablePrefix,
+}
+
+/// The SQLite store. Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("prefix", &self.inner.prefix).finish()
+    }
+}
+
+/// Errors inside a transaction: diesel's, or ours (which abort the transaction too).
+#[derive(Debug)]
+pub(crate) enum TxError {
+    Diesel(diesel::result::Error),
+    Orch(Error),
+}
+
+impl From<diesel::result::Error> for TxError {
+    fn from(e: diesel::result::Error) -> Self {
+        TxError::Diesel(e)
+    }
+}
+
+impl From<Error> for TxError {
+    fn from(e: Error) -> Self {
+        TxError::Orch(e)
+    }
+}
+
+impl From<TxError> for Error {
+    fn from(e: TxError) -> Self {
+        match e {
+            TxError::Diesel(e) => Error::backend(BACKEND, e),
+            TxError::Orch(e) => e,
+        }
+    }
+}
+
+pub(crate) type TxResult<T> = std::result::Result<T, TxError>;
+
+impl SqliteStore {
+    /// Opens (or creates) the database file at `path` with the default options.
+    /// `":memory:"` opens a private in-memory database.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::builder(path).open()
+    }
+
+    /// A private in-memory database, gone when the store is dropped.
+    pub fn in_memory() -> Result<Self> {
+        Self::builder(":memory:").open()
+    }
+
+    /// Options for opening the database at `path`.
+    pub fn builder(path: impl AsRef<Path>) -> SqliteBuilder {
+        SqliteBuilder {
+            path: path.as_ref().to_owned(),
+            prefix: TablePrefix::default_prefix().as_str().to_owned(),
+            busy_timeout: Duration::from_secs(5),
+            synchronous: Synchronous::default(),
+        }
+    }
+
+    /// Opens a store from a URL: `sqlite://path/to/file.db`, `sqlite:file.db` or
+    /// `sqlite::memory:`.
+    pub fn from_url(url: &str) -> Result<SqliteBuilder> {
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| Error::invalid_config(format!("{url:?} is not a sqlite URL (sqlite://path)")))?;
+        if rest.is_empty() {
+            return Err(Error::invalid_config(format!("{url:?} names no database file")));
+        }
+        Ok(Self::builder(rest))
+    }
+
+    /// The table prefix.
+    pub fn prefix(&self) -> &TablePrefix {
+        &self.inner.prefix
+    }
+
+    /// Runs `f` on the connection on tokio's blocking pool.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut SqliteConnection, &Tables) -> TxResult<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut conn, &inner.tables).map_err(Error::from)
+        })
+        .await
+        .map_err(|e| Error::backend(BACKEND, e))?
+    }
+
+    /// Runs `f` in a write transaction that holds the write lock from its start.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut SqliteConnection, &Tables) -> TxResult<T> + Send + 'static,
+    {
+        self.with_conn(move |conn, tables| conn.immediate_transaction(|conn| f(conn, tables))).await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let prefix = self.inner.prefix.clone();
+        self.write(move |conn, tables| migrations::run(conn, tables, &prefix)).await
+    }
+
+    async fn enqueue(&self, commands: Vec<InsertCommand>) -> Result<()> {
+        self.write(move |conn, tables| commands::insert(conn, tables, &commands)).await
+    }
+
+    async fn claim(&self, params: ClaimParams) -> Result<Vec<ClaimedCommand>> {
+        if params.names.is_empty() || params.limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.write(move |conn, tables| commands::claim(conn, tables, &params)).await
+    }
+
+    async fn heartbeat(&self, params: HeartbeatParams) -> Result<Vec<LeaseStatus>> {
+        if params.leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(move |conn, tables| commands::heartbeat(conn, tables, &params)).await
+    }
+
+    async fn complete(&self, completions: Vec<Completion>) -> Result<Vec<CompletionStatus>> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(move |conn, tables| {
+            completions.iter().map(|c| commands::complete(conn, tables, c)).collect()
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: CommandId, now: Timestamp) -> Result<CancelStatus> {
+        self.write(move |conn, tables| commands::cancel(conn, tables, id, now)).await
+    }
+
+    async fn rescue(&self, now: Timestamp, limit: usize) -> Result<Vec<Rescued>> {
+        self.write(move |conn, tables| commands::rescue(conn, tables, now, limit)).await
+    }
+
+    async fn follow_ups_due(&self, names: &[String], limit: usize) -> Result<Vec<CommandRecord>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names = names.to_vec();
+        self.with_conn(move |conn, tables| commands::follow_ups_due(conn, tables, &names, limit)).await
+    }
+
+    async fn resolve_follow_ups(
+        &self,
+        id: CommandId,
+        follow_ups: Vec<InsertCommand>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        self.write(move |conn, tables| commands::resolve_follow_ups(conn, tables, id, &follow_ups, now)).await
+    }
+
+    async fn get(&self, id: CommandId) -> Result<Option<CommandRecord>> {
+        self.with_conn(move |conn, tables| commands::get(conn, tables, id)).await
+    }
+
+    async fn list(&self, params: ListParams) -> Result<Vec<CommandRecord>> {
+        self.with_conn(move |conn, tables| commands::list(conn, tables, &params)).await
+    }
+
+    async fn counts(&self) -> Result<Vec<CountRow>> {
+        self.with_conn(commands::counts).await
+    }
+
+    async fn journal(&self, id: CommandId) -> Result<Vec<JournalEntry>> {
+        self.with_conn(move |conn, tables| journal::read(conn, tables, id)).await
+    }
+}

@@ -1,0 +1,633 @@
+//! The commands table: every lifecycle transition, each fenced where it must be.
+//!
+//! Every function here runs inside the caller's transaction (a write transaction,
+//! `BEGIN IMMEDIATE`, for anything that changes rows).
+
+use std::time::Duration;
+
+use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+use diesel::sqlite::Sqlite;
+use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
+use orch::store::{
+    CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus, CountRow,
+    HeartbeatParams, InsertCommand, JournalKind, Lease, LeaseStatus, LeaseToken, ListParams, Outcome, Rescued,
+};
+use orch::{Error, Failure, FailureKind, RetryPolicy, State, Timestamp};
+
+use crate::journal::{self, NewEntry};
+use crate::{Tables, TxResult};
+
+/// Every column, in [`CommandRow`]'s order.
+const COLUMNS: &str = "id, name, target, state, input, output, error_kind, error, attempts, max_attempts, \
+     timeout_ms, retry_policy, scheduled_at, created_at, updated_at, started_at, finished_at, lease_token, \
+     lease_expires_at, worker, cancel_requested, follow_ups_due, parent_id, correlation_id";
+
+/// Rows per INSERT: 13 binds each stays far below SQLite's bind limit.
+const INSERT_CHUNK: usize = 500;
+
+#[derive(QueryableByName)]
+struct CommandRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    target: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Text)]
+    input: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    output: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    error_kind: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    error: Option<String>,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Integer)]
+    max_attempts: i32,
+    #[diesel(sql_type = BigInt)]
+    timeout_ms: i64,
+    #[diesel(sql_type = Text)]
+    retry_policy: String,
+    #[diesel(sql_type = BigInt)]
+    scheduled_at: i64,
+    #[diesel(sql_type = BigInt)]
+    created_at: i64,
+    #[diesel(sql_type = BigInt)]
+    updated_at: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    started_at: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    finished_at: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    lease_token: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    lease_expires_at: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    worker: Option<String>,
+    #[diesel(sql_type = Integer)]
+    cancel_requested: i32,
+    #[diesel(sql_type = Integer)]
+    follow_ups_due: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    parent_id: Option<String>,
+    #[diesel(sql_type = Text)]
+    correlation_id: String,
+}
+
+fn parse_policy(json: &str) -> Result<RetryPolicy, Error> {
+    serde_json::from_str(json).map_err(|e| Error::Corrupt(format!("invalid retry policy {json:?}: {e}")))
+}
+
+fn u32_of(v: i32) -> u32 {
+    v.max(0) as u32
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl CommandRow {
+    fn into_record(self) -> Result<CommandRecord, Error> {
+        let error = match (self.error_kind, self.error) {
+            (Some(kind), message) => Some(Failure::new(
+                FailureKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("unknown failure kind {kind:?}")))?,
+                message.unwrap_or_default(),
+            )),
+            (None, _) => None,
+        };
+        Ok(CommandRecord {
+            id: self.id.parse()?,
+            name: self.name,
+            target: self.target,
+            state: State::parse(&self.state)?,
+            input: self.input,
+            output: self.output,
+            error,
+            attempts: u32_of(self.attempts),
+            max_attempts: u32_of(self.max_attempts),
+            timeout: Duration::from_millis(self.timeout_ms.max(0) as u64),
+            retry_policy: parse_policy(&self.retry_policy)?,
+            scheduled_at: Timestamp::from_micros(self.scheduled_at),
+            created_at: Timestamp::from_micros(self.created_at),
+            updated_at: Timestamp::from_micros(self.updated_at),
+            started_at: self.started_at.map(Timestamp::from_micros),
+            finished_at: self.finished_at.map(Timestamp::from_micros),
+            lease_token: self.lease_token.as_deref().map(str::parse).transpose()?,
+            lease_expires_at: self.lease_expires_at.map(Timestamp::from_micros),
+            worker: self.worker,
+            cancel_requested: self.cancel_requested != 0,
+            follow_ups_due: self.follow_ups_due != 0,
+            parent_id: self.parent_id.as_deref().map(str::parse).transpose()?,
+            correlation_id: self.correlation_id,
+        })
+    }
+}
+
+fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 3);
+    for i in 0..n {
+        s.push_str(if i == 0 { "?" } else { ", ?" });
+    }
+    s
+}
+
+/// Inserts commands and their `enqueued` journal entries.
+pub(crate) fn insert(conn: &mut SqliteConnection, tables: &Tables, commands: &[InsertCommand]) -> TxResult<()> {
+    for chunk in commands.chunks(INSERT_CHUNK) {
+        let mut sql = format!(
+            "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
+             scheduled_at, created_at, updated_at, parent_id, correlation_id) VALUES ",
+            tables.commands
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 { "(" } else { ", (" });
+            sql.push_str("?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        }
+        let mut query = diesel::sql_query(sql).into_boxed::<Sqlite>();
+        for c in chunk {
+            let policy = serde_json::to_string(&c.retry_policy)
+                .map_err(|source| Error::Encode { what: "retry policy".into(), source })?;
+            query = query
+                .bind::<Text, _>(c.id.to_string())
+                .bind::<Text, _>(c.name.clone())
+                .bind::<Text, _>(c.target.clone())
+                .bind::<Text, _>(c.input.clone())
+                .bind::<Integer, _>(i32::try_from(c.max_attempts).unwrap_or(i32::MAX))
+                .bind::<BigInt, _>(millis(c.timeout))
+                .bind::<Text, _>(policy)
+                .bind::<BigInt, _>(c.scheduled_at.as_micros())
+                .bind::<BigInt, _>(c.created_at.as_micros())
+                .bind::<BigInt, _>(c.created_at.as_micros())
+                .bind::<Nullable<Text>, _>(c.parent_id.map(|p| p.to_string()))
+                .bind::<Text, _>(c.correlation_id.clone());
+        }
+        query.execute(conn)?;
+    }
+    let entries: Vec<NewEntry> = commands
+        .iter()
+        .map(|c| NewEntry {
+            command_id: c.id,
+            at: c.created_at,
+            kind: JournalKind::Enqueued,
+            attempt: 0,
+            worker: None,
+            message: Some(match c.parent_id {
+                Some(parent) => format!("follow-up of {parent}; due {}", c.scheduled_at),
+                None => format!("due {}", c.scheduled_at),
+            }),
+        })
+        .collect();
+    journal::append(conn, tables, &entries)
+}
+
+/// Leases a batch of due commands under one fresh token.
+pub(crate) fn claim(conn: &mut SqliteConnection, tables: &Tables, p: &ClaimParams) -> TxResult<Vec<ClaimedCommand>> {
+    let token = LeaseToken::generate();
+    // The inner SELECT picks the batch in claim order; the write lock taken by
+    // BEGIN IMMEDIATE means no other connection can claim between it and the UPDATE.
+    let sql = format!(
+        "UPDATE {t} SET state = 'running', attempts = attempts + 1, lease_token = ?, worker = ?, \
+         started_at = ?, updated_at = ?, lease_expires_at = ? + timeout_ms * 1000 + ?, cancel_requested = 0 \
+         WHERE id IN (SELECT id FROM {t} WHERE state = 'pending' AND target = ? AND scheduled_at <= ? \
+         AND name IN ({names}) ORDER BY scheduled_at, id LIMIT ?) RETURNING {COLUMNS}",
+        t = tables.commands,
+        names = placeholders(p.names.len()),
+    );
+    let now = p.now.as_micros();
+    let mut query = diesel::sql_query(sql)
+        .into_boxed::<Sqlite>()
+        .bind::<Text, _>(token.to_string())
+        .bind::<Text, _>(p.worker.clone())
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(i64::try_from(p.lease_buffer.as_micros()).unwrap_or(i64::MAX))
+        .bind::<Text, _>(p.target.clone())
+        .bind::<BigInt, _>(now);
+    for name in &p.names {
+        query = query.bind::<Text, _>(name.clone());
+    }
+    query = query.bind::<BigInt, _>(i64::try_from(p.limit).unwrap_or(i64::MAX));
+    let mut rows: Vec<CommandRow> = query.load(conn)?;
+    rows.sort_by(|a, b| (a.scheduled_at, &a.id).cmp(&(b.scheduled_at, &b.id)));
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows {
+        let record = row.into_record()?;
+        entries.push(NewEntry {
+            command_id: record.id,
+            at: p.now,
+            kind: JournalKind::Claimed,
+            attempt: record.attempts,
+            worker: Some(p.worker.clone()),
+            message: record.lease_expires_at.map(|at| format!("lease until {at}")),
+        });
+        claimed.push(ClaimedCommand {
+            lease: Lease { id: record.id, token },
+            name: record.name,
+            input: record.input,
+            attempt: record.attempts,
+            max_attempts: record.max_attempts,
+            timeout: record.timeout,
+            retry_policy: record.retry_policy,
+            lease_expires_at: record.lease_expires_at.unwrap_or(p.now),
+            correlation_id: record.correlation_id,
+        });
+    }
+    journal::append(conn, tables, &entries)?;
+    Ok(claimed)
+}
+
+#[derive(QueryableByName)]
+struct Attempts {
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+}
+
+#[derive(QueryableByName)]
+struct HeartbeatRow {
+    #[diesel(sql_type = Integer)]
+    cancel_requested: i32,
+}
+
+/// The current attempt number of a command, for journaling refused changes.
+fn current_attempt(conn: &mut SqliteConnection, tables: &Tables, id: CommandId) -> TxResult<u32> {
+    let rows: Vec<Attempts> = diesel::sql_query(format!("SELECT attempts FROM {} WHERE id = ?", tables.commands))
+        .bind::<Text, _>(id.to_string())
+        .load(conn)?;
+    Ok(rows.first().map_or(0, |r| u32_of(r.attempts)))
+}
+
+fn lease_lost_entry(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    lease: Lease,
+    at: Timestamp,
+    worker: Option<String>,
+    what: &str,
+) -> TxResult<()> {
+    let attempt = current_attempt(conn, tables, lease.id)?;
+    journal::append(
+        conn,
+        tables,
+        &[NewEntry {
+            command_id: lease.id,
+            at,
+            kind: JournalKind::LeaseLost,
+            attempt,
+            worker,
+            message: Some(format!("{what} refused: lease {} is no longer held", lease.token)),
+        }],
+    )
+}
+
+pub(crate) fn heartbeat(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    p: &HeartbeatParams,
+) -> TxResult<Vec<LeaseStatus>> {
+    let sql = format!(
+        "UPDATE {} SET lease_expires_at = ? + timeout_ms * 1000 + ?, updated_at = ? \
+         WHERE id = ? AND lease_token = ? AND state = 'running' RETURNING cancel_requested",
+        tables.commands
+    );
+    let buffer = i64::try_from(p.lease_buffer.as_micros()).unwrap_or(i64::MAX);
+    let mut statuses = Vec::with_capacity(p.leases.len());
+    for lease in &p.leases {
+        let rows: Vec<HeartbeatRow> = diesel::sql_query(&sql)
+            .bind::<BigInt, _>(p.now.as_micros())
+            .bind::<BigInt, _>(buffer)
+            .bind::<BigInt, _>(p.now.as_micros())
+            .bind::<Text, _>(lease.id.to_string())
+            .bind::<Text, _>(lease.token.to_string())
+            .load(conn)?;
+        statuses.push(match rows.first() {
+            Some(row) => LeaseStatus::Held { cancel_requested: row.cancel_requested != 0 },
+            None => {
+                lease_lost_entry(conn, tables, *lease, p.now, None, "lease renewal")?;
+                LeaseStatus::Lost
+            }
+        });
+    }
+    Ok(statuses)
+}
+
+/// Applies one completion, fenced on its lease.
+pub(crate) fn complete(conn: &mut SqliteConnection, tables: &Tables, c: &Completion) -> TxResult<CompletionStatus> {
+    let now = c.now.as_micros();
+    // Every branch ends the lease; which columns change depends on the outcome.
+    let (set, binds): (&str, Vec<Bind>) = match &c.outcome {
+        Outcome::Succeeded { output, .. } => (
+            "state = 'succeeded', output = ?, finished_at = ?",
+            vec![Bind::Text(output.clone()), Bind::Int(now)],
+        ),
+        Outcome::Retry { failure, retry_at } => (
+            "state = 'pending', error_kind = ?, error = ?, scheduled_at = ?",
+            vec![
+                Bind::Text(failure.kind.as_str().into()),
+                Bind::Text(failure.message.clone()),
+                Bind::Int(retry_at.as_micros()),
+            ],
+        ),
+        Outcome::Failed { failure, .. } => (
+            "state = 'failed', error_kind = ?, error = ?, finished_at = ?",
+            vec![
+                Bind::Text(failure.kind.as_str().into()),
+                Bind::Text(failure.message.clone()),
+                Bind::Int(now),
+            ],
+        ),
+        Outcome::Cancelled { .. } => ("state = 'cancelled', finished_at = ?", vec![Bind::Int(now)]),
+        Outcome::Released { at } => ("state = 'pending', scheduled_at = ?", vec![Bind::Int(at.as_micros())]),
+    };
+    let sql = format!(
+        "UPDATE {} SET {set}, updated_at = ?, lease_token = NULL, lease_expires_at = NULL \
+         WHERE id = ? AND lease_token = ? AND state = 'running' RETURNING attempts",
+        tables.commands
+    );
+    let mut query = diesel::sql_query(sql).into_boxed::<Sqlite>();
+    for b in binds {
+        query = match b {
+            Bind::Text(s) => query.bind::<Text, _>(s),
+            Bind::Int(i) => query.bind::<BigInt, _>(i),
+        };
+    }
+    let rows: Vec<Attempts> = query
+        .bind::<BigInt, _>(now)
+        .bind::<Text, _>(c.lease.id.to_string())
+        .bind::<Text, _>(c.lease.token.to_string())
+        .load(conn)?;
+    let Some(row) = rows.first() else {
+        lease_lost_entry(conn, tables, c.lease, c.now, Some(c.worker.clone()), "recording the outcome")?;
+        return Ok(CompletionStatus::LeaseLost);
+    };
+    let attempt = u32_of(row.attempts);
+    let entry = |kind, message: Option<String>| NewEntry {
+        command_id: c.lease.id,
+        at: c.now,
+        kind,
+        attempt,
+        worker: Some(c.worker.clone()),
+        message,
+    };
+    let failure_kind = |f: &Failure| match f.kind {
+        FailureKind::Timeout => JournalKind::TimedOut,
+        _ => JournalKind::Failed,
+    };
+    let (entries, follow_ups): (Vec<NewEntry>, &[InsertCommand]) = match &c.outcome {
+        Outcome::Succeeded { follow_ups, .. } => {
+            (vec![entry(JournalKind::Succeeded, follow_up_note(follow_ups))], follow_ups)
+        }
+        Outcome::Retry { failure, retry_at } => (
+            vec![
+                entry(failure_kind(failure), Some(failure.to_string())),
+                entry(JournalKind::RetryScheduled, Some(format!("next attempt due {retry_at}"))),
+            ],
+            &[],
+        ),
+        Outcome::Failed { failure, follow_ups } => {
+            let mut message = failure.to_string();
+            if let Some(note) = follow_up_note(follow_ups) {
+                message = format!("{message}; {note}");
+            }
+            (vec![entry(failure_kind(failure), Some(message))], follow_ups)
+        }
+        Outcome::Cancelled { follow_ups } => (vec![entry(JournalKind::Cancelled, follow_up_note(follow_ups))], follow_ups),
+        Outcome::Released { at } => (vec![entry(JournalKind::Released, Some(format!("due again {at}")))], &[]),
+    };
+    journal::append(conn, tables, &entries)?;
+    if !follow_ups.is_empty() {
+        insert(conn, tables, follow_ups)?;
+    }
+    Ok(CompletionStatus::Applied)
+}
+
+fn follow_up_note(follow_ups: &[InsertCommand]) -> Option<String> {
+    if follow_ups.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = follow_ups.iter().map(|f| f.name.as_str()).collect();
+    Some(format!("follow-ups: {}", names.join(", ")))
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+#[derive(QueryableByName)]
+struct StateRow {
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+}
+
+pub(crate) fn cancel(conn: &mut SqliteConnection, tables: &Tables, id: CommandId, now: Timestamp) -> TxResult<CancelStatus> {
+    let rows: Vec<StateRow> = diesel::sql_query(format!("SELECT state, attempts FROM {} WHERE id = ?", tables.commands))
+        .bind::<Text, _>(id.to_string())
+        .load(conn)?;
+    let Some(row) = rows.first() else {
+        return Ok(CancelStatus::NotFound);
+    };
+    let state = State::parse(&row.state)?;
+    let (sql, status, kind) = match state {
+        State::Blocked | State::Pending => (
+            "state = 'cancelled', finished_at = ?1, updated_at = ?1, follow_ups_due = 1",
+            CancelStatus::Cancelled,
+            JournalKind::Cancelled,
+        ),
+        State::Running => ("cancel_requested = 1, updated_at = ?1", CancelStatus::Requested, JournalKind::CancelRequested),
+        finished => return Ok(CancelStatus::AlreadyFinished(finished)),
+    };
+    // Numbered parameters: the time is bound once and used by every SET that needs it.
+    diesel::sql_query(format!("UPDATE {} SET {sql} WHERE id = ?2 AND state = ?3", tables.commands))
+        .bind::<BigInt, _>(now.as_micros())
+        .bind::<Text, _>(id.to_string())
+        .bind::<Text, _>(state.as_str())
+        .execute(conn)?;
+    journal::append(
+        conn,
+        tables,
+        &[NewEntry {
+            command_id: id,
+            at: now,
+            kind,
+            attempt: u32_of(row.attempts),
+            worker: None,
+            message: Some(format!("cancel requested while {state}")),
+        }],
+    )?;
+    Ok(status)
+}
+
+#[derive(QueryableByName)]
+struct RescuedRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    worker: Option<String>,
+}
+
+pub(crate) fn rescue(conn: &mut SqliteConnection, tables: &Tables, now: Timestamp, limit: usize) -> TxResult<Vec<Rescued>> {
+    // SQLite evaluates every SET expression against the row as it was before the
+    // UPDATE, so the CASEs below all see the old state and attempts.
+    let sql = format!(
+        "UPDATE {t} SET \
+           state = CASE WHEN cancel_requested = 1 THEN 'cancelled' WHEN attempts < max_attempts THEN 'pending' ELSE 'failed' END, \
+           scheduled_at = CASE WHEN cancel_requested = 0 AND attempts < max_attempts THEN ? ELSE scheduled_at END, \
+           finished_at = CASE WHEN cancel_requested = 0 AND attempts < max_attempts THEN NULL ELSE ? END, \
+           follow_ups_due = CASE WHEN cancel_requested = 0 AND attempts < max_attempts THEN 0 ELSE 1 END, \
+           error_kind = CASE WHEN cancel_requested = 1 THEN error_kind ELSE 'lease_expired' END, \
+           error = CASE WHEN cancel_requested = 1 THEN error ELSE 'lease of worker ' || COALESCE(worker, '?') || ' expired' END, \
+           lease_token = NULL, lease_expires_at = NULL, updated_at = ? \
+         WHERE id IN (SELECT id FROM {t} WHERE state = 'running' AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?) \
+         RETURNING id, state, attempts, worker",
+        t = tables.commands
+    );
+    let rows: Vec<RescuedRow> = diesel::sql_query(sql)
+        .bind::<BigInt, _>(now.as_micros())
+        .bind::<BigInt, _>(now.as_micros())
+        .bind::<BigInt, _>(now.as_micros())
+        .bind::<BigInt, _>(now.as_micros())
+        .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+        .load(conn)?;
+    let mut rescued = Vec::with_capacity(rows.len());
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: CommandId = row.id.parse()?;
+        let state = State::parse(&row.state)?;
+        entries.push(NewEntry {
+            command_id: id,
+            at: now,
+            kind: JournalKind::Rescued,
+            attempt: u32_of(row.attempts),
+            worker: row.worker.clone(),
+            message: Some(format!(
+                "lease of worker {} expired; now {state}",
+                row.worker.as_deref().unwrap_or("?")
+            )),
+        });
+        rescued.push(Rescued { id, state });
+    }
+    journal::append(conn, tables, &entries)?;
+    Ok(rescued)
+}
+
+pub(crate) fn follow_ups_due(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    names: &[String],
+    limit: usize,
+) -> TxResult<Vec<CommandRecord>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM {} WHERE follow_ups_due = 1 AND name IN ({}) ORDER BY id LIMIT ?",
+        tables.commands,
+        placeholders(names.len())
+    );
+    let mut query = diesel::sql_query(sql).into_boxed::<Sqlite>();
+    for name in names {
+        query = query.bind::<Text, _>(name.clone());
+    }
+    let rows: Vec<CommandRow> = query.bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX)).load(conn)?;
+    Ok(rows.into_iter().map(CommandRow::into_record).collect::<Result<_, _>>()?)
+}
+
+pub(crate) fn resolve_follow_ups(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    id: CommandId,
+    follow_ups: &[InsertCommand],
+    now: Timestamp,
+) -> TxResult<bool> {
+    let rows: Vec<Attempts> = diesel::sql_query(format!(
+        "UPDATE {} SET follow_ups_due = 0, updated_at = ? WHERE id = ? AND follow_ups_due = 1 RETURNING attempts",
+        tables.commands
+    ))
+    .bind::<BigInt, _>(now.as_micros())
+    .bind::<Text, _>(id.to_string())
+    .load(conn)?;
+    let Some(row) = rows.first() else {
+        return Ok(false);
+    };
+    insert(conn, tables, follow_ups)?;
+    journal::append(
+        conn,
+        tables,
+        &[NewEntry {
+            command_id: id,
+            at: now,
+            kind: JournalKind::FollowUpsEnqueued,
+            attempt: u32_of(row.attempts),
+            worker: None,
+            message: Some(follow_up_note(follow_ups).unwrap_or_else(|| "no follow-ups".to_owned())),
+        }],
+    )?;
+    Ok(true)
+}
+
+pub(crate) fn get(conn: &mut SqliteConnection, tables: &Tables, id: CommandId) -> TxResult<Option<CommandRecord>> {
+    let rows: Vec<CommandRow> = diesel::sql_query(format!("SELECT {COLUMNS} FROM {} WHERE id = ?", tables.commands))
+        .bind::<Text, _>(id.to_string())
+        .load(conn)?;
+    Ok(rows.into_iter().next().map(CommandRow::into_record).transpose()?)
+}
+
+/// The most rows one `list` call returns.
+const LIST_MAX: usize = 10_000;
+
+pub(crate) fn list(conn: &mut SqliteConnection, tables: &Tables, p: &ListParams) -> TxResult<Vec<CommandRecord>> {
+    let mut sql = format!("SELECT {COLUMNS} FROM {} WHERE 1 = 1", tables.commands);
+    let mut binds: Vec<String> = Vec::new();
+    let mut filter = |column: &str, value: Option<String>| {
+        if let Some(v) = value {
+            sql.push_str(&format!(" AND {column} ?"));
+            binds.push(v);
+        }
+    };
+    filter("state =", p.state.map(|s| s.as_str().to_owned()));
+    filter("name =", p.name.clone());
+    filter("target =", p.target.clone());
+    filter("correlation_id =", p.correlation_id.clone());
+    filter("id >", p.after.map(|a| a.to_string()));
+    sql.push_str(" ORDER BY id LIMIT ?");
+    let mut query = diesel::sql_query(sql).into_boxed::<Sqlite>();
+    for b in binds {
+        query = query.bind::<Text, _>(b);
+    }
+    let limit = if p.limit == 0 { LIST_MAX } else { p.limit.min(LIST_MAX) };
+    let rows: Vec<CommandRow> = query.bind::<BigInt, _>(limit as i64).load(conn)?;
+    Ok(rows.into_iter().map(CommandRow::into_record).collect::<Result<_, _>>()?)
+}
+
+#[derive(QueryableByName)]
+struct CountSqlRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    target: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+pub(crate) fn counts(conn: &mut SqliteConnection, tables: &Tables) -> TxResult<Vec<CountRow>> {
+    let rows: Vec<CountSqlRow> = diesel::sql_query(format!(
+        "SELECT name, target, state, COUNT(*) AS count FROM {} GROUP BY state, name, target ORDER BY name, target, state",
+        tables.commands
+    ))
+    .load(conn)?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(CountRow { name: r.name, target: r.target, state: State::parse(&r.state)?, count: r.count.max(0) as u64 })
+        })
+        .collect()
+}

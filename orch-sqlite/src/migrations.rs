@@ -1,0 +1,53 @@
+//! Embedded migrations, applied in order under the write lock.
+//!
+//! `migrate` runs inside `BEGIN IMMEDIATE`, so when several processes start at once
+//! the first applies what is missing and the others, waiting on the lock, find it done.
+
+use diesel::connection::SimpleConnection;
+use diesel::sql_types::Integer;
+use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
+use orch::{Error, TablePrefix};
+
+use crate::{Tables, TxResult};
+
+/// Each migration's version and SQL, with `{prefix}` standing for the table prefix.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_commands_and_journal.sql"))];
+
+#[derive(QueryableByName)]
+struct Version {
+    #[diesel(sql_type = Integer)]
+    version: i32,
+}
+
+pub(crate) fn run(conn: &mut SqliteConnection, tables: &Tables, prefix: &TablePrefix) -> TxResult<()> {
+    conn.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {} (version INTEGER PRIMARY KEY NOT NULL, applied_at INTEGER NOT NULL)",
+        tables.migrations
+    ))?;
+    let applied: Vec<i32> = diesel::sql_query(format!("SELECT version FROM {} ORDER BY version", tables.migrations))
+        .load::<Version>(conn)?
+        .into_iter()
+        .map(|v| v.version)
+        .collect();
+    let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    if let Some(&newest) = applied.last()
+        && newest > known
+    {
+        return Err(Error::invalid_config(format!(
+            "the database schema (prefix `{prefix}`) is at version {newest}, newer than this orch-sqlite knows ({known}); upgrade orch-sqlite"
+        ))
+        .into());
+    }
+    for (version, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        conn.batch_execute(&sql.replace("{prefix}", prefix.as_str()))?;
+        conn.batch_execute(&format!(
+            "INSERT INTO {} (version, applied_at) VALUES ({version}, CAST(strftime('%s', 'now') AS INTEGER))",
+            tables.migrations
+        ))?;
+        tracing::info!(version, prefix = %prefix, "applied sqlite migration");
+    }
+    Ok(())
+}
