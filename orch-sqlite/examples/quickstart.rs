@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use orch_sqlite::SqliteStore;
 use orch_sqlite::orch::store::ListParams;
-use orch_sqlite::orch::{Command, Context, HandlerError, NewCommand, Orch, Registry, Store, Worker, WorkerConfig};
+use orch_sqlite::orch::{
+    Command, Context, HandlerError, NewCommand, Orch, Registry, Store, Worker, WorkerConfig,
+};
 use serde::{Deserialize, Serialize};
 
 /// Input only: the output is `()`.
@@ -92,7 +94,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let email = orch
         .push(&SendEmailCommand { to: "ada@example.com".into(), subject: "Welcome to orch".into() })
         .await?;
-    let report = orch.push(&GenerateReportCommand { report_id: 42, owner: "grace@example.com".into() }).await?;
+    let report =
+        orch.push(&GenerateReportCommand { report_id: 42, owner: "grace@example.com".into() }).await?;
     println!("pushed send_email {email} and generate_report {report}");
 
     // Both commands, then the email chained by the report.

@@ -9,8 +9,9 @@ use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel::sqlite::Sqlite;
 use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
 use orch::store::{
-    CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus, CountRow,
-    HeartbeatParams, InsertCommand, JournalKind, Lease, LeaseStatus, LeaseToken, ListParams, Outcome, Rescued,
+    CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
+    CountRow, HeartbeatParams, InsertCommand, JournalKind, Lease, LeaseStatus, LeaseToken, ListParams,
+    Outcome, Rescued,
 };
 use orch::{Error, Failure, FailureKind, RetryPolicy, State, Timestamp};
 
@@ -93,7 +94,8 @@ impl CommandRow {
     fn into_record(self) -> Result<CommandRecord, Error> {
         let error = match (self.error_kind, self.error) {
             (Some(kind), message) => Some(Failure::new(
-                FailureKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("unknown failure kind {kind:?}")))?,
+                FailureKind::parse(&kind)
+                    .ok_or_else(|| Error::Corrupt(format!("unknown failure kind {kind:?}")))?,
                 message.unwrap_or_default(),
             )),
             (None, _) => None,
@@ -135,7 +137,11 @@ fn placeholders(n: usize) -> String {
 }
 
 /// Inserts commands and their `enqueued` journal entries.
-pub(crate) fn insert(conn: &mut SqliteConnection, tables: &Tables, commands: &[InsertCommand]) -> TxResult<()> {
+pub(crate) fn insert(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    commands: &[InsertCommand],
+) -> TxResult<()> {
     for chunk in commands.chunks(INSERT_CHUNK) {
         let mut sql = format!(
             "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
@@ -184,7 +190,11 @@ pub(crate) fn insert(conn: &mut SqliteConnection, tables: &Tables, commands: &[I
 }
 
 /// Leases a batch of due commands under one fresh token.
-pub(crate) fn claim(conn: &mut SqliteConnection, tables: &Tables, p: &ClaimParams) -> TxResult<Vec<ClaimedCommand>> {
+pub(crate) fn claim(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    p: &ClaimParams,
+) -> TxResult<Vec<ClaimedCommand>> {
     let token = LeaseToken::generate();
     // The inner SELECT picks the batch in claim order; the write lock taken by
     // BEGIN IMMEDIATE means no other connection can claim between it and the UPDATE.
@@ -255,9 +265,10 @@ struct HeartbeatRow {
 
 /// The current attempt number of a command, for journaling refused changes.
 fn current_attempt(conn: &mut SqliteConnection, tables: &Tables, id: CommandId) -> TxResult<u32> {
-    let rows: Vec<Attempts> = diesel::sql_query(format!("SELECT attempts FROM {} WHERE id = ?", tables.commands))
-        .bind::<Text, _>(id.to_string())
-        .load(conn)?;
+    let rows: Vec<Attempts> =
+        diesel::sql_query(format!("SELECT attempts FROM {} WHERE id = ?", tables.commands))
+            .bind::<Text, _>(id.to_string())
+            .load(conn)?;
     Ok(rows.first().map_or(0, |r| u32_of(r.attempts)))
 }
 
@@ -316,7 +327,11 @@ pub(crate) fn heartbeat(
 }
 
 /// Applies one completion, fenced on its lease.
-pub(crate) fn complete(conn: &mut SqliteConnection, tables: &Tables, c: &Completion) -> TxResult<CompletionStatus> {
+pub(crate) fn complete(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    c: &Completion,
+) -> TxResult<CompletionStatus> {
     let now = c.now.as_micros();
     // Every branch ends the lease; which columns change depends on the outcome.
     let (set, binds): (&str, Vec<Bind>) = match &c.outcome {
@@ -395,8 +410,12 @@ pub(crate) fn complete(conn: &mut SqliteConnection, tables: &Tables, c: &Complet
             }
             (vec![entry(failure_kind(failure), Some(message))], follow_ups)
         }
-        Outcome::Cancelled { follow_ups } => (vec![entry(JournalKind::Cancelled, follow_up_note(follow_ups))], follow_ups),
-        Outcome::Released { at } => (vec![entry(JournalKind::Released, Some(format!("due again {at}")))], &[]),
+        Outcome::Cancelled { follow_ups } => {
+            (vec![entry(JournalKind::Cancelled, follow_up_note(follow_ups))], follow_ups)
+        }
+        Outcome::Released { at } => {
+            (vec![entry(JournalKind::Released, Some(format!("due again {at}")))], &[])
+        }
     };
     journal::append(conn, tables, &entries)?;
     if !follow_ups.is_empty() {
@@ -426,10 +445,16 @@ struct StateRow {
     attempts: i32,
 }
 
-pub(crate) fn cancel(conn: &mut SqliteConnection, tables: &Tables, id: CommandId, now: Timestamp) -> TxResult<CancelStatus> {
-    let rows: Vec<StateRow> = diesel::sql_query(format!("SELECT state, attempts FROM {} WHERE id = ?", tables.commands))
-        .bind::<Text, _>(id.to_string())
-        .load(conn)?;
+pub(crate) fn cancel(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    id: CommandId,
+    now: Timestamp,
+) -> TxResult<CancelStatus> {
+    let rows: Vec<StateRow> =
+        diesel::sql_query(format!("SELECT state, attempts FROM {} WHERE id = ?", tables.commands))
+            .bind::<Text, _>(id.to_string())
+            .load(conn)?;
     let Some(row) = rows.first() else {
         return Ok(CancelStatus::NotFound);
     };
@@ -440,7 +465,9 @@ pub(crate) fn cancel(conn: &mut SqliteConnection, tables: &Tables, id: CommandId
             CancelStatus::Cancelled,
             JournalKind::Cancelled,
         ),
-        State::Running => ("cancel_requested = 1, updated_at = ?1", CancelStatus::Requested, JournalKind::CancelRequested),
+        State::Running => {
+            ("cancel_requested = 1, updated_at = ?1", CancelStatus::Requested, JournalKind::CancelRequested)
+        }
         finished => return Ok(CancelStatus::AlreadyFinished(finished)),
     };
     // Numbered parameters: the time is bound once and used by every SET that needs it.
@@ -476,7 +503,12 @@ struct RescuedRow {
     worker: Option<String>,
 }
 
-pub(crate) fn rescue(conn: &mut SqliteConnection, tables: &Tables, now: Timestamp, limit: usize) -> TxResult<Vec<Rescued>> {
+pub(crate) fn rescue(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    now: Timestamp,
+    limit: usize,
+) -> TxResult<Vec<Rescued>> {
     // SQLite evaluates every SET expression against the row as it was before the
     // UPDATE, so the CASEs below all see the old state and attempts.
     let sql = format!(
@@ -536,7 +568,8 @@ pub(crate) fn follow_ups_due(
     for name in names {
         query = query.bind::<Text, _>(name.clone());
     }
-    let rows: Vec<CommandRow> = query.bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX)).load(conn)?;
+    let rows: Vec<CommandRow> =
+        query.bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX)).load(conn)?;
     Ok(rows.into_iter().map(CommandRow::into_record).collect::<Result<_, _>>()?)
 }
 
@@ -573,17 +606,26 @@ pub(crate) fn resolve_follow_ups(
     Ok(true)
 }
 
-pub(crate) fn get(conn: &mut SqliteConnection, tables: &Tables, id: CommandId) -> TxResult<Option<CommandRecord>> {
-    let rows: Vec<CommandRow> = diesel::sql_query(format!("SELECT {COLUMNS} FROM {} WHERE id = ?", tables.commands))
-        .bind::<Text, _>(id.to_string())
-        .load(conn)?;
+pub(crate) fn get(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    id: CommandId,
+) -> TxResult<Option<CommandRecord>> {
+    let rows: Vec<CommandRow> =
+        diesel::sql_query(format!("SELECT {COLUMNS} FROM {} WHERE id = ?", tables.commands))
+            .bind::<Text, _>(id.to_string())
+            .load(conn)?;
     Ok(rows.into_iter().next().map(CommandRow::into_record).transpose()?)
 }
 
 /// The most rows one `list` call returns.
 const LIST_MAX: usize = 10_000;
 
-pub(crate) fn list(conn: &mut SqliteConnection, tables: &Tables, p: &ListParams) -> TxResult<Vec<CommandRecord>> {
+pub(crate) fn list(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    p: &ListParams,
+) -> TxResult<Vec<CommandRecord>> {
     let mut sql = format!("SELECT {COLUMNS} FROM {} WHERE 1 = 1", tables.commands);
     let mut binds: Vec<String> = Vec::new();
     let mut filter = |column: &str, value: Option<String>| {
@@ -627,7 +669,12 @@ pub(crate) fn counts(conn: &mut SqliteConnection, tables: &Tables) -> TxResult<V
     .load(conn)?;
     rows.into_iter()
         .map(|r| {
-            Ok(CountRow { name: r.name, target: r.target, state: State::parse(&r.state)?, count: r.count.max(0) as u64 })
+            Ok(CountRow {
+                name: r.name,
+                target: r.target,
+                state: State::parse(&r.state)?,
+                count: r.count.max(0) as u64,
+            })
         })
         .collect()
 }

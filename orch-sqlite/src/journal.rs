@@ -3,8 +3,8 @@
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel::sqlite::Sqlite;
 use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
-use orch::store::{CommandId, JournalEntry, JournalKind};
 use orch::Timestamp;
+use orch::store::{CommandId, JournalEntry, JournalKind};
 
 use crate::{Tables, TxResult};
 
@@ -23,7 +23,10 @@ const CHUNK: usize = 200;
 
 pub(crate) fn append(conn: &mut SqliteConnection, tables: &Tables, entries: &[NewEntry]) -> TxResult<()> {
     for chunk in entries.chunks(CHUNK) {
-        let mut sql = format!("INSERT INTO {} (command_id, at, kind, attempt, worker, message) VALUES ", tables.journal);
+        let mut sql = format!(
+            "INSERT INTO {} (command_id, at, kind, attempt, worker, message) VALUES ",
+            tables.journal
+        );
         for i in 0..chunk.len() {
             sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?, ?)" });
         }
@@ -60,7 +63,11 @@ struct EntryRow {
     message: Option<String>,
 }
 
-pub(crate) fn read(conn: &mut SqliteConnection, tables: &Tables, id: CommandId) -> TxResult<Vec<JournalEntry>> {
+pub(crate) fn read(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    id: CommandId,
+) -> TxResult<Vec<JournalEntry>> {
     let rows: Vec<EntryRow> = diesel::sql_query(format!(
         "SELECT seq, command_id, at, kind, attempt, worker, message FROM {} WHERE command_id = ? ORDER BY seq",
         tables.journal

@@ -31,8 +31,8 @@ use diesel::{Connection, SqliteConnection};
 
 pub use orch;
 use orch::store::{
-    CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus, CountRow,
-    HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Rescued,
+    CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
+    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Rescued,
 };
 use orch::{Error, Result, Store, TablePrefix, Timestamp};
 

@@ -24,11 +24,12 @@ pub(crate) fn run(conn: &mut SqliteConnection, tables: &Tables, prefix: &TablePr
         "CREATE TABLE IF NOT EXISTS {} (version INTEGER PRIMARY KEY NOT NULL, applied_at INTEGER NOT NULL)",
         tables.migrations
     ))?;
-    let applied: Vec<i32> = diesel::sql_query(format!("SELECT version FROM {} ORDER BY version", tables.migrations))
-        .load::<Version>(conn)?
-        .into_iter()
-        .map(|v| v.version)
-        .collect();
+    let applied: Vec<i32> =
+        diesel::sql_query(format!("SELECT version FROM {} ORDER BY version", tables.migrations))
+            .load::<Version>(conn)?
+            .into_iter()
+            .map(|v| v.version)
+            .collect();
     let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
     if let Some(&newest) = applied.last()
         && newest > known

@@ -86,17 +86,19 @@ pub struct Orch {
 
 impl std::fmt::Debug for Orch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Orch")
-            .field("backend", &self.store.backend())
-            .field("clock", &self.clock)
-            .finish()
+        f.debug_struct("Orch").field("backend", &self.store.backend()).field("clock", &self.clock).finish()
     }
 }
 
 impl Orch {
     /// A client over `store`, with the system clock.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Orch { store, clock: Arc::new(SystemClock), signals: Arc::default(), wait_poll: Duration::from_millis(100) }
+        Orch {
+            store,
+            clock: Arc::new(SystemClock),
+            signals: Arc::default(),
+            wait_poll: Duration::from_millis(100),
+        }
     }
 
     /// Uses `clock` for every time this client and its workers read.
@@ -140,10 +142,7 @@ impl Orch {
     /// Pushes many commands in one round trip, all or none. Ids are returned in order.
     pub async fn push_many(&self, commands: Vec<NewCommand>) -> Result<Vec<CommandId>> {
         let now = self.clock.now();
-        let rows = commands
-            .into_iter()
-            .map(|c| c.into_insert(now, None))
-            .collect::<Result<Vec<_>>>()?;
+        let rows = commands.into_iter().map(|c| c.into_insert(now, None)).collect::<Result<Vec<_>>>()?;
         self.insert(rows).await
     }
 
@@ -231,7 +230,10 @@ impl Orch {
 
     /// Waits for a typed command to finish and returns its output, or an error naming
     /// how it ended.
-    pub async fn wait_output<C: Command>(&self, id: CommandId) -> Result<std::result::Result<C::Output, Status>> {
+    pub async fn wait_output<C: Command>(
+        &self,
+        id: CommandId,
+    ) -> Result<std::result::Result<C::Output, Status>> {
         match self.wait(id).await? {
             Status::Success(json) => serde_json::from_str(&json)
                 .map(Ok)

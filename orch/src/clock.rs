@@ -49,11 +49,7 @@ impl Timestamp {
 
     /// The time elapsed from `earlier` to `self`, or zero when `earlier` is later.
     pub fn saturating_duration_since(self, earlier: Timestamp) -> Duration {
-        if self.0 <= earlier.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_micros((self.0 - earlier.0) as u64)
-        }
+        if self.0 <= earlier.0 { Duration::ZERO } else { Duration::from_micros((self.0 - earlier.0) as u64) }
     }
 }
 
@@ -137,9 +133,7 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     #[allow(clippy::disallowed_methods)] // The one sanctioned read of the wall clock.
     fn now(&self) -> Timestamp {
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Timestamp(duration_micros(since))
     }
 
@@ -282,10 +276,7 @@ mod tests {
     #[test]
     fn formats_rfc3339() {
         assert_eq!(Timestamp::EPOCH.to_string(), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(
-            Timestamp::from_micros(1_893_456_000_000_001).to_string(),
-            "2030-01-01T00:00:00.000001Z"
-        );
+        assert_eq!(Timestamp::from_micros(1_893_456_000_000_001).to_string(), "2030-01-01T00:00:00.000001Z");
         assert_eq!(Timestamp::from_millis(951_782_400_000).to_string(), "2000-02-29T00:00:00.000000Z");
     }
 

@@ -265,6 +265,12 @@ impl NewCommand {
         self
     }
 
+    /// Resolves the options into the row a store inserts, as a push at `now` would:
+    /// validates them, generates the id and computes the due time.
+    pub fn resolve(self, now: Timestamp) -> Result<InsertCommand> {
+        self.into_insert(now, None)
+    }
+
     /// Resolves the options into the row a store inserts.
     pub(crate) fn into_insert(
         self,
@@ -397,7 +403,8 @@ mod tests {
     fn follow_ups_inherit_correlation() {
         let now = Timestamp::from_millis(0);
         let parent = CommandId::generate(now);
-        let row = NewCommand::raw("x", serde_json::json!(1)).into_insert(now, Some((parent, "corr"))).unwrap();
+        let row =
+            NewCommand::raw("x", serde_json::json!(1)).into_insert(now, Some((parent, "corr"))).unwrap();
         assert_eq!(row.parent_id, Some(parent));
         assert_eq!(row.correlation_id, "corr");
     }

@@ -141,7 +141,9 @@ impl<C: Command, H: Handler<C>> ErasedHandler for Typed<C, H> {
         Ok(Box::pin(async move {
             match handler.handle(command, ctx).await {
                 Ok(output) => match serde_json::to_string(&output) {
-                    Ok(json) => RunResult::Succeeded { output: json, follow_ups: for_hooks.on_success(&output) },
+                    Ok(json) => {
+                        RunResult::Succeeded { output: json, follow_ups: for_hooks.on_success(&output) }
+                    }
                     Err(e) => RunResult::Failed(HandlerError::permanent(format!(
                         "output of `{}` could not be encoded: {e}",
                         C::name()

@@ -55,7 +55,9 @@ pub use command::{Command, DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, New
 pub use error::{Error, Failure, FailureKind, HandlerError, Result};
 pub use handler::{Context, Handler, Registry};
 pub use retry::RetryPolicy;
-pub use store::{CancelStatus, CommandId, CommandRecord, JournalEntry, JournalKind, State, Store, TablePrefix};
+pub use store::{
+    CancelStatus, CommandId, CommandRecord, JournalEntry, JournalKind, State, Store, TablePrefix,
+};
 pub use worker::{Worker, WorkerConfig, WorkerHandle};
 
 /// Re-exported so handlers can take cancellation tokens without another dependency.

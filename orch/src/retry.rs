@@ -190,11 +190,7 @@ mod tests {
         assert!(RetryPolicy { multiplier: 0.5, ..policy(0.1) }.validate().is_err());
         assert!(RetryPolicy { jitter: 1.5, ..policy(0.1) }.validate().is_err());
         assert!(RetryPolicy { jitter: f64::NAN, ..policy(0.1) }.validate().is_err());
-        assert!(
-            RetryPolicy { initial_delay: Duration::from_secs(20), ..policy(0.1) }
-                .validate()
-                .is_err()
-        );
+        assert!(RetryPolicy { initial_delay: Duration::from_secs(20), ..policy(0.1) }.validate().is_err());
         assert!(policy(0.1).validate().is_ok());
         assert!(RetryPolicy::default().validate().is_ok());
     }

@@ -324,10 +324,9 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 
     tracing::info!(worker = %shared.worker_id, running = tasks.len(), "worker stopping");
-    let drained = tokio::time::timeout(config.shutdown_grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(config.shutdown_grace, async { while tasks.join_next().await.is_some() {} })
+            .await;
     if drained.is_err() {
         let running: Vec<_> = {
             let running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -352,16 +351,21 @@ fn set_reason(slot: &Mutex<Option<StopReason>>, reason: StopReason) {
     slot.get_or_insert(reason);
 }
 
-async fn execute(shared: &Arc<Shared>, claimed: ClaimedCommand, completions: mpsc::Sender<CompletionRequest>) {
+async fn execute(
+    shared: &Arc<Shared>,
+    claimed: ClaimedCommand,
+    completions: mpsc::Sender<CompletionRequest>,
+) {
     let id = claimed.lease.id;
     let span = tracing::info_span!("command", %id, name = %claimed.name, attempt = claimed.attempt);
     async {
         let stop = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
-        shared.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            id,
-            Running { lease: claimed.lease, stop: stop.clone(), reason: Arc::clone(&reason) },
-        );
+        shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Running { lease: claimed.lease, stop: stop.clone(), reason: Arc::clone(&reason) });
         let outcome = run_attempt(shared, &claimed, &stop, &reason).await;
         if let Some(outcome) = outcome {
             let completion = Completion {
@@ -515,7 +519,11 @@ fn failed_for_good(
     Outcome::Failed { failure, follow_ups }
 }
 
-fn resolve(shared: &Arc<Shared>, claimed: &ClaimedCommand, follow_ups: Vec<NewCommand>) -> Result<Vec<InsertCommand>> {
+fn resolve(
+    shared: &Arc<Shared>,
+    claimed: &ClaimedCommand,
+    follow_ups: Vec<NewCommand>,
+) -> Result<Vec<InsertCommand>> {
     resolve_for(shared.orch.clock().now(), claimed.lease.id, &claimed.correlation_id, follow_ups)
 }
 
@@ -685,10 +693,7 @@ mod tests {
             (WorkerConfig { max_pull: 0, ..Default::default() }, "max_pull"),
             (WorkerConfig { instance_key: String::new(), ..Default::default() }, "instance_key"),
             (WorkerConfig { poll_interval: Duration::ZERO, ..Default::default() }, "poll_interval"),
-            (
-                WorkerConfig { lease_buffer: Duration::from_millis(500), ..Default::default() },
-                "lease_buffer",
-            ),
+            (WorkerConfig { lease_buffer: Duration::from_millis(500), ..Default::default() }, "lease_buffer"),
         ];
         for (config, field) in cases {
             match config.validate() {

@@ -1,0 +1,901 @@
+//! The conformance suite: every backend must pass every case.
+//!
+//! Each case takes a [`Harness`] and asserts outcomes that a wrong store would get
+//! wrong. Real-time waits poll with a deadline ([`eventually`]); time-dependent cases
+//! move a [`ManualClock`] instead of sleeping.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orch::store::{
+    ClaimParams, ClaimedCommand, Completion, CompletionStatus, HeartbeatParams, InsertCommand, LeaseStatus,
+    ListParams, Outcome,
+};
+use orch::{
+    CancelStatus, CancellationToken, Clock, Command, CommandId, Context, Error, Failure, FailureKind,
+    HandlerError, JournalKind, ManualClock, NewCommand, Orch, Registry, RetryPolicy, State, Status, Store,
+    Timestamp, Worker,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::harness::Harness;
+use crate::support::{drive_until, eventually, fast_config, manual_config};
+
+// ---------------------------------------------------------------------------
+// Command types used by the cases.
+
+/// Succeeds with its input; fast.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EchoCommand {
+    /// A number returned as output.
+    pub n: u64,
+}
+impl Command for EchoCommand {
+    type Output = u64;
+}
+
+/// Records where it ran.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RoutedCommand {
+    n: u64,
+    target: String,
+}
+impl Command for RoutedCommand {
+    type Output = ();
+}
+
+/// Always fails; 2 retries, no backoff; alerts on failure.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FlakyCommand {
+    job: String,
+}
+impl Command for FlakyCommand {
+    type Output = ();
+    const RETRIES: u32 = 2;
+    fn retry_policy() -> RetryPolicy {
+        RetryPolicy::immediate()
+    }
+    fn on_failure(&self, error: &Failure) -> Vec<NewCommand> {
+        vec![NewCommand::of(&AlertCommand { about: self.job.clone(), reason: error.message.clone() })]
+    }
+}
+
+/// A follow-up nobody handles in these cases, so it stays visible as pending.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AlertCommand {
+    about: String,
+    reason: String,
+}
+impl Command for AlertCommand {
+    type Output = ();
+}
+
+/// Fails with a jittered exponential backoff.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BackoffCommand;
+impl Command for BackoffCommand {
+    type Output = ();
+    const RETRIES: u32 = 3;
+    fn retry_policy() -> RetryPolicy {
+        RetryPolicy {
+            initial_delay: Duration::from_secs(10),
+            max_delay: Duration::from_secs(60),
+            multiplier: 2.0,
+            jitter: 0.5,
+        }
+    }
+}
+
+/// Hangs until cancelled; 10 s timeout, 1 retry after 1 s.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HangCommand;
+impl Command for HangCommand {
+    type Output = ();
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    const RETRIES: u32 = 1;
+    fn retry_policy() -> RetryPolicy {
+        RetryPolicy::fixed(Duration::from_secs(1))
+    }
+}
+
+/// Chains an echo on success.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ParentCommand {
+    n: u64,
+}
+impl Command for ParentCommand {
+    type Output = u64;
+    fn on_success(&self, output: &u64) -> Vec<NewCommand> {
+        vec![NewCommand::of(&EchoCommand { n: output + 1 })]
+    }
+}
+
+/// Defines only `on_failure`: cancellation must reuse it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CancellableCommand {
+    job: String,
+}
+impl Command for CancellableCommand {
+    type Output = ();
+    const TIMEOUT: Duration = Duration::from_secs(60);
+    fn on_failure(&self, error: &Failure) -> Vec<NewCommand> {
+        vec![NewCommand::of(&AlertCommand { about: self.job.clone(), reason: error.kind.to_string() })]
+    }
+}
+
+/// Defines its own `on_cancel`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CleanupOnCancelCommand;
+impl Command for CleanupOnCancelCommand {
+    type Output = ();
+    fn on_failure(&self, _: &Failure) -> Vec<NewCommand> {
+        vec![NewCommand::of(&AlertCommand { about: "cleanup".into(), reason: "failure".into() })]
+    }
+    fn on_cancel(&self) -> Vec<NewCommand> {
+        vec![NewCommand::raw("cleanup", serde_json::json!({"after": "cancel"}))]
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+fn echo_registry() -> Registry {
+    let mut registry = Registry::new();
+    registry.register_fn(|c: EchoCommand, _ctx: Context| async move { Ok::<_, HandlerError>(c.n) }).unwrap();
+    registry
+}
+
+async fn record(store: &Arc<dyn Store>, id: CommandId) -> orch::CommandRecord {
+    store.get(id).await.unwrap().unwrap_or_else(|| panic!("command {id} not found"))
+}
+
+async fn all(store: &Arc<dyn Store>) -> Vec<orch::CommandRecord> {
+    store.list(ListParams::default()).await.unwrap()
+}
+
+async fn named(store: &Arc<dyn Store>, name: &str) -> Vec<orch::CommandRecord> {
+    store.list(ListParams { name: Some(name.into()), ..Default::default() }).await.unwrap()
+}
+
+async fn kinds(store: &Arc<dyn Store>, id: CommandId) -> Vec<JournalKind> {
+    store.journal(id).await.unwrap().into_iter().map(|e| e.kind).collect()
+}
+
+fn insert(name: &str, now: Timestamp) -> InsertCommand {
+    NewCommand::raw(name, serde_json::json!({})).resolve(now).expect("valid command")
+}
+
+fn claim_params(names: &[&str], now: Timestamp, worker: &str, limit: usize) -> ClaimParams {
+    ClaimParams {
+        target: orch::DEFAULT_TARGET.into(),
+        names: names.iter().map(|n| n.to_string()).collect(),
+        limit,
+        now,
+        worker: worker.into(),
+        lease_buffer: Duration::from_secs(1),
+    }
+}
+
+async fn claim_one(store: &Arc<dyn Store>, name: &str, now: Timestamp, worker: &str) -> ClaimedCommand {
+    let mut claimed = store.claim(claim_params(&[name], now, worker, 1)).await.unwrap();
+    assert_eq!(claimed.len(), 1, "expected one claimable `{name}` at {now}");
+    claimed.remove(0)
+}
+
+// ---------------------------------------------------------------------------
+// The cases.
+
+/// 1. Four workers share 2,000 commands; every handler runs exactly once.
+pub async fn claim_is_exclusive(h: &dyn Harness) {
+    const N: u64 = 2_000;
+    let store = h.store().await;
+    let runs: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let mut workers = Vec::new();
+    for i in 0..4 {
+        let mut registry = Registry::new();
+        let runs = Arc::clone(&runs);
+        registry
+            .register_fn(move |c: EchoCommand, _ctx: Context| {
+                let runs = Arc::clone(&runs);
+                async move {
+                    *runs.lock().unwrap().entry(c.n).or_default() += 1;
+                    Ok::<_, HandlerError>(c.n)
+                }
+            })
+            .unwrap();
+        let orch = Orch::new(Arc::clone(&store));
+        let config = fast_config(&format!("w{i}"));
+        let config = orch::WorkerConfig { instance_key: orch::DEFAULT_TARGET.into(), ..config };
+        workers.push(Worker::new(orch, registry, config).unwrap().start());
+    }
+    let client = Orch::new(Arc::clone(&store));
+    let batch: Vec<NewCommand> = (0..N).map(|n| NewCommand::of(&EchoCommand { n })).collect();
+    client.push_many(batch).await.unwrap();
+
+    eventually("all 2,000 commands to succeed", || async {
+        let counts = store.counts().await.unwrap();
+        let done: u64 = counts.iter().filter(|c| c.state == State::Succeeded).map(|c| c.count).sum();
+        (done == N).then_some(())
+    })
+    .await;
+    for w in workers {
+        w.shutdown().await;
+    }
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len() as u64, N, "every command ran");
+    let twice: Vec<_> = runs.iter().filter(|(_, c)| **c != 1).collect();
+    assert!(twice.is_empty(), "commands run more than once: {twice:?}");
+    let records = all(&store).await;
+    assert!(records.iter().all(|r| r.attempts == 1 && r.state == State::Succeeded));
+    let holders: std::collections::HashSet<_> = records.iter().filter_map(|r| r.worker.clone()).collect();
+    assert!(holders.len() >= 2, "work should spread over workers, got {holders:?}");
+}
+
+/// 2. Completing, failing or renewing with a stale lease changes nothing and reports it.
+pub async fn stale_lease_changes_nothing(h: &dyn Harness) {
+    let store = h.store().await;
+    let t0 = Timestamp::from_millis(1_000_000);
+    let row = insert("job", t0);
+    let id = row.id;
+    store.enqueue(vec![row]).await.unwrap();
+
+    let stale = claim_one(&store, "job", t0, "worker-a").await;
+    // Lease = timeout (5 s) + buffer (1 s); past it, the command is rescued and re-claimed.
+    let t1 = t0 + Duration::from_secs(7);
+    let rescued = store.rescue(t1, 100).await.unwrap();
+    assert_eq!(rescued.len(), 1);
+    assert_eq!(rescued[0].state, State::Pending);
+    let fresh = claim_one(&store, "job", t1, "worker-b").await;
+    assert_ne!(stale.lease.token, fresh.lease.token, "every claim gets a fresh token");
+    assert_eq!(fresh.attempt, 2);
+
+    let before = record(&store, id).await;
+    let t2 = t1 + Duration::from_millis(10);
+    let stale_outcomes = vec![
+        Outcome::Succeeded { output: "1".into(), follow_ups: vec![insert("follow", t2)] },
+        Outcome::Failed { failure: Failure::new(FailureKind::Error, "x"), follow_ups: vec![] },
+        Outcome::Retry { failure: Failure::new(FailureKind::Error, "x"), retry_at: t2 },
+        Outcome::Cancelled { follow_ups: vec![] },
+        Outcome::Released { at: t2 },
+    ];
+    for outcome in stale_outcomes {
+        let status = store
+            .complete(vec![Completion { lease: stale.lease, now: t2, worker: "worker-a".into(), outcome }])
+            .await
+            .unwrap();
+        assert_eq!(status, vec![CompletionStatus::LeaseLost]);
+    }
+    let beat = store
+        .heartbeat(HeartbeatParams {
+            leases: vec![stale.lease],
+            now: t2,
+            lease_buffer: Duration::from_secs(60),
+        })
+        .await
+        .unwrap();
+    assert_eq!(beat, vec![LeaseStatus::Lost]);
+    assert_eq!(record(&store, id).await, before, "a stale lease must change nothing");
+    assert!(named(&store, "follow").await.is_empty(), "no follow-up from a stale completion");
+    let lost = kinds(&store, id).await.iter().filter(|k| **k == JournalKind::LeaseLost).count();
+    assert_eq!(lost, 6, "each refused change is journaled as lease_lost");
+
+    // The current holder still can, and afterwards the old one still cannot.
+    let ok = store
+        .complete(vec![Completion {
+            lease: fresh.lease,
+            now: t2,
+            worker: "worker-b".into(),
+            outcome: Outcome::Succeeded { output: "2".into(), follow_ups: vec![] },
+        }])
+        .await
+        .unwrap();
+    assert_eq!(ok, vec![CompletionStatus::Applied]);
+    let late = store
+        .complete(vec![Completion {
+            lease: stale.lease,
+            now: t2,
+            worker: "worker-a".into(),
+            outcome: Outcome::Succeeded { output: "1".into(), follow_ups: vec![] },
+        }])
+        .await
+        .unwrap();
+    assert_eq!(late, vec![CompletionStatus::LeaseLost]);
+    let done = record(&store, id).await;
+    assert_eq!(done.state, State::Succeeded);
+    assert_eq!(done.output.as_deref(), Some("2"));
+    assert_eq!(done.lease_token, None);
+}
+
+/// 3. Retry count 2 means 3 runs, then `failed`, then (and not before) the failure follow-ups.
+pub async fn retries_then_failure_follow_ups(h: &dyn Harness) {
+    let store = h.store().await;
+    let orch = Orch::new(Arc::clone(&store));
+    let runs = Arc::new(AtomicU32::new(0));
+    let alert_seen_early = Arc::new(AtomicBool::new(false));
+    let mut registry = Registry::new();
+    {
+        let runs = Arc::clone(&runs);
+        let early = Arc::clone(&alert_seen_early);
+        registry
+            .register_fn(move |_: FlakyCommand, ctx: Context| {
+                let runs = Arc::clone(&runs);
+                let early = Arc::clone(&early);
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    let alerts = ctx
+                        .orch()
+                        .store()
+                        .list(ListParams { name: Some("alert".into()), ..Default::default() })
+                        .await
+                        .map_err(HandlerError::from)?;
+                    if !alerts.is_empty() {
+                        early.store(true, Ordering::SeqCst);
+                    }
+                    Err::<(), _>(HandlerError::new(format!("boom on attempt {}", ctx.attempt())))
+                }
+            })
+            .unwrap();
+    }
+    let worker = Worker::new(orch.clone(), registry, fast_config("default")).unwrap().start();
+    let id = orch.push(&FlakyCommand { job: "nightly".into() }).await.unwrap();
+    let status =
+        tokio::time::timeout(crate::support::WAIT, orch.wait(id)).await.expect("command finishes").unwrap();
+    worker.shutdown().await;
+
+    assert!(matches!(&status, Status::Failed(f) if f.message == "boom on attempt 3"), "{status:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "retry count 2 → exactly 3 runs");
+    let r = record(&store, id).await;
+    assert_eq!((r.state, r.attempts, r.max_attempts), (State::Failed, 3, 3));
+    assert!(
+        !alert_seen_early.load(Ordering::SeqCst),
+        "on_failure follow-ups must not exist before the final failure"
+    );
+    let alerts = named(&store, "alert").await;
+    assert_eq!(alerts.len(), 1, "exactly one on_failure follow-up");
+    assert_eq!(alerts[0].parent_id, Some(id));
+    assert_eq!(alerts[0].correlation_id, r.correlation_id, "follow-ups inherit the correlation id");
+    let input: serde_json::Value = serde_json::from_str(&alerts[0].input).unwrap();
+    assert_eq!(input["reason"], "boom on attempt 3");
+    let journal = kinds(&store, id).await;
+    assert_eq!(journal.iter().filter(|k| **k == JournalKind::Failed).count(), 3);
+    assert_eq!(journal.iter().filter(|k| **k == JournalKind::RetryScheduled).count(), 2);
+}
+
+/// 4. The next attempt is not claimable before the backoff delay, and is right after.
+pub async fn backoff_delays_next_attempt(h: &dyn Harness) {
+    let store = h.store().await;
+    let clock = ManualClock::starting_2030();
+    let orch = Orch::new(Arc::clone(&store)).with_clock(Arc::new(clock.clone()));
+    let mut registry = Registry::new();
+    registry
+        .register_fn(|_: BackoffCommand, _ctx: Context| async { Err::<(), _>(HandlerError::new("not yet")) })
+        .unwrap();
+    let worker = Worker::new(orch.clone(), registry, manual_config("backoff")).unwrap().start();
+    let failed_at = clock.now();
+    let id = orch.push(&BackoffCommand).await.unwrap();
+    let r = eventually("the first attempt to fail", || async {
+        let r = record(&store, id).await;
+        (r.state == State::Pending && r.attempts == 1).then_some(r)
+    })
+    .await;
+    worker.shutdown().await;
+
+    let (low, high) = BackoffCommand::retry_policy().bounds(1);
+    let delay = r.scheduled_at.saturating_duration_since(failed_at);
+    assert!(delay >= low && delay <= high, "delay {delay:?} outside the policy's bounds {low:?}..={high:?}");
+    assert!(delay >= Duration::from_secs(5), "the first retry waits at least initial_delay × (1 - jitter)");
+
+    let just_before = r.scheduled_at - Duration::from_micros(1);
+    let early = store.claim(claim_params(&["backoff"], just_before, "probe", 10)).await.unwrap();
+    assert!(early.is_empty(), "claimable {:?} before its backoff ended", r.scheduled_at);
+    let on_time = store.claim(claim_params(&["backoff"], r.scheduled_at, "probe", 10)).await.unwrap();
+    assert_eq!(on_time.len(), 1);
+    assert_eq!(on_time[0].attempt, 2);
+}
+
+/// 5. A handler that exceeds its timeout is cancelled, journaled as timed out, and retried.
+pub async fn timeout_cancels_and_retries(h: &dyn Harness) {
+    let store = h.store().await;
+    let clock = ManualClock::starting_2030();
+    let orch = Orch::new(Arc::clone(&store)).with_clock(Arc::new(clock.clone()));
+    let tokens: Arc<Mutex<Vec<CancellationToken>>> = Arc::default();
+    let mut registry = Registry::new();
+    {
+        let tokens = Arc::clone(&tokens);
+        registry
+            .register_fn(move |_: HangCommand, ctx: Context| {
+                let tokens = Arc::clone(&tokens);
+                async move {
+                    tokens.lock().unwrap().push(ctx.cancellation_token().clone());
+                    std::future::pending::<()>().await;
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .unwrap();
+    }
+    let worker = Worker::new(orch.clone(), registry, manual_config("hang")).unwrap().start();
+    let id = orch.push(&HangCommand).await.unwrap();
+    eventually("the first attempt to start", || async { (tokens.lock().unwrap().len() == 1).then_some(()) })
+        .await;
+
+    clock.advance(Duration::from_secs(10));
+    let r = eventually("the timed-out attempt to be rescheduled", || async {
+        let r = record(&store, id).await;
+        (r.state == State::Pending).then_some(r)
+    })
+    .await;
+    assert!(tokens.lock().unwrap()[0].is_cancelled(), "the handler's cancellation token fired");
+    assert_eq!(r.attempts, 1);
+    assert_eq!(r.error.as_ref().map(|e| e.kind), Some(FailureKind::Timeout));
+    let journal = kinds(&store, id).await;
+    assert!(
+        journal.contains(&JournalKind::TimedOut) && journal.contains(&JournalKind::RetryScheduled),
+        "{journal:?}"
+    );
+
+    drive_until(&clock, Duration::from_millis(100), "the second attempt starts", || async {
+        (tokens.lock().unwrap().len() == 2).then_some(())
+    })
+    .await;
+    clock.advance(Duration::from_secs(10));
+    let status = eventually("the command to fail for good", || async {
+        let s = orch.status(id).await.unwrap();
+        s.is_final().then_some(s)
+    })
+    .await;
+    worker.shutdown().await;
+    assert!(matches!(status, Status::TimedOut(_)), "{status:?}");
+    assert_eq!(record(&store, id).await.attempts, 2);
+}
+
+/// 6. A delayed command is not claimed before its time, and is at its time.
+pub async fn delayed_command_waits(h: &dyn Harness) {
+    let store = h.store().await;
+    let clock = ManualClock::starting_2030();
+    let orch = Orch::new(Arc::clone(&store)).with_clock(Arc::new(clock.clone()));
+    let start = clock.now();
+    let id =
+        orch.push_new(NewCommand::of(&EchoCommand { n: 1 }).delay(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(record(&store, id).await.scheduled_at, start + Duration::from_secs(60));
+
+    for probe in [start, start + Duration::from_secs(30), start + Duration::from_millis(59_999)] {
+        let claimed = store.claim(claim_params(&["echo"], probe, "probe", 10)).await.unwrap();
+        assert!(claimed.is_empty(), "claimed at {probe}, before it was due");
+    }
+
+    // Through a worker on the manual clock as well: nothing runs until the clock gets there.
+    let worker = Worker::new(orch.clone(), echo_registry(), manual_config("delay")).unwrap().start();
+    clock.advance(Duration::from_secs(59));
+    drive_until(&clock, Duration::from_millis(100), "the delayed command succeeds", || async {
+        let r = record(&store, id).await;
+        (r.state == State::Succeeded).then_some(())
+    })
+    .await;
+    worker.shutdown().await;
+    let r = record(&store, id).await;
+    let started = r.started_at.expect("started");
+    assert!(started >= start + Duration::from_secs(60), "started at {started}, before it was due");
+}
+
+/// 7. A worker with instance key `a` never runs a command targeted at `b`.
+pub async fn target_routing(h: &dyn Harness) {
+    let store = h.store().await;
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let mut workers = Vec::new();
+    for key in ["a", "b"] {
+        let seen = Arc::clone(&seen);
+        let mut registry = Registry::new();
+        registry
+            .register_fn(move |c: RoutedCommand, _ctx: Context| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    seen.lock().unwrap().push((key.to_owned(), c.target));
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .unwrap();
+        let orch = Orch::new(Arc::clone(&store));
+        workers.push(Worker::new(orch, registry, fast_config(key)).unwrap().start());
+    }
+    let client = Orch::new(Arc::clone(&store));
+    let mut batch = Vec::new();
+    for n in 0..60u64 {
+        let target = ["a", "b", "c"][(n % 3) as usize];
+        batch.push(NewCommand::of(&RoutedCommand { n, target: target.into() }).target(target));
+    }
+    client.push_many(batch).await.unwrap();
+    eventually("40 routed commands to run", || async { (seen.lock().unwrap().len() >= 40).then_some(()) })
+        .await;
+    eventually("a and b commands to be recorded", || async {
+        let counts = store.counts().await.unwrap();
+        let done: u64 = counts.iter().filter(|c| c.state == State::Succeeded).map(|c| c.count).sum();
+        (done == 40).then_some(())
+    })
+    .await;
+    for w in workers {
+        w.shutdown().await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 40);
+    for (worker_key, target) in seen.iter() {
+        assert_eq!(worker_key, target, "worker `{worker_key}` ran a command for `{target}`");
+    }
+    let c = store.list(ListParams { target: Some("c".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(c.len(), 20);
+    assert!(
+        c.iter().all(|r| r.state == State::Pending && r.attempts == 0),
+        "commands for `c` wait, unclaimed"
+    );
+}
+
+/// 8. `on_success` follow-ups commit in the same transaction as the success.
+pub async fn success_follow_ups_commit_with_success(h: &dyn Harness) {
+    let store = h.store().await;
+    let t0 = Timestamp::from_millis(5_000_000);
+    let parent = insert("parent", t0);
+    let existing = insert("other", t0);
+    let parent_id = parent.id;
+    store.enqueue(vec![parent, existing.clone()]).await.unwrap();
+    let claimed = claim_one(&store, "parent", t0, "w").await;
+
+    // Step 1: claimed, nothing else exists yet.
+    assert_eq!(record(&store, parent_id).await.state, State::Running);
+    assert_eq!(all(&store).await.len(), 2);
+
+    // Step 2: a completion whose follow-up cannot be inserted (its id is taken) must
+    // leave no trace: the parent still running under the same lease, no partial rows.
+    let mut clash = insert("child", t0);
+    clash.id = existing.id;
+    let good = insert("child", t0);
+    let result = store
+        .complete(vec![Completion {
+            lease: claimed.lease,
+            now: t0,
+            worker: "w".into(),
+            outcome: Outcome::Succeeded { output: "7".into(), follow_ups: vec![good.clone(), clash] },
+        }])
+        .await;
+    assert!(result.is_err(), "a follow-up that cannot be stored fails the whole completion");
+    let r = record(&store, parent_id).await;
+    assert_eq!(
+        (r.state, r.output.clone()),
+        (State::Running, None),
+        "success must not commit without its follow-ups"
+    );
+    assert_eq!(r.lease_token, Some(claimed.lease.token));
+    assert!(store.get(good.id).await.unwrap().is_none(), "no follow-up may commit without the success");
+
+    // Step 3: the real completion: success and follow-up appear together.
+    let status = store
+        .complete(vec![Completion {
+            lease: claimed.lease,
+            now: t0,
+            worker: "w".into(),
+            outcome: Outcome::Succeeded { output: "7".into(), follow_ups: vec![good.clone()] },
+        }])
+        .await
+        .unwrap();
+    assert_eq!(status, vec![CompletionStatus::Applied]);
+    let r = record(&store, parent_id).await;
+    assert_eq!(r.state, State::Succeeded);
+    let child = record(&store, good.id).await;
+    assert_eq!(child.state, State::Pending);
+
+    // Through the worker: the typed on_success chain, with parent and correlation.
+    let store = h.store().await;
+    let orch = Orch::new(Arc::clone(&store));
+    let mut registry = echo_registry();
+    registry
+        .register_fn(|c: ParentCommand, _ctx: Context| async move { Ok::<_, HandlerError>(c.n * 10) })
+        .unwrap();
+    let worker = Worker::new(orch.clone(), registry, fast_config("default")).unwrap().start();
+    let id = orch.push(&ParentCommand { n: 4 }).await.unwrap();
+    let children = eventually("the chained echo to succeed", || async {
+        let c = named(&store, "echo").await;
+        (c.len() == 1 && c[0].state == State::Succeeded).then_some(c)
+    })
+    .await;
+    worker.shutdown().await;
+    assert_eq!(children[0].parent_id, Some(id));
+    assert_eq!(children[0].output.as_deref(), Some("41"));
+    assert_eq!(children[0].correlation_id, record(&store, id).await.correlation_id);
+    assert_eq!(orch.output::<ParentCommand>(id).await.unwrap(), Some(40));
+}
+
+/// 9. Cancelling a command without `on_cancel` runs its `on_failure` follow-ups.
+pub async fn cancel_defaults_to_failure_follow_ups(h: &dyn Harness) {
+    let store = h.store().await;
+    let orch = Orch::new(Arc::clone(&store));
+    let started = Arc::new(AtomicU32::new(0));
+    let mut registry = Registry::new();
+    {
+        let started = Arc::clone(&started);
+        registry
+            .register_fn(move |_: CancellableCommand, ctx: Context| {
+                let started = Arc::clone(&started);
+                async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    ctx.cancellation_token().cancelled().await;
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .unwrap();
+        registry
+            .register_fn(|_: CleanupOnCancelCommand, _ctx: Context| async { Ok::<_, HandlerError>(()) })
+            .unwrap();
+    }
+
+    // Pending commands, cancelled before any worker runs: follow-ups come from a worker later.
+    let pending = orch
+        .push_new(
+            NewCommand::of(&CancellableCommand { job: "pending".into() }).delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let own = orch
+        .push_new(NewCommand::of(&CleanupOnCancelCommand).delay(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert_eq!(orch.cancel(pending).await.unwrap(), CancelStatus::Cancelled);
+    assert_eq!(orch.cancel(own).await.unwrap(), CancelStatus::Cancelled);
+    assert_eq!(orch.cancel(pending).await.unwrap(), CancelStatus::AlreadyFinished(State::Cancelled));
+    assert_eq!(orch.cancel(CommandId::generate(Timestamp::EPOCH)).await.unwrap(), CancelStatus::NotFound);
+    assert_eq!(orch.status(pending).await.unwrap(), Status::Cancelled);
+    assert!(record(&store, pending).await.follow_ups_due);
+
+    let worker = Worker::new(orch.clone(), registry, fast_config("default")).unwrap().start();
+
+    // A running command: the handler's token fires and the command ends cancelled.
+    let running = orch.push(&CancellableCommand { job: "running".into() }).await.unwrap();
+    eventually("the handler to start", || async { (started.load(Ordering::SeqCst) == 1).then_some(()) })
+        .await;
+    assert_eq!(orch.cancel(running).await.unwrap(), CancelStatus::Requested);
+    let status =
+        tokio::time::timeout(crate::support::WAIT, orch.wait(running)).await.expect("cancel lands").unwrap();
+    assert_eq!(status, Status::Cancelled);
+
+    let alerts = eventually("an alert for each cancelled cancellable", || async {
+        let a = named(&store, "alert").await;
+        (a.len() == 2).then_some(a)
+    })
+    .await;
+    let cleanup = eventually("the on_cancel follow-up", || async {
+        let c = named(&store, "cleanup").await;
+        (c.len() == 1).then_some(c)
+    })
+    .await;
+    worker.shutdown().await;
+
+    let mut parents: Vec<_> = alerts.iter().map(|a| a.parent_id.unwrap()).collect();
+    parents.sort();
+    let mut expected = vec![pending, running];
+    expected.sort();
+    assert_eq!(parents, expected, "on_failure follow-ups of both cancelled commands");
+    for a in &alerts {
+        let input: serde_json::Value = serde_json::from_str(&a.input).unwrap();
+        assert_eq!(input["reason"], "cancelled", "on_failure is given the cancelled failure");
+    }
+    assert_eq!(cleanup[0].parent_id, Some(own), "a type's own on_cancel wins over on_failure");
+    assert!(!record(&store, pending).await.follow_ups_due, "follow-ups are pushed once");
+    let journal = kinds(&store, running).await;
+    assert!(journal.contains(&JournalKind::CancelRequested) && journal.contains(&JournalKind::Cancelled));
+}
+
+/// 10. Undecodable input fails at once: decode error journaled, no retries, worker lives on.
+pub async fn undecodable_input_fails_at_once(h: &dyn Harness) {
+    let store = h.store().await;
+    let orch = Orch::new(Arc::clone(&store));
+    let worker = Worker::new(orch.clone(), echo_registry(), fast_config("default")).unwrap().start();
+    let bad = orch
+        .push_new(NewCommand::raw("echo", serde_json::json!({"n": "not a number"})).retries(5))
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(crate::support::WAIT, orch.wait(bad)).await.expect("fails").unwrap();
+    let Status::Failed(failure) = status else { panic!("expected a failure, got {status:?}") };
+    assert_eq!(failure.kind, FailureKind::Decode);
+    assert!(failure.message.contains("echo"), "{}", failure.message);
+    let r = record(&store, bad).await;
+    assert_eq!((r.state, r.attempts), (State::Failed, 1), "no retries burned on undecodable input");
+    let journal = store.journal(bad).await.unwrap();
+    assert!(
+        journal
+            .iter()
+            .any(|e| e.kind == JournalKind::Failed
+                && e.message.as_deref().is_some_and(|m| m.contains("decode")))
+    );
+
+    let good = orch.push(&EchoCommand { n: 9 }).await.unwrap();
+    let status =
+        tokio::time::timeout(crate::support::WAIT, orch.wait(good)).await.expect("succeeds").unwrap();
+    worker.shutdown().await;
+    assert_eq!(status, Status::Success("9".into()), "the worker keeps running");
+}
+
+/// 11. A command whose name no worker handles is never claimed and stays visible.
+pub async fn unknown_name_stays_pending(h: &dyn Harness) {
+    let store = h.store().await;
+    let orch = Orch::new(Arc::clone(&store));
+    let unknown = orch.push_new(NewCommand::raw("nobody_handles_this", serde_json::json!({}))).await.unwrap();
+    let worker = Worker::new(orch.clone(), echo_registry(), fast_config("default")).unwrap().start();
+    // Several echoes pushed after it: once they are done, the worker has polled past it.
+    let mut last = None;
+    for n in 0..3 {
+        last = Some(orch.push(&EchoCommand { n }).await.unwrap());
+    }
+    tokio::time::timeout(crate::support::WAIT, orch.wait(last.unwrap()))
+        .await
+        .expect("echo finishes")
+        .unwrap();
+    worker.shutdown().await;
+    let r = record(&store, unknown).await;
+    assert_eq!((r.state, r.attempts, r.worker.clone()), (State::Pending, 0, None));
+    assert_eq!(kinds(&store, unknown).await, vec![JournalKind::Enqueued]);
+    let counts = store.counts().await.unwrap();
+    assert!(
+        counts.iter().any(|c| c.name == "nobody_handles_this" && c.state == State::Pending && c.count == 1)
+    );
+}
+
+/// 12. A dead worker's expired lease is rescued: the attempt counts, another worker runs it.
+pub async fn expired_lease_is_rescued(h: &dyn Harness) {
+    let store = h.store().await;
+    let clock = ManualClock::starting_2030();
+    let shared_clock: orch::SharedClock = Arc::new(clock.clone());
+    let started = Arc::new(AtomicU32::new(0));
+    let mut doomed = Registry::new();
+    {
+        let started = Arc::clone(&started);
+        doomed
+            .register_fn(move |_: EchoCommand, _ctx: Context| {
+                let started = Arc::clone(&started);
+                async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                    Ok::<_, HandlerError>(0)
+                }
+            })
+            .unwrap();
+    }
+    let orch_a = Orch::new(Arc::clone(&store)).with_clock(Arc::clone(&shared_clock));
+    let a = Worker::new(orch_a.clone(), doomed, manual_config("worker-a")).unwrap().start();
+    let id = orch_a.push(&EchoCommand { n: 5 }).await.unwrap();
+    eventually("worker a to start the command", || async {
+        (started.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    a.abort(); // dies without a word: the lease stays until it expires
+
+    let held = record(&store, id).await;
+    assert_eq!((held.state, held.worker.as_deref()), (State::Running, Some("worker-a")));
+    // Lease = timeout 5 s + buffer 2 s.
+    clock.advance(Duration::from_secs(8));
+    let orch_b = Orch::new(Arc::clone(&store)).with_clock(Arc::clone(&shared_clock));
+    let b = Worker::new(orch_b, echo_registry(), manual_config("worker-b")).unwrap().start();
+    let r =
+        drive_until(&clock, Duration::from_millis(100), "worker b to finish the rescued command", || async {
+            let r = record(&store, id).await;
+            (r.state == State::Succeeded).then_some(r)
+        })
+        .await;
+    b.shutdown().await;
+    assert_eq!(r.attempts, 2, "the lost attempt counts");
+    assert_eq!(r.worker.as_deref(), Some("worker-b"));
+    assert_eq!(r.output.as_deref(), Some("5"));
+    let journal = store.journal(id).await.unwrap();
+    let rescued = journal.iter().find(|e| e.kind == JournalKind::Rescued).expect("a rescued entry");
+    assert!(rescued.message.as_deref().unwrap_or_default().contains("worker-a"));
+}
+
+/// 13. Table prefixes that are not plain identifiers are rejected with a typed error.
+pub async fn invalid_prefix_is_rejected(h: &dyn Harness) {
+    for bad in ["x; DROP TABLE y", "", &"p".repeat(64), "1abc", "a-b", "a b", "naïve"] {
+        match h.store_with_prefix(bad).await {
+            Err(Error::InvalidPrefix { prefix, .. }) => assert_eq!(prefix, bad),
+            Err(other) => panic!("prefix {bad:?}: expected InvalidPrefix, got {other}"),
+            Ok(_) => panic!("prefix {bad:?} was accepted"),
+        }
+    }
+    let ok = h.store_with_prefix("valid_prefix_1_").await.expect("a plain identifier is accepted");
+    ok.migrate().await.unwrap();
+    ok.migrate().await.expect("migrate is idempotent");
+}
+
+/// 14. Two stores with different prefixes in one database do not see each other's commands.
+pub async fn prefixes_are_isolated(h: &dyn Harness) {
+    let first = h.store_with_prefix("iso_one_").await.unwrap();
+    let second = h.store_with_prefix("iso_two_").await.unwrap();
+    first.migrate().await.unwrap();
+    second.migrate().await.unwrap();
+    let now = Timestamp::from_millis(1_000);
+    let a = insert("job", now);
+    let b = insert("job", now);
+    first.enqueue(vec![a.clone()]).await.unwrap();
+    second.enqueue(vec![b.clone(), insert("other", now)]).await.unwrap();
+
+    assert_eq!(all(&first).await.iter().map(|r| r.id).collect::<Vec<_>>(), vec![a.id]);
+    assert_eq!(all(&second).await.len(), 2);
+    assert!(first.get(b.id).await.unwrap().is_none());
+    assert!(second.get(a.id).await.unwrap().is_none());
+    let claimed = first.claim(claim_params(&["job", "other"], now, "w", 10)).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.lease.id).collect::<Vec<_>>(), vec![a.id]);
+    assert_eq!(
+        record(&second, b.id).await.state,
+        State::Pending,
+        "a claim in one prefix leaves the other alone"
+    );
+    assert!(first.journal(b.id).await.unwrap().is_empty());
+}
+
+/// The journal holds every step of a command's life, in order.
+pub async fn journal_records_every_step(h: &dyn Harness) {
+    let store = h.store().await;
+    let t0 = Timestamp::from_millis(9_000_000);
+    let row = insert("job", t0);
+    let id = row.id;
+    store.enqueue(vec![row]).await.unwrap();
+    let first = claim_one(&store, "job", t0, "w1").await;
+    let retry_at = t0 + Duration::from_secs(1);
+    store
+        .complete(vec![Completion {
+            lease: first.lease,
+            now: t0,
+            worker: "w1".into(),
+            outcome: Outcome::Retry { failure: Failure::new(FailureKind::Timeout, "slow"), retry_at },
+        }])
+        .await
+        .unwrap();
+    let second = claim_one(&store, "job", retry_at, "w2").await;
+    store
+        .complete(vec![Completion {
+            lease: second.lease,
+            now: retry_at,
+            worker: "w2".into(),
+            outcome: Outcome::Succeeded { output: "null".into(), follow_ups: vec![] },
+        }])
+        .await
+        .unwrap();
+    let journal = store.journal(id).await.unwrap();
+    let steps: Vec<_> = journal.iter().map(|e| (e.kind, e.attempt, e.worker.clone())).collect();
+    assert_eq!(
+        steps,
+        vec![
+            (JournalKind::Enqueued, 0, None),
+            (JournalKind::Claimed, 1, Some("w1".into())),
+            (JournalKind::TimedOut, 1, Some("w1".into())),
+            (JournalKind::RetryScheduled, 1, Some("w1".into())),
+            (JournalKind::Claimed, 2, Some("w2".into())),
+            (JournalKind::Succeeded, 2, Some("w2".into())),
+        ]
+    );
+    assert!(journal.windows(2).all(|w| w[0].seq < w[1].seq && w[0].at <= w[1].at));
+    assert_eq!(journal[2].message.as_deref(), Some("timeout: slow"));
+}
+
+/// `wait` and `status` report success, failure, cancellation and not-found.
+pub async fn wait_reports_statuses(h: &dyn Harness) {
+    let store = h.store().await;
+    let orch = Orch::new(Arc::clone(&store));
+    let mut registry = echo_registry();
+    registry
+        .register_fn(|_: FlakyCommand, _ctx: Context| async {
+            Err::<(), _>(HandlerError::permanent("no way"))
+        })
+        .unwrap();
+    let worker = Worker::new(orch.clone(), registry, fast_config("default")).unwrap().start();
+    let ok = orch.push(&EchoCommand { n: 3 }).await.unwrap();
+    let bad = orch.push(&FlakyCommand { job: "x".into() }).await.unwrap();
+    let out = tokio::time::timeout(crate::support::WAIT, orch.wait_output::<EchoCommand>(ok))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, Ok(3));
+    let status = tokio::time::timeout(crate::support::WAIT, orch.wait(bad)).await.unwrap().unwrap();
+    worker.shutdown().await;
+    assert!(matches!(&status, Status::Failed(f) if f.message == "no way"), "{status:?}");
+    assert_eq!(record(&store, bad).await.attempts, 1, "a permanent error is not retried");
+    let missing = CommandId::generate(Timestamp::EPOCH);
+    assert_eq!(orch.wait(missing).await.unwrap(), Status::NotFound);
+    assert!(matches!(orch.output::<EchoCommand>(missing).await, Err(Error::NotFound(_))));
+}
