@@ -425,17 +425,10 @@ async fn run_attempt(
     };
     let mut task = AbortOnDrop(tokio::spawn(future));
     let timeout = clock.sleep_until(deadline);
+    // A stop (cancel request, lost lease, shutdown) wins over a result that is ready at
+    // the same time: a handler that returns because its token fired was cancelled.
     let result = tokio::select! {
         biased;
-        joined = &mut task.0 => match joined {
-            Ok(result) => Ok(result),
-            Err(e) if e.is_panic() => Err(Failure::new(FailureKind::Panic, panic_message(e.into_panic()))),
-            Err(e) => Err(Failure::new(FailureKind::Error, format!("handler task ended: {e}"))),
-        },
-        _ = timeout => {
-            stop.cancel();
-            Err(Failure::new(FailureKind::Timeout, format!("timed out after {:?}", claimed.timeout)))
-        }
         _ = stop.cancelled() => {
             let why = reason.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(StopReason::Shutdown);
             return match why {
@@ -459,6 +452,15 @@ async fn run_attempt(
                     Some(Outcome::Released { at: clock.now() })
                 }
             };
+        }
+        joined = &mut task.0 => match joined {
+            Ok(result) => Ok(result),
+            Err(e) if e.is_panic() => Err(Failure::new(FailureKind::Panic, panic_message(e.into_panic()))),
+            Err(e) => Err(Failure::new(FailureKind::Error, format!("handler task ended: {e}"))),
+        },
+        _ = timeout => {
+            stop.cancel();
+            Err(Failure::new(FailureKind::Timeout, format!("timed out after {:?}", claimed.timeout)))
         }
     };
     drop(task);
@@ -559,21 +561,67 @@ async fn completer(shared: Arc<Shared>, mut rx: mpsc::Receiver<CompletionRequest
             }
         }
         let completions: Vec<Completion> = batch.iter().map(|(c, _)| c.clone()).collect();
-        let mut delay = Duration::from_millis(50);
-        let statuses = loop {
-            match shared.store.complete(completions.clone()).await {
-                Ok(statuses) => break statuses,
-                Err(e) => {
-                    tracing::error!(error = %e, count = completions.len(), retry_in = ?delay, "recording outcomes failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
+        let statuses = record_outcomes(&shared, completions).await;
         for ((_, reply), status) in batch.drain(..).zip(statuses) {
             let _ = reply.send(status);
         }
     }
+}
+
+/// Writes a batch of outcomes, retrying while the store fails.
+///
+/// A batch that keeps failing is split so one bad completion cannot hold up the
+/// others; a single completion that keeps failing while it carries follow-ups (one of
+/// which the store refuses, say a duplicate id) is recorded as failed without them,
+/// with the store's error as the reason. Errors that are not the completion's fault
+/// (the database is down) are retried until they pass.
+async fn record_outcomes(shared: &Arc<Shared>, completions: Vec<Completion>) -> Vec<CompletionStatus> {
+    const TRIES_BEFORE_SPLIT: u32 = 3;
+    let mut delay = Duration::from_millis(50);
+    let mut tries = 0;
+    loop {
+        match shared.store.complete(completions.clone()).await {
+            Ok(statuses) => return statuses,
+            Err(e) => {
+                tries += 1;
+                tracing::error!(error = %e, count = completions.len(), retry_in = ?delay, "recording outcomes failed; retrying");
+                if tries >= TRIES_BEFORE_SPLIT {
+                    if completions.len() > 1 {
+                        let mut statuses = Vec::with_capacity(completions.len());
+                        for c in completions {
+                            statuses.extend(Box::pin(record_outcomes(shared, vec![c])).await);
+                        }
+                        return statuses;
+                    }
+                    if let Some(stripped) = without_follow_ups(&completions[0], &e) {
+                        return Box::pin(record_outcomes(shared, vec![stripped])).await;
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The completion recorded as a failure without its follow-ups, if it had any.
+fn without_follow_ups(c: &Completion, error: &Error) -> Option<Completion> {
+    let has_follow_ups = match &c.outcome {
+        Outcome::Succeeded { follow_ups, .. }
+        | Outcome::Failed { follow_ups, .. }
+        | Outcome::Cancelled { follow_ups } => !follow_ups.is_empty(),
+        Outcome::Retry { .. } | Outcome::Released { .. } => false,
+    };
+    has_follow_ups.then(|| Completion {
+        outcome: Outcome::Failed {
+            failure: Failure::new(
+                FailureKind::Error,
+                format!("its follow-up commands could not be stored: {error}"),
+            ),
+            follow_ups: Vec::new(),
+        },
+        ..c.clone()
+    })
 }
 
 async fn maintainer(shared: Arc<Shared>, stop: CancellationToken) {

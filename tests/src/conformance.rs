@@ -138,6 +138,18 @@ impl Command for CleanupOnCancelCommand {
     }
 }
 
+/// Chains a follow-up whose id is already taken.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ClashCommand {
+    taken: CommandId,
+}
+impl Command for ClashCommand {
+    type Output = ();
+    fn on_success(&self, _: &()) -> Vec<NewCommand> {
+        vec![NewCommand::raw("child", serde_json::json!({})).id(self.taken)]
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Helpers.
 
@@ -898,4 +910,24 @@ pub async fn wait_reports_statuses(h: &dyn Harness) {
     let missing = CommandId::generate(Timestamp::EPOCH);
     assert_eq!(orch.wait(missing).await.unwrap(), Status::NotFound);
     assert!(matches!(orch.output::<EchoCommand>(missing).await, Err(Error::NotFound(_))));
+}
+
+/// A follow-up the store refuses fails its command with the reason; the worker goes on.
+pub async fn unstorable_follow_up_fails_the_command(h: &dyn Harness) {
+    let store = h.store().await;
+    let orch = Orch::new(Arc::clone(&store));
+    let taken = orch.push_new(NewCommand::raw("parked", serde_json::json!({}))).await.unwrap();
+    let mut registry = echo_registry();
+    registry.register_fn(|_: ClashCommand, _ctx: Context| async { Ok::<_, HandlerError>(()) }).unwrap();
+    let worker = Worker::new(orch.clone(), registry, fast_config("default")).unwrap().start();
+    let id = orch.push(&ClashCommand { taken }).await.unwrap();
+    let status = tokio::time::timeout(crate::support::WAIT, orch.wait(id)).await.expect("finishes").unwrap();
+    let Status::Failed(failure) = status else { panic!("expected a failure, got {status:?}") };
+    assert!(failure.message.contains("follow-up"), "{}", failure.message);
+    assert_eq!(record(&store, taken).await.name, "parked", "the existing command is untouched");
+    let after = orch.push(&EchoCommand { n: 1 }).await.unwrap();
+    let status =
+        tokio::time::timeout(crate::support::WAIT, orch.wait(after)).await.expect("finishes").unwrap();
+    worker.shutdown().await;
+    assert_eq!(status, Status::Success("1".into()), "the worker keeps running");
 }

@@ -43,6 +43,7 @@ macro_rules! conformance_suite {
             prefixes_are_isolated,
             journal_records_every_step,
             wait_reports_statuses,
+            unstorable_follow_up_fails_the_command,
         );
 
         #[test]
