@@ -329,3 +329,47 @@ impl Store for SqliteStore {
         self.with_conn(move |conn, tables| journal::read(conn, tables, id)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms() {
+        assert_eq!(
+            SqliteStore::from_url("sqlite://data/orch.db").unwrap().path,
+            PathBuf::from("data/orch.db")
+        );
+        assert_eq!(SqliteStore::from_url("sqlite:orch.db").unwrap().path, PathBuf::from("orch.db"));
+        assert_eq!(SqliteStore::from_url("sqlite::memory:").unwrap().path, PathBuf::from(":memory:"));
+        assert!(matches!(SqliteStore::from_url("postgres://x"), Err(Error::InvalidConfig(_))));
+        assert!(matches!(SqliteStore::from_url("sqlite://"), Err(Error::InvalidConfig(_))));
+    }
+
+    #[test]
+    fn invalid_prefix_is_rejected_before_opening() {
+        let err = SqliteStore::builder("/nonexistent/dir/x.db").prefix("x; DROP TABLE y").open().unwrap_err();
+        assert!(matches!(err, Error::InvalidPrefix { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn in_memory_store_works_and_migrates_twice() {
+        let store = SqliteStore::in_memory().unwrap();
+        store.migrate().await.unwrap();
+        store.migrate().await.unwrap();
+        let row = orch::NewCommand::raw("job", serde_json::json!({"a": 1}))
+            .resolve(Timestamp::from_millis(1))
+            .unwrap();
+        let id = row.id;
+        store.enqueue(vec![row]).await.unwrap();
+        let got = store.get(id).await.unwrap().unwrap();
+        assert_eq!(got.input, r#"{"a":1}"#);
+        assert_eq!(got.state, orch::State::Pending);
+    }
+
+    #[tokio::test]
+    async fn unreachable_file_is_a_backend_error() {
+        let err = SqliteStore::open("/nonexistent/dir/x.db").unwrap_err();
+        assert!(matches!(err, Error::Backend { backend: "sqlite", .. }), "{err}");
+    }
+}

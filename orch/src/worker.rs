@@ -213,9 +213,12 @@ impl WorkerHandle {
     }
 
     /// Stops everything at once, recording nothing, as if the process had died: its
-    /// leases stay until they expire and are rescued.
-    pub fn abort(self) {
+    /// leases stay until they expire and are rescued. Returns once the worker's main
+    /// task has ended; the tasks it started are aborted then, and stop at their next
+    /// await point (a store write already under way may still land).
+    pub async fn abort(self) {
         self.main.abort();
+        let _ = self.main.await;
     }
 
     /// Whether the worker has stopped.

@@ -777,7 +777,10 @@ pub async fn expired_lease_is_rescued(h: &dyn Harness) {
         (started.load(Ordering::SeqCst) == 1).then_some(())
     })
     .await;
-    a.abort(); // dies without a word: the lease stays until it expires
+    a.abort().await; // dies without a word: the lease stays until it expires
+    // Every task of worker a is gone once nothing sleeps on the clock any more; before
+    // that, moving the clock could still fire its handler's timeout.
+    eventually("worker a's tasks to stop", || async { (clock.sleepers() == 0).then_some(()) }).await;
 
     let held = record(&store, id).await;
     assert_eq!((held.state, held.worker.as_deref()), (State::Running, Some("worker-a")));
@@ -930,4 +933,42 @@ pub async fn unstorable_follow_up_fails_the_command(h: &dyn Harness) {
         tokio::time::timeout(crate::support::WAIT, orch.wait(after)).await.expect("finishes").unwrap();
     worker.shutdown().await;
     assert_eq!(status, Status::Success("1".into()), "the worker keeps running");
+}
+
+/// Shutdown lets running handlers finish within the grace period, then cancels the
+/// rest and releases their commands for another worker; it claims nothing new.
+pub async fn shutdown_releases_unfinished(h: &dyn Harness) {
+    let store = h.store().await;
+    let orch = Orch::new(Arc::clone(&store));
+    let tokens: Arc<Mutex<Vec<CancellationToken>>> = Arc::default();
+    let mut registry = echo_registry();
+    {
+        let tokens = Arc::clone(&tokens);
+        registry
+            .register_fn(move |_: HangCommand, ctx: Context| {
+                let tokens = Arc::clone(&tokens);
+                async move {
+                    tokens.lock().unwrap().push(ctx.cancellation_token().clone());
+                    std::future::pending::<()>().await;
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .unwrap();
+    }
+    let config = orch::WorkerConfig { shutdown_grace: Duration::from_millis(200), ..fast_config("default") };
+    let worker = Worker::new(orch.clone(), registry, config).unwrap().start();
+    let hung = orch.push(&HangCommand).await.unwrap();
+    eventually("the hanging handler to start", || async {
+        (tokens.lock().unwrap().len() == 1).then_some(())
+    })
+    .await;
+    worker.shutdown().await;
+
+    assert!(tokens.lock().unwrap()[0].is_cancelled(), "the handler was told to stop");
+    let r = record(&store, hung).await;
+    assert_eq!((r.state, r.lease_token), (State::Pending, None), "released for another worker");
+    assert_eq!(r.attempts, 1, "the interrupted attempt counts");
+    assert!(kinds(&store, hung).await.contains(&JournalKind::Released));
+    let later = orch.push(&EchoCommand { n: 1 }).await.unwrap();
+    assert_eq!(record(&store, later).await.state, State::Pending, "a stopped worker claims nothing");
 }

@@ -44,6 +44,7 @@ macro_rules! conformance_suite {
             journal_records_every_step,
             wait_reports_statuses,
             unstorable_follow_up_fails_the_command,
+            shutdown_releases_unfinished,
         );
 
         #[test]
