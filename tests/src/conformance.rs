@@ -159,6 +159,24 @@ fn echo_registry() -> Registry {
     registry
 }
 
+/// Registers a `HangCommand` handler that never returns on its own; each attempt's
+/// cancellation token is kept in the returned list, in start order.
+fn register_hanging(registry: &mut Registry) -> Arc<Mutex<Vec<CancellationToken>>> {
+    let tokens: Arc<Mutex<Vec<CancellationToken>>> = Arc::default();
+    let kept = Arc::clone(&tokens);
+    registry
+        .register_fn(move |_: HangCommand, ctx: Context| {
+            let kept = Arc::clone(&kept);
+            async move {
+                kept.lock().unwrap().push(ctx.cancellation_token().clone());
+                std::future::pending::<()>().await;
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .unwrap();
+    tokens
+}
+
 async fn record(store: &Arc<dyn Store>, id: CommandId) -> orch::CommandRecord {
     store.get(id).await.unwrap().unwrap_or_else(|| panic!("command {id} not found"))
 }
@@ -412,21 +430,8 @@ pub async fn timeout_cancels_and_retries(h: &dyn Harness) {
     let store = h.store().await;
     let clock = ManualClock::starting_2030();
     let orch = Orch::new(Arc::clone(&store)).with_clock(Arc::new(clock.clone()));
-    let tokens: Arc<Mutex<Vec<CancellationToken>>> = Arc::default();
     let mut registry = Registry::new();
-    {
-        let tokens = Arc::clone(&tokens);
-        registry
-            .register_fn(move |_: HangCommand, ctx: Context| {
-                let tokens = Arc::clone(&tokens);
-                async move {
-                    tokens.lock().unwrap().push(ctx.cancellation_token().clone());
-                    std::future::pending::<()>().await;
-                    Ok::<_, HandlerError>(())
-                }
-            })
-            .unwrap();
-    }
+    let tokens = register_hanging(&mut registry);
     let worker = Worker::new(orch.clone(), registry, manual_config("hang")).unwrap().start();
     let id = orch.push(&HangCommand).await.unwrap();
     eventually("the first attempt to start", || async { (tokens.lock().unwrap().len() == 1).then_some(()) })
@@ -940,21 +945,8 @@ pub async fn unstorable_follow_up_fails_the_command(h: &dyn Harness) {
 pub async fn shutdown_releases_unfinished(h: &dyn Harness) {
     let store = h.store().await;
     let orch = Orch::new(Arc::clone(&store));
-    let tokens: Arc<Mutex<Vec<CancellationToken>>> = Arc::default();
     let mut registry = echo_registry();
-    {
-        let tokens = Arc::clone(&tokens);
-        registry
-            .register_fn(move |_: HangCommand, ctx: Context| {
-                let tokens = Arc::clone(&tokens);
-                async move {
-                    tokens.lock().unwrap().push(ctx.cancellation_token().clone());
-                    std::future::pending::<()>().await;
-                    Ok::<_, HandlerError>(())
-                }
-            })
-            .unwrap();
-    }
+    let tokens = register_hanging(&mut registry);
     let config = orch::WorkerConfig { shutdown_grace: Duration::from_millis(200), ..fast_config("default") };
     let worker = Worker::new(orch.clone(), registry, config).unwrap().start();
     let hung = orch.push(&HangCommand).await.unwrap();

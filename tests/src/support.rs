@@ -9,7 +9,25 @@ use orch::{ManualClock, WorkerConfig};
 pub const WAIT: Duration = Duration::from_secs(60);
 
 /// Polls `check` until it returns `Some`, failing the test after [`WAIT`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll(what, check, || {}).await
+}
+
+/// Moves `clock` forward by `step` between polls of `check` until it returns `Some`,
+/// failing the test after [`WAIT`] of real time.
+pub async fn drive_until<T, F, Fut>(clock: &ManualClock, step: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll(what, check, || clock.advance(step)).await
+}
+
+async fn poll<T, F, Fut>(what: &str, mut check: F, mut between: impl FnMut()) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -20,29 +38,8 @@ where
             return value;
         }
         assert!(tokio::time::Instant::now() < deadline, "timed out after {WAIT:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Moves `clock` forward by `step` between polls of `check` until it returns `Some`,
-/// failing the test after [`WAIT`] of real time. Returns the value and how far the
-/// clock moved.
-pub async fn drive_until<T, F, Fut>(clock: &ManualClock, step: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {WAIT:?} driving the clock until {what}"
-        );
-        clock.advance(step);
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        between();
+        tokio::time::sleep(Duration::from_millis(3)).await;
     }
 }
 
