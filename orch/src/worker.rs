@@ -1,6 +1,6 @@
 //! The worker: claims due commands, runs their handlers, records the outcomes.
 //!
-//! One worker is three kinds of tokio task:
+//! One worker is four kinds of tokio task:
 //! - the *poller* claims batches of due commands for its instance key and the names
 //!   it has handlers for, and starts one execution task per command, never more than
 //!   `concurrency` at once;
@@ -29,7 +29,7 @@ use crate::error::{Error, Failure, FailureKind, Result};
 use crate::handler::{Context, ErasedHandler, Registry, RunResult};
 use crate::store::{
     ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus, HeartbeatParams,
-    InsertCommand, Lease, LeaseStatus, Outcome, State, Store,
+    InsertCommand, Lease, LeaseStatus, Outcome, State,
 };
 
 /// How a worker behaves. Every field has a default; [`WorkerConfig::validate`] checks them.
@@ -127,7 +127,6 @@ impl std::fmt::Debug for Worker {
 
 struct Shared {
     orch: Orch,
-    store: Arc<dyn Store>,
     registry: Registry,
     names: Vec<String>,
     config: WorkerConfig,
@@ -164,7 +163,6 @@ impl Worker {
         let names = registry.names();
         Ok(Worker {
             shared: Arc::new(Shared {
-                store: Arc::clone(orch.store()),
                 orch,
                 registry,
                 names,
@@ -286,7 +284,7 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                 worker: shared.worker_id.clone(),
                 lease_buffer: config.lease_buffer,
             };
-            match shared.store.claim(params).await {
+            match shared.orch.store().claim(params).await {
                 Ok(batch) => {
                     failures = 0;
                     full_batch = batch.len() == limit;
@@ -583,7 +581,7 @@ async fn record_outcomes(shared: &Arc<Shared>, completions: Vec<Completion>) -> 
     let mut delay = Duration::from_millis(50);
     let mut tries = 0;
     loop {
-        match shared.store.complete(completions.clone()).await {
+        match shared.orch.store().complete(completions.clone()).await {
             Ok(statuses) => return statuses,
             Err(e) => {
                 tries += 1;
@@ -659,7 +657,7 @@ async fn heartbeat(shared: &Arc<Shared>) {
         now: shared.orch.clock().now(),
         lease_buffer: shared.config.lease_buffer,
     };
-    match shared.store.heartbeat(params).await {
+    match shared.orch.store().heartbeat(params).await {
         Ok(statuses) => {
             for ((lease, stop, reason), status) in entries.into_iter().zip(statuses) {
                 match status {
@@ -682,7 +680,7 @@ async fn heartbeat(shared: &Arc<Shared>) {
 }
 
 async fn rescue_and_follow_up(shared: &Arc<Shared>, now: Timestamp) {
-    match shared.store.rescue(now, 1_000).await {
+    match shared.orch.store().rescue(now, 1_000).await {
         Ok(rescued) if !rescued.is_empty() => {
             for r in &rescued {
                 tracing::warn!(id = %r.id, state = %r.state, "rescued an expired lease");
@@ -691,7 +689,7 @@ async fn rescue_and_follow_up(shared: &Arc<Shared>, now: Timestamp) {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "rescue failed; will retry"),
     }
-    let due = match shared.store.follow_ups_due(&shared.names, 100).await {
+    let due = match shared.orch.store().follow_ups_due(&shared.names, 100).await {
         Ok(due) => due,
         Err(e) => {
             tracing::warn!(error = %e, "reading due follow-ups failed; will retry");
@@ -723,7 +721,7 @@ async fn push_due_follow_ups(shared: &Arc<Shared>, record: &CommandRecord) -> Re
     let now = shared.orch.clock().now();
     let rows = resolve_for(now, record.id, &record.correlation_id, follow_ups)?;
     let count = rows.len();
-    if shared.store.resolve_follow_ups(record.id, rows, now).await? {
+    if shared.orch.store().resolve_follow_ups(record.id, rows, now).await? {
         tracing::info!(id = %record.id, state = %record.state, count, "pushed follow-ups");
         if count > 0 {
             shared.orch.signals().pushed.notify_waiters();

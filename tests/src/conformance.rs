@@ -159,6 +159,14 @@ fn echo_registry() -> Registry {
     registry
 }
 
+/// Waits (with the suite's deadline) until the command finishes, and returns its status.
+async fn finish(orch: &Orch, id: CommandId) -> Status {
+    match tokio::time::timeout(crate::support::WAIT, orch.wait(id)).await {
+        Ok(status) => status.expect("read the command's status"),
+        Err(_) => panic!("command {id} did not finish within {:?}", crate::support::WAIT),
+    }
+}
+
 /// Registers a `HangCommand` handler that never returns on its own; each attempt's
 /// cancellation token is kept in the returned list, in start order.
 fn register_hanging(registry: &mut Registry) -> Arc<Mutex<Vec<CancellationToken>>> {
@@ -370,8 +378,7 @@ pub async fn retries_then_failure_follow_ups(h: &dyn Harness) {
     }
     let worker = Worker::new(orch.clone(), registry, fast_config("default")).unwrap().start();
     let id = orch.push(&FlakyCommand { job: "nightly".into() }).await.unwrap();
-    let status =
-        tokio::time::timeout(crate::support::WAIT, orch.wait(id)).await.expect("command finishes").unwrap();
+    let status = finish(&orch, id).await;
     worker.shutdown().await;
 
     assert!(matches!(&status, Status::Failed(f) if f.message == "boom on attempt 3"), "{status:?}");
@@ -669,8 +676,7 @@ pub async fn cancel_defaults_to_failure_follow_ups(h: &dyn Harness) {
     eventually("the handler to start", || async { (started.load(Ordering::SeqCst) == 1).then_some(()) })
         .await;
     assert_eq!(orch.cancel(running).await.unwrap(), CancelStatus::Requested);
-    let status =
-        tokio::time::timeout(crate::support::WAIT, orch.wait(running)).await.expect("cancel lands").unwrap();
+    let status = finish(&orch, running).await;
     assert_eq!(status, Status::Cancelled);
 
     let alerts = eventually("an alert for each cancelled cancellable", || async {
@@ -709,7 +715,7 @@ pub async fn undecodable_input_fails_at_once(h: &dyn Harness) {
         .push_new(NewCommand::raw("echo", serde_json::json!({"n": "not a number"})).retries(5))
         .await
         .unwrap();
-    let status = tokio::time::timeout(crate::support::WAIT, orch.wait(bad)).await.expect("fails").unwrap();
+    let status = finish(&orch, bad).await;
     let Status::Failed(failure) = status else { panic!("expected a failure, got {status:?}") };
     assert_eq!(failure.kind, FailureKind::Decode);
     assert!(failure.message.contains("echo"), "{}", failure.message);
@@ -724,8 +730,7 @@ pub async fn undecodable_input_fails_at_once(h: &dyn Harness) {
     );
 
     let good = orch.push(&EchoCommand { n: 9 }).await.unwrap();
-    let status =
-        tokio::time::timeout(crate::support::WAIT, orch.wait(good)).await.expect("succeeds").unwrap();
+    let status = finish(&orch, good).await;
     worker.shutdown().await;
     assert_eq!(status, Status::Success("9".into()), "the worker keeps running");
 }
@@ -741,10 +746,7 @@ pub async fn unknown_name_stays_pending(h: &dyn Harness) {
     for n in 0..3 {
         last = Some(orch.push(&EchoCommand { n }).await.unwrap());
     }
-    tokio::time::timeout(crate::support::WAIT, orch.wait(last.unwrap()))
-        .await
-        .expect("echo finishes")
-        .unwrap();
+    finish(&orch, last.unwrap()).await;
     worker.shutdown().await;
     let r = record(&store, unknown).await;
     assert_eq!((r.state, r.attempts, r.worker.clone()), (State::Pending, 0, None));
@@ -911,7 +913,7 @@ pub async fn wait_reports_statuses(h: &dyn Harness) {
         .unwrap()
         .unwrap();
     assert_eq!(out, Ok(3));
-    let status = tokio::time::timeout(crate::support::WAIT, orch.wait(bad)).await.unwrap().unwrap();
+    let status = finish(&orch, bad).await;
     worker.shutdown().await;
     assert!(matches!(&status, Status::Failed(f) if f.message == "no way"), "{status:?}");
     assert_eq!(record(&store, bad).await.attempts, 1, "a permanent error is not retried");
@@ -929,13 +931,12 @@ pub async fn unstorable_follow_up_fails_the_command(h: &dyn Harness) {
     registry.register_fn(|_: ClashCommand, _ctx: Context| async { Ok::<_, HandlerError>(()) }).unwrap();
     let worker = Worker::new(orch.clone(), registry, fast_config("default")).unwrap().start();
     let id = orch.push(&ClashCommand { taken }).await.unwrap();
-    let status = tokio::time::timeout(crate::support::WAIT, orch.wait(id)).await.expect("finishes").unwrap();
+    let status = finish(&orch, id).await;
     let Status::Failed(failure) = status else { panic!("expected a failure, got {status:?}") };
     assert!(failure.message.contains("follow-up"), "{}", failure.message);
     assert_eq!(record(&store, taken).await.name, "parked", "the existing command is untouched");
     let after = orch.push(&EchoCommand { n: 1 }).await.unwrap();
-    let status =
-        tokio::time::timeout(crate::support::WAIT, orch.wait(after)).await.expect("finishes").unwrap();
+    let status = finish(&orch, after).await;
     worker.shutdown().await;
     assert_eq!(status, Status::Success("1".into()), "the worker keeps running");
 }
