@@ -6,12 +6,17 @@
 //! and every change to a running command is fenced by the lease token of the claim
 //! that started it.
 
+pub mod backend;
+
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::clock::Timestamp;
@@ -646,6 +651,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// The journal of one command, oldest first.
     async fn journal(&self, id: CommandId) -> Result<Vec<JournalEntry>>;
+
+    /// A signal that fires when commands may have become due, so an idle worker looks
+    /// again before its poll interval is over. A backend with a cross-process channel
+    /// (PostgreSQL's `LISTEN`/`NOTIFY`) fires it for pushes from any process; others
+    /// fire it for pushes through this store in this process. `None` (the default)
+    /// leaves workers to their poll interval and the client's own wake-ups. Waiters
+    /// must register (`Notify::notified` + `enable`) before they look for work, since
+    /// the signal wakes only those already waiting.
+    fn wake_signal(&self) -> Option<Arc<Notify>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -266,11 +266,16 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut tasks = JoinSet::new();
     let mut failures: u32 = 0;
 
+    let store_signal = shared.orch.store().wake_signal();
     while !shutdown.is_cancelled() {
         // Registered before claiming, so a push that lands during the claim still wakes us.
         let pushed = signals.pushed.notified();
         tokio::pin!(pushed);
         pushed.as_mut().enable();
+        let mut woken = std::pin::pin!(store_signal.as_deref().map(tokio::sync::Notify::notified));
+        if let Some(notified) = woken.as_mut().as_pin_mut() {
+            notified.enable();
+        }
 
         let free = permits.available_permits();
         let mut full_batch = false;
@@ -319,6 +324,12 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = &mut pushed => {}
+            _ = async {
+                match woken.as_mut().as_pin_mut() {
+                    Some(notified) => notified.await,
+                    None => std::future::pending().await,
+                }
+            } => {}
             _ = sleep => {}
             Some(_) = tasks.join_next(), if at_capacity => {}
         }

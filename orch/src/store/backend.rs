@@ -1,0 +1,355 @@
+//! Helpers for `Store` implementations: the journal entries each transition writes and
+//! the decoding of stored rows, decided once here so every backend records the same
+//! history and reads the same columns the same way. Nothing here knows SQL.
+
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+use crate::error::{Error, Failure, FailureKind, Result};
+use crate::retry::RetryPolicy;
+use crate::store::{CommandId, CommandRecord, Completion, InsertCommand, JournalKind, Lease, Outcome, State};
+
+/// A journal row to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJournalEntry {
+    /// The command.
+    pub command_id: CommandId,
+    /// When.
+    pub at: Timestamp,
+    /// What happened.
+    pub kind: JournalKind,
+    /// The attempt it concerns.
+    pub attempt: u32,
+    /// The worker involved.
+    pub worker: Option<String>,
+    /// Details.
+    pub message: Option<String>,
+}
+
+impl NewJournalEntry {
+    /// The `enqueued` entry of a newly inserted command.
+    pub fn enqueued(command: &InsertCommand) -> Self {
+        NewJournalEntry {
+            command_id: command.id,
+            at: command.created_at,
+            kind: JournalKind::Enqueued,
+            attempt: 0,
+            worker: None,
+            message: Some(match command.parent_id {
+                Some(parent) => format!("follow-up of {parent}; due {}", command.scheduled_at),
+                None => format!("due {}", command.scheduled_at),
+            }),
+        }
+    }
+
+    /// The `claimed` entry of a command leased by `worker` at `now` for `attempt`.
+    pub fn claimed(
+        id: CommandId,
+        now: Timestamp,
+        attempt: u32,
+        worker: &str,
+        lease_expires_at: Timestamp,
+    ) -> Self {
+        NewJournalEntry {
+            command_id: id,
+            at: now,
+            kind: JournalKind::Claimed,
+            attempt,
+            worker: Some(worker.to_owned()),
+            message: Some(format!("lease until {lease_expires_at}")),
+        }
+    }
+
+    /// The `lease_lost` entry for a refused change (`what` names it, e.g. "lease renewal").
+    pub fn lease_lost(lease: Lease, at: Timestamp, attempt: u32, worker: Option<String>, what: &str) -> Self {
+        NewJournalEntry {
+            command_id: lease.id,
+            at,
+            kind: JournalKind::LeaseLost,
+            attempt,
+            worker,
+            message: Some(format!("{what} refused: lease {} is no longer held", lease.token)),
+        }
+    }
+
+    /// The entries of an applied completion; `attempt` is the command's attempt count.
+    pub fn completion(c: &Completion, attempt: u32) -> Vec<Self> {
+        let entry = |kind, message: Option<String>| NewJournalEntry {
+            command_id: c.lease.id,
+            at: c.now,
+            kind,
+            attempt,
+            worker: Some(c.worker.clone()),
+            message,
+        };
+        let failure_kind = |f: &Failure| match f.kind {
+            FailureKind::Timeout => JournalKind::TimedOut,
+            _ => JournalKind::Failed,
+        };
+        match &c.outcome {
+            Outcome::Succeeded { follow_ups, .. } => {
+                vec![entry(JournalKind::Succeeded, follow_up_note(follow_ups))]
+            }
+            Outcome::Retry { failure, retry_at } => vec![
+                entry(failure_kind(failure), Some(failure.to_string())),
+                entry(JournalKind::RetryScheduled, Some(format!("next attempt due {retry_at}"))),
+            ],
+            Outcome::Failed { failure, follow_ups } => {
+                let mut message = failure.to_string();
+                if let Some(note) = follow_up_note(follow_ups) {
+                    message = format!("{message}; {note}");
+                }
+                vec![entry(failure_kind(failure), Some(message))]
+            }
+            Outcome::Cancelled { follow_ups } => {
+                vec![entry(JournalKind::Cancelled, follow_up_note(follow_ups))]
+            }
+            Outcome::Released { at } => vec![entry(JournalKind::Released, Some(format!("due again {at}")))],
+        }
+    }
+
+    /// The entry of [`Store::cancel`](crate::Store::cancel) on a command found in `state`:
+    /// `cancelled` for a blocked or pending one, `cancel_requested` for a running one.
+    pub fn cancel(id: CommandId, at: Timestamp, attempt: u32, state: State) -> Self {
+        NewJournalEntry {
+            command_id: id,
+            at,
+            kind: if state == State::Running { JournalKind::CancelRequested } else { JournalKind::Cancelled },
+            attempt,
+            worker: None,
+            message: Some(format!("cancel requested while {state}")),
+        }
+    }
+
+    /// The entry of a command rescued from `worker`'s expired lease, now in `state`.
+    pub fn rescued(id: CommandId, at: Timestamp, attempt: u32, worker: Option<String>, state: State) -> Self {
+        let message = format!("lease of worker {} expired; now {state}", worker.as_deref().unwrap_or("?"));
+        NewJournalEntry {
+            command_id: id,
+            at,
+            kind: JournalKind::Rescued,
+            attempt,
+            worker,
+            message: Some(message),
+        }
+    }
+
+    /// The entry of [`Store::resolve_follow_ups`](crate::Store::resolve_follow_ups).
+    pub fn follow_ups_enqueued(
+        id: CommandId,
+        at: Timestamp,
+        attempt: u32,
+        follow_ups: &[InsertCommand],
+    ) -> Self {
+        NewJournalEntry {
+            command_id: id,
+            at,
+            kind: JournalKind::FollowUpsEnqueued,
+            attempt,
+            worker: None,
+            message: Some(follow_up_note(follow_ups).unwrap_or_else(|| "no follow-ups".to_owned())),
+        }
+    }
+}
+
+/// "follow-ups: a, b", or `None` when there are none.
+pub fn follow_up_note(follow_ups: &[InsertCommand]) -> Option<String> {
+    if follow_ups.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = follow_ups.iter().map(|f| f.name.as_str()).collect();
+    Some(format!("follow-ups: {}", names.join(", ")))
+}
+
+/// The follow-ups an outcome inserts.
+pub fn outcome_follow_ups(outcome: &Outcome) -> &[InsertCommand] {
+    match outcome {
+        Outcome::Succeeded { follow_ups, .. }
+        | Outcome::Failed { follow_ups, .. }
+        | Outcome::Cancelled { follow_ups } => follow_ups,
+        Outcome::Retry { .. } | Outcome::Released { .. } => &[],
+    }
+}
+
+/// The error text a rescue records on a command whose lease expired.
+pub fn lease_expired_message(worker: Option<&str>) -> String {
+    format!("lease of worker {} expired", worker.unwrap_or("?"))
+}
+
+/// A retry policy as stored (JSON text).
+pub fn encode_policy(policy: &RetryPolicy) -> Result<String> {
+    serde_json::to_string(policy).map_err(|source| Error::Encode { what: "retry policy".into(), source })
+}
+
+/// Clamps a stored integer to `u32` (negative values, which no store writes, read as 0).
+pub fn u32_of(v: i64) -> u32 {
+    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+}
+
+/// A duration as whole milliseconds, saturating.
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A duration as whole microseconds, saturating.
+pub fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A command row as the SQL backends store it: ids and enums as text, times as
+/// microseconds since the epoch, flags as integers. [`RawCommand::into_record`]
+/// validates every column, so a corrupt row is an [`Error::Corrupt`], never a panic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct RawCommand {
+    pub id: String,
+    pub name: String,
+    pub target: String,
+    pub state: String,
+    pub input: String,
+    pub output: Option<String>,
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub timeout_ms: i64,
+    pub retry_policy: String,
+    pub scheduled_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub lease_token: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub worker: Option<String>,
+    pub cancel_requested: bool,
+    pub follow_ups_due: bool,
+    pub parent_id: Option<String>,
+    pub correlation_id: String,
+}
+
+/// Every column of a [`RawCommand`], in its field order, for `SELECT` lists.
+pub const COMMAND_COLUMNS: [&str; 24] = [
+    "id",
+    "name",
+    "target",
+    "state",
+    "input",
+    "output",
+    "error_kind",
+    "error",
+    "attempts",
+    "max_attempts",
+    "timeout_ms",
+    "retry_policy",
+    "scheduled_at",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "lease_token",
+    "lease_expires_at",
+    "worker",
+    "cancel_requested",
+    "follow_ups_due",
+    "parent_id",
+    "correlation_id",
+];
+
+impl RawCommand {
+    /// Decodes and validates the row.
+    pub fn into_record(self) -> Result<CommandRecord> {
+        let error = match (self.error_kind, self.error) {
+            (Some(kind), message) => Some(Failure::new(
+                FailureKind::parse(&kind)
+                    .ok_or_else(|| Error::Corrupt(format!("unknown failure kind {kind:?}")))?,
+                message.unwrap_or_default(),
+            )),
+            (None, _) => None,
+        };
+        let retry_policy = serde_json::from_str(&self.retry_policy)
+            .map_err(|e| Error::Corrupt(format!("invalid retry policy {:?}: {e}", self.retry_policy)))?;
+        Ok(CommandRecord {
+            id: self.id.parse()?,
+            name: self.name,
+            target: self.target,
+            state: State::parse(&self.state)?,
+            input: self.input,
+            output: self.output,
+            error,
+            attempts: u32_of(self.attempts),
+            max_attempts: u32_of(self.max_attempts),
+            timeout: Duration::from_millis(u64::try_from(self.timeout_ms.max(0)).unwrap_or(0)),
+            retry_policy,
+            scheduled_at: Timestamp::from_micros(self.scheduled_at),
+            created_at: Timestamp::from_micros(self.created_at),
+            updated_at: Timestamp::from_micros(self.updated_at),
+            started_at: self.started_at.map(Timestamp::from_micros),
+            finished_at: self.finished_at.map(Timestamp::from_micros),
+            lease_token: self.lease_token.as_deref().map(str::parse).transpose()?,
+            lease_expires_at: self.lease_expires_at.map(Timestamp::from_micros),
+            worker: self.worker,
+            cancel_requested: self.cancel_requested,
+            follow_ups_due: self.follow_ups_due,
+            parent_id: self.parent_id.as_deref().map(str::parse).transpose()?,
+            correlation_id: self.correlation_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LeaseToken;
+
+    fn raw() -> RawCommand {
+        RawCommand {
+            id: CommandId::generate(Timestamp::from_millis(1)).to_string(),
+            name: "job".into(),
+            target: "default".into(),
+            state: "running".into(),
+            input: "{}".into(),
+            output: None,
+            error_kind: Some("timeout".into()),
+            error: Some("too slow".into()),
+            attempts: 2,
+            max_attempts: 4,
+            timeout_ms: 5_000,
+            retry_policy: encode_policy(&RetryPolicy::default()).unwrap(),
+            scheduled_at: 1,
+            created_at: 1,
+            updated_at: 2,
+            started_at: Some(2),
+            finished_at: None,
+            lease_token: Some(LeaseToken::generate().to_string()),
+            lease_expires_at: Some(9),
+            worker: Some("w".into()),
+            cancel_requested: false,
+            follow_ups_due: false,
+            parent_id: None,
+            correlation_id: "c".into(),
+        }
+    }
+
+    #[test]
+    fn decodes_a_valid_row() {
+        let record = raw().into_record().unwrap();
+        assert_eq!(record.state, State::Running);
+        assert_eq!(record.error.unwrap().kind, FailureKind::Timeout);
+        assert_eq!(record.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn corrupt_columns_are_typed_errors() {
+        let cases: Vec<RawCommand> = vec![
+            RawCommand { state: "zombie".into(), ..raw() },
+            RawCommand { id: "not-a-uuid".into(), ..raw() },
+            RawCommand { error_kind: Some("meteor".into()), ..raw() },
+            RawCommand { retry_policy: "{".into(), ..raw() },
+            RawCommand { lease_token: Some("x".into()), ..raw() },
+        ];
+        for case in cases {
+            assert!(matches!(case.clone().into_record(), Err(Error::Corrupt(_))), "{case:?}");
+        }
+    }
+}
