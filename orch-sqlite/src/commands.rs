@@ -3,19 +3,19 @@
 //! Every function here runs inside the caller's transaction (a write transaction,
 //! `BEGIN IMMEDIATE`, for anything that changes rows).
 
-use std::time::Duration;
-
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel::sqlite::Sqlite;
 use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
+use orch::store::backend::{
+    NewJournalEntry, RawCommand, encode_policy, micros, millis, outcome_follow_ups, u32_of,
+};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, JournalKind, Lease, LeaseStatus, LeaseToken, ListParams,
-    Outcome, Rescued,
+    CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome, Rescued,
 };
-use orch::{Error, Failure, FailureKind, RetryPolicy, State, Timestamp};
+use orch::{Error, State, Timestamp};
 
-use crate::journal::{self, NewEntry};
+use crate::journal;
 use crate::{Tables, TxResult};
 
 /// Every column, in [`CommandRow`]'s order.
@@ -78,53 +78,35 @@ struct CommandRow {
     correlation_id: String,
 }
 
-fn parse_policy(json: &str) -> Result<RetryPolicy, Error> {
-    serde_json::from_str(json).map_err(|e| Error::Corrupt(format!("invalid retry policy {json:?}: {e}")))
-}
-
-fn u32_of(v: i32) -> u32 {
-    v.max(0) as u32
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl CommandRow {
     fn into_record(self) -> Result<CommandRecord, Error> {
-        let error = match (self.error_kind, self.error) {
-            (Some(kind), message) => Some(Failure::new(
-                FailureKind::parse(&kind)
-                    .ok_or_else(|| Error::Corrupt(format!("unknown failure kind {kind:?}")))?,
-                message.unwrap_or_default(),
-            )),
-            (None, _) => None,
-        };
-        Ok(CommandRecord {
-            id: self.id.parse()?,
+        RawCommand {
+            id: self.id,
             name: self.name,
             target: self.target,
-            state: State::parse(&self.state)?,
+            state: self.state,
             input: self.input,
             output: self.output,
-            error,
-            attempts: u32_of(self.attempts),
-            max_attempts: u32_of(self.max_attempts),
-            timeout: Duration::from_millis(self.timeout_ms.max(0) as u64),
-            retry_policy: parse_policy(&self.retry_policy)?,
-            scheduled_at: Timestamp::from_micros(self.scheduled_at),
-            created_at: Timestamp::from_micros(self.created_at),
-            updated_at: Timestamp::from_micros(self.updated_at),
-            started_at: self.started_at.map(Timestamp::from_micros),
-            finished_at: self.finished_at.map(Timestamp::from_micros),
-            lease_token: self.lease_token.as_deref().map(str::parse).transpose()?,
-            lease_expires_at: self.lease_expires_at.map(Timestamp::from_micros),
+            error_kind: self.error_kind,
+            error: self.error,
+            attempts: self.attempts.into(),
+            max_attempts: self.max_attempts.into(),
+            timeout_ms: self.timeout_ms,
+            retry_policy: self.retry_policy,
+            scheduled_at: self.scheduled_at,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            lease_token: self.lease_token,
+            lease_expires_at: self.lease_expires_at,
             worker: self.worker,
             cancel_requested: self.cancel_requested != 0,
             follow_ups_due: self.follow_ups_due != 0,
-            parent_id: self.parent_id.as_deref().map(str::parse).transpose()?,
+            parent_id: self.parent_id,
             correlation_id: self.correlation_id,
-        })
+        }
+        .into_record()
     }
 }
 
@@ -154,8 +136,7 @@ pub(crate) fn insert(
         }
         let mut query = diesel::sql_query(sql).into_boxed::<Sqlite>();
         for c in chunk {
-            let policy = serde_json::to_string(&c.retry_policy)
-                .map_err(|source| Error::Encode { what: "retry policy".into(), source })?;
+            let policy = encode_policy(&c.retry_policy)?;
             query = query
                 .bind::<Text, _>(c.id.to_string())
                 .bind::<Text, _>(c.name.clone())
@@ -172,20 +153,7 @@ pub(crate) fn insert(
         }
         query.execute(conn)?;
     }
-    let entries: Vec<NewEntry> = commands
-        .iter()
-        .map(|c| NewEntry {
-            command_id: c.id,
-            at: c.created_at,
-            kind: JournalKind::Enqueued,
-            attempt: 0,
-            worker: None,
-            message: Some(match c.parent_id {
-                Some(parent) => format!("follow-up of {parent}; due {}", c.scheduled_at),
-                None => format!("due {}", c.scheduled_at),
-            }),
-        })
-        .collect();
+    let entries: Vec<NewJournalEntry> = commands.iter().map(NewJournalEntry::enqueued).collect();
     journal::append(conn, tables, &entries)
 }
 
@@ -214,7 +182,7 @@ pub(crate) fn claim(
         .bind::<BigInt, _>(now)
         .bind::<BigInt, _>(now)
         .bind::<BigInt, _>(now)
-        .bind::<BigInt, _>(i64::try_from(p.lease_buffer.as_micros()).unwrap_or(i64::MAX))
+        .bind::<BigInt, _>(micros(p.lease_buffer))
         .bind::<Text, _>(p.target.clone())
         .bind::<BigInt, _>(now);
     for name in &p.names {
@@ -227,14 +195,14 @@ pub(crate) fn claim(
     let mut entries = Vec::with_capacity(rows.len());
     for row in rows {
         let record = row.into_record()?;
-        entries.push(NewEntry {
-            command_id: record.id,
-            at: p.now,
-            kind: JournalKind::Claimed,
-            attempt: record.attempts,
-            worker: Some(p.worker.clone()),
-            message: record.lease_expires_at.map(|at| format!("lease until {at}")),
-        });
+        let lease_expires_at = record.lease_expires_at.unwrap_or(p.now);
+        entries.push(NewJournalEntry::claimed(
+            record.id,
+            p.now,
+            record.attempts,
+            &p.worker,
+            lease_expires_at,
+        ));
         claimed.push(ClaimedCommand {
             lease: Lease { id: record.id, token },
             name: record.name,
@@ -243,7 +211,7 @@ pub(crate) fn claim(
             max_attempts: record.max_attempts,
             timeout: record.timeout,
             retry_policy: record.retry_policy,
-            lease_expires_at: record.lease_expires_at.unwrap_or(p.now),
+            lease_expires_at,
             correlation_id: record.correlation_id,
         });
     }
@@ -269,7 +237,7 @@ fn current_attempt(conn: &mut SqliteConnection, tables: &Tables, id: CommandId) 
         diesel::sql_query(format!("SELECT attempts FROM {} WHERE id = ?", tables.commands))
             .bind::<Text, _>(id.to_string())
             .load(conn)?;
-    Ok(rows.first().map_or(0, |r| u32_of(r.attempts)))
+    Ok(rows.first().map_or(0, |r| u32_of(r.attempts.into())))
 }
 
 fn lease_lost_entry(
@@ -281,18 +249,7 @@ fn lease_lost_entry(
     what: &str,
 ) -> TxResult<()> {
     let attempt = current_attempt(conn, tables, lease.id)?;
-    journal::append(
-        conn,
-        tables,
-        &[NewEntry {
-            command_id: lease.id,
-            at,
-            kind: JournalKind::LeaseLost,
-            attempt,
-            worker,
-            message: Some(format!("{what} refused: lease {} is no longer held", lease.token)),
-        }],
-    )
+    journal::append(conn, tables, &[NewJournalEntry::lease_lost(lease, at, attempt, worker, what)])
 }
 
 pub(crate) fn heartbeat(
@@ -305,7 +262,7 @@ pub(crate) fn heartbeat(
          WHERE id = ? AND lease_token = ? AND state = 'running' RETURNING cancel_requested",
         tables.commands
     );
-    let buffer = i64::try_from(p.lease_buffer.as_micros()).unwrap_or(i64::MAX);
+    let buffer = micros(p.lease_buffer);
     let mut statuses = Vec::with_capacity(p.leases.len());
     for lease in &p.leases {
         let rows: Vec<HeartbeatRow> = diesel::sql_query(&sql)
@@ -379,57 +336,13 @@ pub(crate) fn complete(
         lease_lost_entry(conn, tables, c.lease, c.now, Some(c.worker.clone()), "recording the outcome")?;
         return Ok(CompletionStatus::LeaseLost);
     };
-    let attempt = u32_of(row.attempts);
-    let entry = |kind, message: Option<String>| NewEntry {
-        command_id: c.lease.id,
-        at: c.now,
-        kind,
-        attempt,
-        worker: Some(c.worker.clone()),
-        message,
-    };
-    let failure_kind = |f: &Failure| match f.kind {
-        FailureKind::Timeout => JournalKind::TimedOut,
-        _ => JournalKind::Failed,
-    };
-    let (entries, follow_ups): (Vec<NewEntry>, &[InsertCommand]) = match &c.outcome {
-        Outcome::Succeeded { follow_ups, .. } => {
-            (vec![entry(JournalKind::Succeeded, follow_up_note(follow_ups))], follow_ups)
-        }
-        Outcome::Retry { failure, retry_at } => (
-            vec![
-                entry(failure_kind(failure), Some(failure.to_string())),
-                entry(JournalKind::RetryScheduled, Some(format!("next attempt due {retry_at}"))),
-            ],
-            &[],
-        ),
-        Outcome::Failed { failure, follow_ups } => {
-            let mut message = failure.to_string();
-            if let Some(note) = follow_up_note(follow_ups) {
-                message = format!("{message}; {note}");
-            }
-            (vec![entry(failure_kind(failure), Some(message))], follow_ups)
-        }
-        Outcome::Cancelled { follow_ups } => {
-            (vec![entry(JournalKind::Cancelled, follow_up_note(follow_ups))], follow_ups)
-        }
-        Outcome::Released { at } => {
-            (vec![entry(JournalKind::Released, Some(format!("due again {at}")))], &[])
-        }
-    };
+    let entries = NewJournalEntry::completion(c, u32_of(row.attempts.into()));
     journal::append(conn, tables, &entries)?;
+    let follow_ups = outcome_follow_ups(&c.outcome);
     if !follow_ups.is_empty() {
         insert(conn, tables, follow_ups)?;
     }
     Ok(CompletionStatus::Applied)
-}
-
-fn follow_up_note(follow_ups: &[InsertCommand]) -> Option<String> {
-    if follow_ups.is_empty() {
-        return None;
-    }
-    let names: Vec<&str> = follow_ups.iter().map(|f| f.name.as_str()).collect();
-    Some(format!("follow-ups: {}", names.join(", ")))
 }
 
 enum Bind {
@@ -459,15 +372,12 @@ pub(crate) fn cancel(
         return Ok(CancelStatus::NotFound);
     };
     let state = State::parse(&row.state)?;
-    let (sql, status, kind) = match state {
+    let (sql, status) = match state {
         State::Blocked | State::Pending => (
             "state = 'cancelled', finished_at = ?1, updated_at = ?1, follow_ups_due = 1",
             CancelStatus::Cancelled,
-            JournalKind::Cancelled,
         ),
-        State::Running => {
-            ("cancel_requested = 1, updated_at = ?1", CancelStatus::Requested, JournalKind::CancelRequested)
-        }
+        State::Running => ("cancel_requested = 1, updated_at = ?1", CancelStatus::Requested),
         finished => return Ok(CancelStatus::AlreadyFinished(finished)),
     };
     // Numbered parameters: the time is bound once and used by every SET that needs it.
@@ -476,18 +386,7 @@ pub(crate) fn cancel(
         .bind::<Text, _>(id.to_string())
         .bind::<Text, _>(state.as_str())
         .execute(conn)?;
-    journal::append(
-        conn,
-        tables,
-        &[NewEntry {
-            command_id: id,
-            at: now,
-            kind,
-            attempt: u32_of(row.attempts),
-            worker: None,
-            message: Some(format!("cancel requested while {state}")),
-        }],
-    )?;
+    journal::append(conn, tables, &[NewJournalEntry::cancel(id, now, u32_of(row.attempts.into()), state)])?;
     Ok(status)
 }
 
@@ -536,17 +435,7 @@ pub(crate) fn rescue(
     for row in rows {
         let id: CommandId = row.id.parse()?;
         let state = State::parse(&row.state)?;
-        entries.push(NewEntry {
-            command_id: id,
-            at: now,
-            kind: JournalKind::Rescued,
-            attempt: u32_of(row.attempts),
-            worker: row.worker.clone(),
-            message: Some(format!(
-                "lease of worker {} expired; now {state}",
-                row.worker.as_deref().unwrap_or("?")
-            )),
-        });
+        entries.push(NewJournalEntry::rescued(id, now, u32_of(row.attempts.into()), row.worker, state));
         rescued.push(Rescued { id, state });
     }
     journal::append(conn, tables, &entries)?;
@@ -591,18 +480,8 @@ pub(crate) fn resolve_follow_ups(
         return Ok(false);
     };
     insert(conn, tables, follow_ups)?;
-    journal::append(
-        conn,
-        tables,
-        &[NewEntry {
-            command_id: id,
-            at: now,
-            kind: JournalKind::FollowUpsEnqueued,
-            attempt: u32_of(row.attempts),
-            worker: None,
-            message: Some(follow_up_note(follow_ups).unwrap_or_else(|| "no follow-ups".to_owned())),
-        }],
-    )?;
+    let entry = NewJournalEntry::follow_ups_enqueued(id, now, u32_of(row.attempts.into()), follow_ups);
+    journal::append(conn, tables, &[entry])?;
     Ok(true)
 }
 

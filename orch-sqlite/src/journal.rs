@@ -4,24 +4,19 @@ use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel::sqlite::Sqlite;
 use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
 use orch::Timestamp;
+use orch::store::backend::NewJournalEntry;
 use orch::store::{CommandId, JournalEntry, JournalKind};
 
 use crate::{Tables, TxResult};
 
-/// A journal row to append.
-pub(crate) struct NewEntry {
-    pub(crate) command_id: CommandId,
-    pub(crate) at: Timestamp,
-    pub(crate) kind: JournalKind,
-    pub(crate) attempt: u32,
-    pub(crate) worker: Option<String>,
-    pub(crate) message: Option<String>,
-}
-
 /// Rows per INSERT: 6 binds each stays far below SQLite's bind limit.
 const CHUNK: usize = 200;
 
-pub(crate) fn append(conn: &mut SqliteConnection, tables: &Tables, entries: &[NewEntry]) -> TxResult<()> {
+pub(crate) fn append(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    entries: &[NewJournalEntry],
+) -> TxResult<()> {
     for chunk in entries.chunks(CHUNK) {
         let mut sql = format!(
             "INSERT INTO {} (command_id, at, kind, attempt, worker, message) VALUES ",

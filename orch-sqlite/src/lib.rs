@@ -28,8 +28,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, SqliteConnection};
+use tokio::sync::Notify;
 
 pub use orch;
+use orch::store::backend::outcome_follow_ups;
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Rescued,
@@ -113,7 +115,12 @@ impl SqliteBuilder {
             .map_err(|e| Error::backend(BACKEND, e))?;
         tracing::debug!(path, prefix = %prefix, "opened sqlite store");
         Ok(SqliteStore {
-            inner: Arc::new(Inner { conn: Mutex::new(conn), tables: Tables::new(&prefix), prefix }),
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                tables: Tables::new(&prefix),
+                prefix,
+                wake: Arc::default(),
+            }),
         })
     }
 }
@@ -140,6 +147,8 @@ struct Inner {
     conn: Mutex<SqliteConnection>,
     tables: Tables,
     prefix: TablePrefix,
+    /// Fired after commits that make commands due, for workers on any clone of this store.
+    wake: Arc<Notify>,
 }
 
 /// The SQLite store. Cheap to clone; clones share one connection.
@@ -261,7 +270,9 @@ impl Store for SqliteStore {
     }
 
     async fn enqueue(&self, commands: Vec<InsertCommand>) -> Result<()> {
-        self.write(move |conn, tables| commands::insert(conn, tables, &commands)).await
+        self.write(move |conn, tables| commands::insert(conn, tables, &commands)).await?;
+        self.inner.wake.notify_waiters();
+        Ok(())
     }
 
     async fn claim(&self, params: ClaimParams) -> Result<Vec<ClaimedCommand>> {
@@ -282,10 +293,16 @@ impl Store for SqliteStore {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |conn, tables| {
-            completions.iter().map(|c| commands::complete(conn, tables, c)).collect()
-        })
-        .await
+        let pushes = completions.iter().any(|c| !outcome_follow_ups(&c.outcome).is_empty());
+        let statuses = self
+            .write(move |conn, tables| {
+                completions.iter().map(|c| commands::complete(conn, tables, c)).collect()
+            })
+            .await?;
+        if pushes {
+            self.inner.wake.notify_waiters();
+        }
+        Ok(statuses)
     }
 
     async fn cancel(&self, id: CommandId, now: Timestamp) -> Result<CancelStatus> {
@@ -310,7 +327,14 @@ impl Store for SqliteStore {
         follow_ups: Vec<InsertCommand>,
         now: Timestamp,
     ) -> Result<bool> {
-        self.write(move |conn, tables| commands::resolve_follow_ups(conn, tables, id, &follow_ups, now)).await
+        let pushes = !follow_ups.is_empty();
+        let resolved = self
+            .write(move |conn, tables| commands::resolve_follow_ups(conn, tables, id, &follow_ups, now))
+            .await?;
+        if resolved && pushes {
+            self.inner.wake.notify_waiters();
+        }
+        Ok(resolved)
     }
 
     async fn get(&self, id: CommandId) -> Result<Option<CommandRecord>> {
@@ -327,6 +351,12 @@ impl Store for SqliteStore {
 
     async fn journal(&self, id: CommandId) -> Result<Vec<JournalEntry>> {
         self.with_conn(move |conn, tables| journal::read(conn, tables, id)).await
+    }
+
+    /// Fired after pushes through this store (any clone) in this process; SQLite has no
+    /// channel between processes, so other processes' pushes are seen at the next poll.
+    fn wake_signal(&self) -> Option<Arc<Notify>> {
+        Some(Arc::clone(&self.inner.wake))
     }
 }
 

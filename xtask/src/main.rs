@@ -2,8 +2,9 @@
 //!
 //! - `ci`: formatting check, clippy with warnings denied, the whole test suite, and
 //!   the quick start.
-//! - `test [--backend sqlite|all]`: the conformance suite and property test per
-//!   backend, with a summary of which backends ran.
+//! - `test [--backend sqlite|pg|mysql|all]`: the conformance suite, property test and
+//!   backend tests per backend, with a summary of which backends ran and which were
+//!   skipped (a server backend runs when `ORCH_PG_URL` / `ORCH_MYSQL_URL` is set).
 
 mod ci;
 mod test;
@@ -31,13 +32,16 @@ fn main() -> ExitCode {
 }
 
 fn print_help() {
-    println!(
-        "cargo xtask <command>\n\n\
-         commands:\n  \
-         ci                                 fmt check, clippy -D warnings, all tests, the quick start\n  \
-         test [--backend sqlite|all]        the conformance suite per backend, with a summary\n  \
-         help                               this text"
-    );
+    let commands = [
+        ("ci", "fmt check, clippy -D warnings, all tests, the quick start"),
+        ("test [--backend sqlite|pg|mysql|all]", "the suite per backend, with a summary of what ran;"),
+        ("", "pg and mysql run when ORCH_PG_URL / ORCH_MYSQL_URL are set"),
+        ("help", "this text"),
+    ];
+    println!("cargo xtask <command>\n\ncommands:");
+    for (command, what) in commands {
+        println!("  {command:<38} {what}");
+    }
 }
 
 /// Runs `cargo` with `args` from the workspace root, echoing the command line.

@@ -1,9 +1,38 @@
-//! `cargo xtask test --backend …`: the conformance suite per backend.
+//! `cargo xtask test --backend …`: the conformance suite, the property test and the
+//! backend's own integration tests, per backend, with a summary of which ran.
 
 use crate::cargo;
 
-/// The backends this workspace has, each with its integration test target.
-const BACKENDS: &[(&str, &str)] = &[("sqlite", "sqlite")];
+/// A backend: its name, the variable holding its server URL (none for SQLite), and
+/// its test targets in `orch-tests`, each with an optional name filter.
+struct Backend {
+    name: &'static str,
+    aliases: &'static [&'static str],
+    url_var: Option<&'static str>,
+    targets: &'static [(&'static str, Option<&'static str>)],
+}
+
+const BACKENDS: &[Backend] = &[
+    Backend { name: "sqlite", aliases: &[], url_var: None, targets: &[("sqlite", None)] },
+    Backend {
+        name: "pg",
+        aliases: &["postgres", "postgresql"],
+        url_var: Some("ORCH_PG_URL"),
+        targets: &[("postgres", None), ("multiprocess", Some("postgres"))],
+    },
+    Backend {
+        name: "mysql",
+        aliases: &["mariadb"],
+        url_var: Some("ORCH_MYSQL_URL"),
+        targets: &[("mysql", None), ("multiprocess", Some("mysql"))],
+    },
+];
+
+enum Outcome {
+    Passed,
+    Failed,
+    Skipped(String),
+}
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut selected = "all".to_owned();
@@ -16,28 +45,51 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown argument `{other}` for `test`")),
         }
     }
-    let chosen: Vec<&(&str, &str)> = if selected == "all" {
+    let chosen: Vec<&Backend> = if selected == "all" {
         BACKENDS.iter().collect()
     } else {
-        match BACKENDS.iter().find(|(name, _)| *name == selected) {
+        match BACKENDS.iter().find(|b| b.name == selected || b.aliases.contains(&selected.as_str())) {
             Some(b) => vec![b],
             None => {
-                let known: Vec<&str> = BACKENDS.iter().map(|(n, _)| *n).collect();
-                return Err(format!(
-                    "unknown backend `{selected}`; this workspace has: {}, all",
-                    known.join(", ")
-                ));
+                let known: Vec<&str> = BACKENDS.iter().map(|b| b.name).collect();
+                return Err(format!("unknown backend `{selected}`; choose one of: {}, all", known.join(", ")));
             }
         }
     };
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let mut summary = Vec::new();
-    for (name, target) in chosen {
-        let result = cargo(&["test", "-p", "orch-tests", "--test", target]);
-        summary.push((name, result.is_ok()));
+    for backend in chosen {
+        if let Some(var) = backend.url_var
+            && std::env::var(var).map_or(true, |v| v.is_empty())
+        {
+            let reason = format!("{var} is not set");
+            if ci {
+                return Err(format!("{reason}, and CI=true requires the {} tests to run", backend.name));
+            }
+            summary.push((backend.name, Outcome::Skipped(reason)));
+            continue;
+        }
+        let mut ok = true;
+        for (target, filter) in backend.targets {
+            let mut cmd = vec!["test", "-p", "orch-tests", "--test", target];
+            if let Some(filter) = filter {
+                cmd.push(filter);
+            }
+            ok &= cargo(&cmd).is_ok();
+        }
+        summary.push((backend.name, if ok { Outcome::Passed } else { Outcome::Failed }));
     }
     println!("\nbackend results:");
-    for (name, ok) in &summary {
-        println!("  {name:<8} {}", if *ok { "passed" } else { "FAILED" });
+    for (name, result) in &summary {
+        match result {
+            Outcome::Passed => println!("  {name:<8} ran, passed"),
+            Outcome::Failed => println!("  {name:<8} ran, FAILED"),
+            Outcome::Skipped(why) => println!("  {name:<8} skipped ({why})"),
+        }
     }
-    if summary.iter().all(|(_, ok)| *ok) { Ok(()) } else { Err("some backends failed".into()) }
+    if summary.iter().any(|(_, r)| matches!(r, Outcome::Failed)) {
+        Err("some backends failed".into())
+    } else {
+        Ok(())
+    }
 }
