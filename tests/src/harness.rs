@@ -65,3 +65,268 @@ impl Harness for SqliteHarness {
         Ok(Arc::new(sqlite(&path, prefix)?))
     }
 }
+
+/// The environment variable naming the PostgreSQL server for the tests.
+pub const PG_URL_VAR: &str = "ORCH_PG_URL";
+/// The environment variable naming the MySQL/MariaDB server for the tests.
+pub const MYSQL_URL_VAR: &str = "ORCH_MYSQL_URL";
+
+/// The server URL in `var`, or `None` with the reason printed. Under `CI=true` a
+/// missing URL fails the test instead: CI must run every backend.
+pub fn server_url(var: &str, backend: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{var} is not set and CI=true: the {backend} tests must run in CI (see .ci/run)"
+            );
+            eprintln!("skipping the {backend} tests: {var} is not set");
+            None
+        }
+    }
+}
+
+/// `url` with its database (path) replaced by `database`, keeping any query string.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| (&rest[..i], &rest[i..]));
+    let query = path.find('?').map_or("", |i| &path[i..]);
+    format!("{scheme}://{authority}/{database}{query}")
+}
+
+/// Which server a [`ServerHarness`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// PostgreSQL, through `orch-diesel-pg`.
+    Postgres,
+    /// MySQL or MariaDB, through `orch-diesel-mysql`.
+    Mysql,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Postgres => "postgres",
+            Server::Mysql => "mysql",
+        }
+    }
+
+    fn var(self) -> &'static str {
+        match self {
+            Server::Postgres => PG_URL_VAR,
+            Server::Mysql => MYSQL_URL_VAR,
+        }
+    }
+}
+
+/// Stores on a real server. Each test process gets its own database (created on first
+/// use, named `orch_t<unix seconds>_<random>`; ones left by runs over an hour old are
+/// dropped then), and each store a fresh table prefix in it, so cases run in parallel
+/// and reruns start clean.
+#[derive(Debug, Clone)]
+pub struct ServerHarness {
+    server: Server,
+    url: String,
+}
+
+static PG_DATABASE: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+static MYSQL_DATABASE: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+static NEXT_PREFIX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl ServerHarness {
+    /// A harness for `server` when its URL variable is set (see [`server_url`]).
+    pub fn from_env(server: Server) -> Option<Self> {
+        let admin_url = server_url(server.var(), server.name())?;
+        let cell = match server {
+            Server::Postgres => &PG_DATABASE,
+            Server::Mysql => &MYSQL_DATABASE,
+        };
+        let url = cell
+            .get_or_init(|| process_database(server, &admin_url))
+            .clone()
+            .unwrap_or_else(|e| panic!("{} test database: {e}", server.name()));
+        Some(ServerHarness { server, url })
+    }
+
+    /// A PostgreSQL harness, if `ORCH_PG_URL` is set.
+    pub fn postgres() -> Option<Self> {
+        Self::from_env(Server::Postgres)
+    }
+
+    /// A MySQL/MariaDB harness, if `ORCH_MYSQL_URL` is set.
+    pub fn mysql() -> Option<Self> {
+        Self::from_env(Server::Mysql)
+    }
+
+    /// The URL of this process's test database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Which server.
+    pub fn server(&self) -> Server {
+        self.server
+    }
+
+    /// A fresh table prefix, unique in this process.
+    pub fn fresh_prefix() -> String {
+        let n = NEXT_PREFIX.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("c{n}_")
+    }
+
+    /// A connected (not migrated) store with `prefix` and at most `connections`.
+    pub async fn open(&self, prefix: &str, connections: u32) -> Result<Arc<dyn Store>, Error> {
+        Ok(match self.server {
+            Server::Postgres => Arc::new(
+                orch_diesel_pg::PgStore::builder(self.url.clone())
+                    .prefix(prefix)
+                    .max_connections(connections)
+                    .connect()
+                    .await?,
+            ),
+            Server::Mysql => Arc::new(
+                orch_diesel_mysql::MysqlStore::builder(self.url.clone())
+                    .prefix(prefix)
+                    .max_connections(connections)
+                    .connect()
+                    .await?,
+            ),
+        })
+    }
+}
+
+#[async_trait]
+impl Harness for ServerHarness {
+    fn backend(&self) -> &'static str {
+        self.server.name()
+    }
+
+    async fn store(&self) -> Arc<dyn Store> {
+        let store = self.open(&Self::fresh_prefix(), 4).await.expect("connect to the test database");
+        store.migrate().await.expect("migrate the test store");
+        store
+    }
+
+    async fn store_with_prefix(&self, prefix: &str) -> Result<Arc<dyn Store>, Error> {
+        self.open(prefix, 4).await
+    }
+}
+
+/// Creates this process's test database on `server` (dropping stale ones first) and
+/// returns its URL. Runs on a thread of its own so it works from any runtime.
+fn process_database(server: Server, admin_url: &str) -> Result<String, String> {
+    let admin_url = admin_url.to_owned();
+    std::thread::spawn(move || {
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        rt.block_on(admin::create_process_database(server, &admin_url))
+    })
+    .join()
+    .map_err(|_| "creating the test database panicked".to_owned())?
+}
+
+mod admin {
+    use diesel::QueryableByName;
+    use diesel::sql_types::Text;
+    use orch_diesel_mysql::diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+    use orch_diesel_pg::diesel_async::AsyncPgConnection;
+
+    use super::{Server, with_database};
+
+    /// Test databases older than this are left over from finished runs.
+    const STALE_SECS: u64 = 3_600;
+
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+
+    /// The creation time encoded in a test database's name, if it is one.
+    fn created_at(name: &str) -> Option<u64> {
+        let rest = name.strip_prefix("orch_t")?;
+        let (secs, random) = rest.split_once('_')?;
+        (random.chars().all(|c| c.is_ascii_hexdigit()) && !random.is_empty()).then_some(())?;
+        secs.parse().ok()
+    }
+
+    pub(super) async fn create_process_database(server: Server, admin_url: &str) -> Result<String, String> {
+        #[allow(clippy::disallowed_methods, reason = "naming test databases by wall-clock age")]
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_secs();
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("orch_t{now}_{}", &random[..8]);
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} on {}: {e}", server.name());
+        match server {
+            Server::Postgres => {
+                let mut conn =
+                    AsyncPgConnection::establish(admin_url).await.map_err(|e| fail("connecting", &e))?;
+                let names: Vec<Name> =
+                    diesel::sql_query("SELECT datname AS name FROM pg_database WHERE datname LIKE 'orch_t%'")
+                        .load(&mut conn)
+                        .await
+                        .map_err(|e| fail("listing databases", &e))?;
+                for stale in
+                    names.iter().filter(|n| created_at(&n.name).is_some_and(|t| t + STALE_SECS < now))
+                {
+                    let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", stale.name);
+                    if let Err(e) = diesel::sql_query(sql).execute(&mut conn).await {
+                        eprintln!("could not drop stale test database {}: {e}", stale.name);
+                    }
+                }
+                diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| fail("creating the test database", &e))?;
+            }
+            Server::Mysql => {
+                let mut conn =
+                    AsyncMysqlConnection::establish(admin_url).await.map_err(|e| fail("connecting", &e))?;
+                let names: Vec<Name> = diesel::sql_query(
+                    "SELECT CAST(schema_name AS CHAR) AS name FROM information_schema.schemata WHERE schema_name LIKE 'orch_t%'",
+                )
+                .load(&mut conn)
+                .await
+                .map_err(|e| fail("listing databases", &e))?;
+                for stale in
+                    names.iter().filter(|n| created_at(&n.name).is_some_and(|t| t + STALE_SECS < now))
+                {
+                    let sql = format!("DROP DATABASE IF EXISTS `{}`", stale.name);
+                    if let Err(e) = diesel::sql_query(sql).execute(&mut conn).await {
+                        eprintln!("could not drop stale test database {}: {e}", stale.name);
+                    }
+                }
+                diesel::sql_query(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| fail("creating the test database", &e))?;
+            }
+        }
+        Ok(with_database(admin_url, &name))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn only_generated_names_are_recognised() {
+            assert_eq!(super::created_at("orch_t1700000000_ab12cd34"), Some(1_700_000_000));
+            assert_eq!(super::created_at("orch_t1700000000_"), None);
+            assert_eq!(super::created_at("orch_prod"), None);
+            assert_eq!(super::created_at("orch_t17x_ab"), None);
+        }
+
+        #[test]
+        fn database_is_replaced_in_urls() {
+            use super::with_database;
+            assert_eq!(with_database("postgres://u@h:5432/test", "x"), "postgres://u@h:5432/x");
+            assert_eq!(
+                with_database("mysql://root@h:3306/test?ssl=false", "x"),
+                "mysql://root@h:3306/x?ssl=false"
+            );
+            assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+        }
+    }
+}

@@ -3,7 +3,9 @@
 //! - [`harness`]: hands out isolated stores of one backend;
 //! - [`conformance`]: the suite every backend must pass, written once against the
 //!   `Store` trait and the public API;
-//! - [`property`]: a model-based property test of the lifecycle under a manual clock.
+//! - [`property`]: a model-based property test of the lifecycle under a manual clock;
+//! - [`multiprocess`]: worker processes (`orch-test-worker`) sharing one database;
+//! - [`wake`]: idle workers woken by pushes, and pushes inside a caller's transaction.
 //!
 //! A backend's test file runs everything with one macro call:
 //!
@@ -16,17 +18,26 @@
 
 pub mod conformance;
 pub mod harness;
+pub mod multiprocess;
 pub mod property;
 pub mod support;
+pub mod wake;
 
 /// Expands to one `#[tokio::test]` per conformance case (and the property test) for the
 /// harness that `$make` evaluates to; `$make` is an `Option<H>` where `None` means the
-/// backend is unavailable and the tests skip (the harness prints why).
+/// backend is unavailable and the tests skip (the harness prints why). Attributes after
+/// the harness (such as a `cfg_attr(…, ignore = "…")`) are put on every test.
 #[macro_export]
 macro_rules! conformance_suite {
-    ($make:expr) => {
+    ($make:expr $(, #[$attr:meta])* $(,)?) => {
+        $crate::conformance_suite!(@cases 256, $make $(, #[$attr])*);
+    };
+    (property_cases = $cases:expr, $make:expr $(, #[$attr:meta])* $(,)?) => {
+        $crate::conformance_suite!(@cases $cases, $make $(, #[$attr])*);
+    };
+    (@cases $cases:expr, $make:expr $(, #[$attr:meta])*) => {
         $crate::conformance_cases!(
-            $make;
+            $make, [$(#[$attr])*];
             claim_is_exclusive,
             stale_lease_changes_nothing,
             retries_then_failure_follow_ups,
@@ -48,9 +59,10 @@ macro_rules! conformance_suite {
         );
 
         #[test]
+        $(#[$attr])*
         fn lifecycle_property() {
             let Some(harness) = $make else { return };
-            $crate::property::run(::std::sync::Arc::new(harness), 256);
+            $crate::property::run(::std::sync::Arc::new(harness), $cases);
         }
     };
 }
@@ -59,13 +71,21 @@ macro_rules! conformance_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! conformance_cases {
-    ($make:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let Some(harness) = $make else { return };
-                $crate::conformance::$case(&harness).await;
-            }
-        )*
+    ($make:expr, $attrs:tt; $($case:ident),* $(,)?) => {
+        $( $crate::conformance_case!($make, $attrs, $case); )*
+    };
+}
+
+/// Implementation detail of [`conformance_suite!`]: one case.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! conformance_case {
+    ($make:expr, [$(#[$attr:meta])*], $case:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])*
+        async fn $case() {
+            let Some(harness) = $make else { return };
+            $crate::conformance::$case(&harness).await;
+        }
     };
 }

@@ -1,0 +1,701 @@
+//! The commands table: every lifecycle transition, each fenced where it must be.
+//!
+//! Every function that changes rows runs inside the caller's transaction. Rows are
+//! locked in a consistent order (claims and rescues skip locked rows; heartbeats and
+//! completions lock by id), so concurrent workers never deadlock on each other.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use diesel::QueryableByName;
+use diesel::pg::Pg;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Uuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use orch::store::backend::{
+    COMMAND_COLUMNS, NewJournalEntry, RawCommand, encode_policy, micros, millis, outcome_follow_ups, u32_of,
+};
+use orch::store::{
+    CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
+    CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome, Rescued,
+};
+use orch::{FailureKind, State, Timestamp};
+
+use crate::journal;
+use crate::{Tables, TxResult};
+
+/// Every column, in [`RawCommand`]'s order.
+static COLUMNS: LazyLock<String> = LazyLock::new(|| COMMAND_COLUMNS.join(", "));
+/// Every column qualified by the alias `c`, for statements that join.
+static C_COLUMNS: LazyLock<String> =
+    LazyLock::new(|| COMMAND_COLUMNS.iter().map(|c| format!("c.{c}")).collect::<Vec<_>>().join(", "));
+
+/// Rows per INSERT: 11 binds each, far below PostgreSQL's 65,535 bind parameters.
+const INSERT_CHUNK: usize = 1_000;
+
+/// The most rows one `list` call returns.
+const LIST_MAX: usize = 10_000;
+
+#[derive(QueryableByName)]
+struct CommandRow {
+    #[diesel(sql_type = Uuid)]
+    id: uuid::Uuid,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    target: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Text)]
+    input: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    output: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    error_kind: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    error: Option<String>,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Integer)]
+    max_attempts: i32,
+    #[diesel(sql_type = BigInt)]
+    timeout_ms: i64,
+    #[diesel(sql_type = Text)]
+    retry_policy: String,
+    #[diesel(sql_type = BigInt)]
+    scheduled_at: i64,
+    #[diesel(sql_type = BigInt)]
+    created_at: i64,
+    #[diesel(sql_type = BigInt)]
+    updated_at: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    started_at: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    finished_at: Option<i64>,
+    #[diesel(sql_type = Nullable<Uuid>)]
+    lease_token: Option<uuid::Uuid>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    lease_expires_at: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    worker: Option<String>,
+    #[diesel(sql_type = Bool)]
+    cancel_requested: bool,
+    #[diesel(sql_type = Bool)]
+    follow_ups_due: bool,
+    #[diesel(sql_type = Nullable<Uuid>)]
+    parent_id: Option<uuid::Uuid>,
+    #[diesel(sql_type = Text)]
+    correlation_id: String,
+}
+
+impl CommandRow {
+    /// Decodes the row with the shared decoder, so every backend reads alike.
+    fn into_record(self) -> orch::Result<CommandRecord> {
+        RawCommand {
+            id: self.id.hyphenated().to_string(),
+            name: self.name,
+            target: self.target,
+            state: self.state,
+            input: self.input,
+            output: self.output,
+            error_kind: self.error_kind,
+            error: self.error,
+            attempts: i64::from(self.attempts),
+            max_attempts: i64::from(self.max_attempts),
+            timeout_ms: self.timeout_ms,
+            retry_policy: self.retry_policy,
+            scheduled_at: self.scheduled_at,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            lease_token: self.lease_token.map(|t| t.hyphenated().to_string()),
+            lease_expires_at: self.lease_expires_at,
+            worker: self.worker,
+            cancel_requested: self.cancel_requested,
+            follow_ups_due: self.follow_ups_due,
+            parent_id: self.parent_id.map(|p| p.hyphenated().to_string()),
+            correlation_id: self.correlation_id,
+        }
+        .into_record()
+    }
+}
+
+fn records(rows: Vec<CommandRow>) -> TxResult<Vec<CommandRecord>> {
+    Ok(rows.into_iter().map(CommandRow::into_record).collect::<orch::Result<_>>()?)
+}
+
+fn i32_of(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+fn i64_of(v: usize) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A bound value of a statement assembled at run time.
+enum Bind {
+    Text(String),
+    BigInt(i64),
+    Uuid(uuid::Uuid),
+}
+
+/// A statement assembled at run time with numbered parameters.
+struct Statement {
+    sql: String,
+    binds: Vec<Bind>,
+}
+
+impl Statement {
+    fn new(sql: impl Into<String>) -> Self {
+        Statement { sql: sql.into(), binds: Vec::new() }
+    }
+
+    /// Binds `value` and returns its placeholder (`$n`).
+    fn param(&mut self, value: Bind) -> String {
+        self.binds.push(value);
+        format!("${}", self.binds.len())
+    }
+
+    fn query(self) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
+        let mut query = diesel::sql_query(self.sql).into_boxed::<Pg>();
+        for b in self.binds {
+            query = match b {
+                Bind::Text(s) => query.bind::<Text, _>(s),
+                Bind::BigInt(i) => query.bind::<BigInt, _>(i),
+                Bind::Uuid(u) => query.bind::<Uuid, _>(u),
+            };
+        }
+        query
+    }
+}
+
+/// Inserts command rows (no journal entries).
+async fn insert_rows(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    commands: &[&InsertCommand],
+) -> TxResult<()> {
+    for chunk in commands.chunks(INSERT_CHUNK) {
+        let mut sql = format!(
+            "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
+             scheduled_at, created_at, updated_at, parent_id, correlation_id) VALUES ",
+            tables.commands
+        );
+        for i in 0..chunk.len() {
+            let b = i * 11;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, 'pending', ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9,
+                b + 9,
+                b + 10,
+                b + 11
+            ));
+        }
+        let mut query = diesel::sql_query(sql).into_boxed::<Pg>();
+        for c in chunk {
+            query = query
+                .bind::<Uuid, _>(c.id.as_uuid())
+                .bind::<Text, _>(c.name.as_str())
+                .bind::<Text, _>(c.target.as_str())
+                .bind::<Text, _>(c.input.as_str())
+                .bind::<Integer, _>(i32_of(c.max_attempts))
+                .bind::<BigInt, _>(millis(c.timeout))
+                .bind::<Text, _>(encode_policy(&c.retry_policy)?)
+                .bind::<BigInt, _>(c.scheduled_at.as_micros())
+                .bind::<BigInt, _>(c.created_at.as_micros())
+                .bind::<Nullable<Uuid>, _>(c.parent_id.map(|p| p.as_uuid()))
+                .bind::<Text, _>(c.correlation_id.as_str());
+        }
+        query.execute(conn).await?;
+    }
+    Ok(())
+}
+
+/// Inserts commands and their `enqueued` journal entries.
+pub(crate) async fn insert(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    commands: &[InsertCommand],
+) -> TxResult<()> {
+    let rows: Vec<&InsertCommand> = commands.iter().collect();
+    insert_rows(conn, tables, &rows).await?;
+    let entries: Vec<NewJournalEntry> = commands.iter().map(NewJournalEntry::enqueued).collect();
+    journal::append(conn, tables, &entries).await
+}
+
+/// Leases a batch of due commands under one fresh token, in one statement.
+pub(crate) async fn claim(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    p: &ClaimParams,
+) -> TxResult<Vec<ClaimedCommand>> {
+    let token = LeaseToken::generate();
+    // The CTE picks the batch in claim order and locks it, skipping rows another claim
+    // holds; EvalPlanQual re-checks `state = 'pending'` on rows changed meanwhile, so a
+    // command is never leased twice.
+    let sql = format!(
+        "WITH batch AS (SELECT id FROM {t} WHERE state = 'pending' AND target = $1 AND name = ANY($2) \
+         AND scheduled_at <= $3 ORDER BY scheduled_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+         UPDATE {t} AS c SET state = 'running', attempts = c.attempts + 1, lease_token = $5, worker = $6, \
+         started_at = $3, updated_at = $3, lease_expires_at = $3 + c.timeout_ms * 1000 + $7, \
+         cancel_requested = FALSE \
+         FROM batch WHERE c.id = batch.id RETURNING {columns}",
+        t = tables.commands,
+        columns = *C_COLUMNS,
+    );
+    let mut rows: Vec<CommandRow> = diesel::sql_query(sql)
+        .bind::<Text, _>(&p.target)
+        .bind::<Array<Text>, _>(&p.names)
+        .bind::<BigInt, _>(p.now.as_micros())
+        .bind::<BigInt, _>(i64_of(p.limit))
+        .bind::<Uuid, _>(token.as_uuid())
+        .bind::<Text, _>(&p.worker)
+        .bind::<BigInt, _>(micros(p.lease_buffer))
+        .load(conn)
+        .await?;
+    rows.sort_by_key(|r| (r.scheduled_at, r.id));
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows {
+        let record = row.into_record()?;
+        let lease_expires_at = record.lease_expires_at.unwrap_or(p.now);
+        entries.push(NewJournalEntry::claimed(
+            record.id,
+            p.now,
+            record.attempts,
+            &p.worker,
+            lease_expires_at,
+        ));
+        claimed.push(ClaimedCommand {
+            lease: Lease { id: record.id, token },
+            name: record.name,
+            input: record.input,
+            attempt: record.attempts,
+            max_attempts: record.max_attempts,
+            timeout: record.timeout,
+            retry_policy: record.retry_policy,
+            lease_expires_at,
+            correlation_id: record.correlation_id,
+        });
+    }
+    journal::append(conn, tables, &entries).await?;
+    Ok(claimed)
+}
+
+#[derive(QueryableByName)]
+struct Attempts {
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+}
+
+#[derive(QueryableByName)]
+struct IdAttempts {
+    #[diesel(sql_type = Uuid)]
+    id: uuid::Uuid,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+}
+
+#[derive(QueryableByName)]
+struct HeartbeatRow {
+    #[diesel(sql_type = Uuid)]
+    id: uuid::Uuid,
+    #[diesel(sql_type = Uuid)]
+    lease_token: uuid::Uuid,
+    #[diesel(sql_type = Bool)]
+    cancel_requested: bool,
+}
+
+/// The current attempt number of a command (0 when it does not exist), for journaling
+/// a refused change.
+async fn current_attempt(conn: &mut AsyncPgConnection, tables: &Tables, id: CommandId) -> TxResult<u32> {
+    let rows: Vec<Attempts> =
+        diesel::sql_query(format!("SELECT attempts FROM {} WHERE id = $1", tables.commands))
+            .bind::<Uuid, _>(id.as_uuid())
+            .load(conn)
+            .await?;
+    Ok(rows.into_iter().next().map_or(0, |r| u32_of(i64::from(r.attempts))))
+}
+
+/// Renews every held lease with one statement; journals the lost ones.
+pub(crate) async fn heartbeat(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    p: &HeartbeatParams,
+) -> TxResult<Vec<LeaseStatus>> {
+    let ids: Vec<uuid::Uuid> = p.leases.iter().map(|l| l.id.as_uuid()).collect();
+    let tokens: Vec<uuid::Uuid> = p.leases.iter().map(|l| l.token.as_uuid()).collect();
+    // Rows are locked in id order (as completions lock them), then renewed; the UPDATE
+    // repeats the fence in case a row changed between the snapshot and the lock.
+    let sql = format!(
+        "WITH held AS (SELECT c.id, c.lease_token FROM {t} AS c \
+           JOIN unnest($3::uuid[], $4::uuid[]) AS l(id, token) ON c.id = l.id AND c.lease_token = l.token \
+           WHERE c.state = 'running' ORDER BY c.id FOR UPDATE OF c) \
+         UPDATE {t} AS c SET lease_expires_at = $1 + c.timeout_ms * 1000 + $2, updated_at = $1 \
+         FROM held WHERE c.id = held.id AND c.lease_token = held.lease_token AND c.state = 'running' \
+         RETURNING c.id, c.lease_token, c.cancel_requested",
+        t = tables.commands
+    );
+    let rows: Vec<HeartbeatRow> = diesel::sql_query(sql)
+        .bind::<BigInt, _>(p.now.as_micros())
+        .bind::<BigInt, _>(micros(p.lease_buffer))
+        .bind::<Array<Uuid>, _>(&ids)
+        .bind::<Array<Uuid>, _>(&tokens)
+        .load(conn)
+        .await?;
+    let held: HashMap<(uuid::Uuid, uuid::Uuid), bool> =
+        rows.into_iter().map(|r| ((r.id, r.lease_token), r.cancel_requested)).collect();
+    let statuses: Vec<LeaseStatus> = p
+        .leases
+        .iter()
+        .map(|l| match held.get(&(l.id.as_uuid(), l.token.as_uuid())) {
+            Some(&cancel_requested) => LeaseStatus::Held { cancel_requested },
+            None => LeaseStatus::Lost,
+        })
+        .collect();
+    let lost: Vec<Lease> =
+        p.leases.iter().zip(&statuses).filter(|(_, s)| **s == LeaseStatus::Lost).map(|(l, _)| *l).collect();
+    if !lost.is_empty() {
+        let lost_ids: Vec<uuid::Uuid> = lost.iter().map(|l| l.id.as_uuid()).collect();
+        let attempts: HashMap<uuid::Uuid, u32> =
+            diesel::sql_query(format!("SELECT id, attempts FROM {} WHERE id = ANY($1)", tables.commands))
+                .bind::<Array<Uuid>, _>(&lost_ids)
+                .load::<IdAttempts>(conn)
+                .await?
+                .into_iter()
+                .map(|r| (r.id, u32_of(i64::from(r.attempts))))
+                .collect();
+        let entries: Vec<NewJournalEntry> = lost
+            .iter()
+            .map(|l| {
+                let attempt = attempts.get(&l.id.as_uuid()).copied().unwrap_or(0);
+                NewJournalEntry::lease_lost(*l, p.now, attempt, None, "lease renewal")
+            })
+            .collect();
+        journal::append(conn, tables, &entries).await?;
+    }
+    Ok(statuses)
+}
+
+/// Applies one completion's state change, fenced on its lease; the attempt count when
+/// applied, `None` when the lease is no longer held.
+async fn apply(conn: &mut AsyncPgConnection, tables: &Tables, c: &Completion) -> TxResult<Option<u32>> {
+    let now = c.now.as_micros();
+    let mut st = Statement::new(String::new());
+    // Every branch ends the lease; which columns change depends on the outcome.
+    let set = match &c.outcome {
+        Outcome::Succeeded { output, .. } => format!(
+            "state = 'succeeded', output = {}, finished_at = {}",
+            st.param(Bind::Text(output.clone())),
+            st.param(Bind::BigInt(now))
+        ),
+        Outcome::Retry { failure, retry_at } => format!(
+            "state = 'pending', error_kind = {}, error = {}, scheduled_at = {}",
+            st.param(Bind::Text(failure.kind.as_str().to_owned())),
+            st.param(Bind::Text(failure.message.clone())),
+            st.param(Bind::BigInt(retry_at.as_micros()))
+        ),
+        Outcome::Failed { failure, .. } => format!(
+            "state = 'failed', error_kind = {}, error = {}, finished_at = {}",
+            st.param(Bind::Text(failure.kind.as_str().to_owned())),
+            st.param(Bind::Text(failure.message.clone())),
+            st.param(Bind::BigInt(now))
+        ),
+        Outcome::Cancelled { .. } => {
+            format!("state = 'cancelled', finished_at = {}", st.param(Bind::BigInt(now)))
+        }
+        Outcome::Released { at } => {
+            format!("state = 'pending', scheduled_at = {}", st.param(Bind::BigInt(at.as_micros())))
+        }
+    };
+    st.sql = format!(
+        "UPDATE {} SET {set}, updated_at = {}, lease_token = NULL, lease_expires_at = NULL \
+         WHERE id = {} AND lease_token = {} AND state = 'running' RETURNING attempts",
+        tables.commands,
+        st.param(Bind::BigInt(now)),
+        st.param(Bind::Uuid(c.lease.id.as_uuid())),
+        st.param(Bind::Uuid(c.lease.token.as_uuid())),
+    );
+    let rows: Vec<Attempts> = st.query().load(conn).await?;
+    Ok(rows.into_iter().next().map(|r| u32_of(i64::from(r.attempts))))
+}
+
+/// Applies a batch of completions, each fenced on its lease, with their follow-ups and
+/// journal entries. Also says whether any follow-up was inserted.
+pub(crate) async fn complete(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    completions: &[Completion],
+) -> TxResult<(Vec<CompletionStatus>, bool)> {
+    // In id order, as heartbeats lock rows, so the two never deadlock. The sort is
+    // stable: two completions of one command keep their order.
+    let mut order: Vec<usize> = (0..completions.len()).collect();
+    order.sort_by_key(|&i| completions[i].lease.id);
+    let mut statuses = vec![CompletionStatus::LeaseLost; completions.len()];
+    let mut entries = Vec::new();
+    let mut follow_ups: Vec<&InsertCommand> = Vec::new();
+    for i in order {
+        let c = &completions[i];
+        match apply(conn, tables, c).await? {
+            Some(attempt) => {
+                entries.extend(NewJournalEntry::completion(c, attempt));
+                let more = outcome_follow_ups(&c.outcome);
+                entries.extend(more.iter().map(NewJournalEntry::enqueued));
+                follow_ups.extend(more);
+                statuses[i] = CompletionStatus::Applied;
+            }
+            None => {
+                let attempt = current_attempt(conn, tables, c.lease.id).await?;
+                entries.push(NewJournalEntry::lease_lost(
+                    c.lease,
+                    c.now,
+                    attempt,
+                    Some(c.worker.clone()),
+                    "recording the outcome",
+                ));
+            }
+        }
+    }
+    let pushed = !follow_ups.is_empty();
+    if pushed {
+        insert_rows(conn, tables, &follow_ups).await?;
+        crate::notify(conn, tables).await?;
+    }
+    journal::append(conn, tables, &entries).await?;
+    Ok((statuses, pushed))
+}
+
+#[derive(QueryableByName)]
+struct StateRow {
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+}
+
+/// Cancels a blocked or pending command, or requests cancellation of a running one.
+pub(crate) async fn cancel(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    id: CommandId,
+    now: Timestamp,
+) -> TxResult<CancelStatus> {
+    // Locked, so the state read is the state changed.
+    let rows: Vec<StateRow> = diesel::sql_query(format!(
+        "SELECT state, attempts FROM {} WHERE id = $1 FOR UPDATE",
+        tables.commands
+    ))
+    .bind::<Uuid, _>(id.as_uuid())
+    .load(conn)
+    .await?;
+    let Some(row) = rows.into_iter().next() else {
+        return Ok(CancelStatus::NotFound);
+    };
+    let state = State::parse(&row.state)?;
+    let (set, status) = match state {
+        State::Blocked | State::Pending => (
+            "state = 'cancelled', finished_at = $1, updated_at = $1, follow_ups_due = TRUE",
+            CancelStatus::Cancelled,
+        ),
+        State::Running => ("cancel_requested = TRUE, updated_at = $1", CancelStatus::Requested),
+        finished => return Ok(CancelStatus::AlreadyFinished(finished)),
+    };
+    diesel::sql_query(format!("UPDATE {} SET {set} WHERE id = $2", tables.commands))
+        .bind::<BigInt, _>(now.as_micros())
+        .bind::<Uuid, _>(id.as_uuid())
+        .execute(conn)
+        .await?;
+    let attempt = u32_of(i64::from(row.attempts));
+    journal::append(conn, tables, &[NewJournalEntry::cancel(id, now, attempt, state)]).await?;
+    Ok(status)
+}
+
+#[derive(QueryableByName)]
+struct RescuedRow {
+    #[diesel(sql_type = Uuid)]
+    id: uuid::Uuid,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    worker: Option<String>,
+}
+
+/// Takes back running commands whose lease expired before `now`.
+pub(crate) async fn rescue(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    now: Timestamp,
+    limit: usize,
+) -> TxResult<Vec<Rescued>> {
+    // Every SET expression sees the row as it was before the UPDATE, so the CASEs all
+    // read the old state and attempts. The error text is `lease_expired_message`.
+    let sql = format!(
+        "WITH batch AS (SELECT id FROM {t} WHERE state = 'running' AND lease_expires_at < $1 \
+           ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         UPDATE {t} AS c SET \
+           state = CASE WHEN c.cancel_requested THEN 'cancelled' WHEN c.attempts < c.max_attempts THEN 'pending' ELSE 'failed' END, \
+           scheduled_at = CASE WHEN NOT c.cancel_requested AND c.attempts < c.max_attempts THEN $1 ELSE c.scheduled_at END, \
+           finished_at = CASE WHEN NOT c.cancel_requested AND c.attempts < c.max_attempts THEN NULL ELSE $1 END, \
+           follow_ups_due = c.cancel_requested OR c.attempts >= c.max_attempts, \
+           error_kind = CASE WHEN c.cancel_requested THEN c.error_kind ELSE $3 END, \
+           error = CASE WHEN c.cancel_requested THEN c.error ELSE 'lease of worker ' || COALESCE(c.worker, '?') || ' expired' END, \
+           lease_token = NULL, lease_expires_at = NULL, updated_at = $1 \
+         FROM batch WHERE c.id = batch.id AND c.state = 'running' AND c.lease_expires_at < $1 \
+         RETURNING c.id, c.state, c.attempts, c.worker",
+        t = tables.commands
+    );
+    let rows: Vec<RescuedRow> = diesel::sql_query(sql)
+        .bind::<BigInt, _>(now.as_micros())
+        .bind::<BigInt, _>(i64_of(limit))
+        .bind::<Text, _>(FailureKind::LeaseExpired.as_str())
+        .load(conn)
+        .await?;
+    let mut rescued = Vec::with_capacity(rows.len());
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id = CommandId::from_uuid(row.id);
+        let state = State::parse(&row.state)?;
+        entries.push(NewJournalEntry::rescued(id, now, u32_of(i64::from(row.attempts)), row.worker, state));
+        rescued.push(Rescued { id, state });
+    }
+    journal::append(conn, tables, &entries).await?;
+    Ok(rescued)
+}
+
+/// Finished commands with these names whose follow-ups are still due, by id.
+pub(crate) async fn follow_ups_due(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    names: &[String],
+    limit: usize,
+) -> TxResult<Vec<CommandRecord>> {
+    let rows: Vec<CommandRow> = diesel::sql_query(format!(
+        "SELECT {} FROM {} WHERE follow_ups_due AND name = ANY($1) ORDER BY id LIMIT $2",
+        *COLUMNS, tables.commands
+    ))
+    .bind::<Array<Text>, _>(names)
+    .bind::<BigInt, _>(i64_of(limit))
+    .load(conn)
+    .await?;
+    records(rows)
+}
+
+/// Pushes the follow-ups of a command whose `follow_ups_due` is set, and clears it.
+pub(crate) async fn resolve_follow_ups(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    id: CommandId,
+    follow_ups: &[InsertCommand],
+    now: Timestamp,
+) -> TxResult<bool> {
+    let rows: Vec<Attempts> = diesel::sql_query(format!(
+        "UPDATE {} SET follow_ups_due = FALSE, updated_at = $1 WHERE id = $2 AND follow_ups_due RETURNING attempts",
+        tables.commands
+    ))
+    .bind::<BigInt, _>(now.as_micros())
+    .bind::<Uuid, _>(id.as_uuid())
+    .load(conn)
+    .await?;
+    let Some(row) = rows.into_iter().next() else {
+        return Ok(false);
+    };
+    let attempt = u32_of(i64::from(row.attempts));
+    insert(conn, tables, follow_ups).await?;
+    journal::append(conn, tables, &[NewJournalEntry::follow_ups_enqueued(id, now, attempt, follow_ups)])
+        .await?;
+    if !follow_ups.is_empty() {
+        crate::notify(conn, tables).await?;
+    }
+    Ok(true)
+}
+
+/// One command.
+pub(crate) async fn get(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    id: CommandId,
+) -> TxResult<Option<CommandRecord>> {
+    let rows: Vec<CommandRow> =
+        diesel::sql_query(format!("SELECT {} FROM {} WHERE id = $1", *COLUMNS, tables.commands))
+            .bind::<Uuid, _>(id.as_uuid())
+            .load(conn)
+            .await?;
+    Ok(rows.into_iter().next().map(CommandRow::into_record).transpose()?)
+}
+
+/// Commands matching the filters, by id, keyset-paginated on id.
+pub(crate) async fn list(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    p: &ListParams,
+) -> TxResult<Vec<CommandRecord>> {
+    let mut st = Statement::new(String::new());
+    let mut sql = format!("SELECT {} FROM {} WHERE TRUE", *COLUMNS, tables.commands);
+    if let Some(state) = p.state {
+        sql.push_str(&format!(" AND state = {}", st.param(Bind::Text(state.as_str().to_owned()))));
+    }
+    if let Some(name) = &p.name {
+        sql.push_str(&format!(" AND name = {}", st.param(Bind::Text(name.clone()))));
+    }
+    if let Some(target) = &p.target {
+        sql.push_str(&format!(" AND target = {}", st.param(Bind::Text(target.clone()))));
+    }
+    if let Some(correlation_id) = &p.correlation_id {
+        sql.push_str(&format!(" AND correlation_id = {}", st.param(Bind::Text(correlation_id.clone()))));
+    }
+    if let Some(after) = p.after {
+        sql.push_str(&format!(" AND id > {}", st.param(Bind::Uuid(after.as_uuid()))));
+    }
+    let limit = if p.limit == 0 { LIST_MAX } else { p.limit.min(LIST_MAX) };
+    sql.push_str(&format!(" ORDER BY id LIMIT {}", st.param(Bind::BigInt(i64_of(limit)))));
+    st.sql = sql;
+    let rows: Vec<CommandRow> = st.query().load(conn).await?;
+    records(rows)
+}
+
+#[derive(QueryableByName)]
+struct CountSqlRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    target: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+/// Command counts by name, target and state.
+pub(crate) async fn counts(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResult<Vec<CountRow>> {
+    let rows: Vec<CountSqlRow> = diesel::sql_query(format!(
+        "SELECT name, target, state, COUNT(*) AS count FROM {} GROUP BY state, name, target \
+         ORDER BY name, target, state",
+        tables.commands
+    ))
+    .load(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(CountRow {
+                name: r.name,
+                target: r.target,
+                state: State::parse(&r.state)?,
+                count: u64::try_from(r.count).unwrap_or(0),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,106 @@
+//! Embedded migrations, applied in order under a transaction-scoped advisory lock.
+//!
+//! `migrate` runs in one transaction that first takes `pg_advisory_xact_lock` on a key
+//! derived from the prefix, so when several processes start at once the first applies
+//! what is missing and the others, waiting on the lock, find it done.
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Integer};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use orch::Error;
+
+use crate::{Tables, TxResult};
+
+/// Each migration's version and SQL, with `{prefix}` standing for the table prefix.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_commands_and_journal.sql"))];
+
+#[derive(QueryableByName)]
+struct Version {
+    #[diesel(sql_type = Integer)]
+    version: i32,
+}
+
+/// The advisory lock key of a prefix's schema: FNV-1a over a fixed tag and the prefix,
+/// stable across processes and versions.
+fn lock_key(prefix: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in "orch-diesel-pg:migrate:".bytes().chain(prefix.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+async fn lock(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResult<()> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+        .bind::<BigInt, _>(lock_key(&tables.prefix))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Applies the missing migrations; runs inside the caller's transaction.
+pub(crate) async fn run(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResult<()> {
+    lock(conn, tables).await?;
+    conn.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {} (version INTEGER PRIMARY KEY NOT NULL, applied_at BIGINT NOT NULL)",
+        tables.migrations
+    ))
+    .await?;
+    let applied: Vec<i32> =
+        diesel::sql_query(format!("SELECT version FROM {} ORDER BY version", tables.migrations))
+            .load::<Version>(conn)
+            .await?
+            .into_iter()
+            .map(|v| v.version)
+            .collect();
+    let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    if let Some(&newest) = applied.last()
+        && newest > known
+    {
+        return Err(Error::invalid_config(format!(
+            "the database schema (prefix `{}`) is at version {newest}, newer than this orch-diesel-pg knows ({known}); upgrade orch-diesel-pg",
+            tables.prefix
+        ))
+        .into());
+    }
+    for (version, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        conn.batch_execute(&sql.replace("{prefix}", &tables.prefix)).await?;
+        diesel::sql_query(format!(
+            "INSERT INTO {} (version, applied_at) VALUES ($1, (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::BIGINT)",
+            tables.migrations
+        ))
+        .bind::<Integer, _>(*version)
+        .execute(conn)
+        .await?;
+        tracing::info!(version, prefix = %tables.prefix, "applied postgres migration");
+    }
+    tracing::debug!(prefix = %tables.prefix, version = known, "postgres schema is up to date");
+    Ok(())
+}
+
+/// Drops every table of the prefix; runs inside the caller's transaction.
+pub(crate) async fn drop_all(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResult<()> {
+    lock(conn, tables).await?;
+    conn.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {}, {}, {}",
+        tables.commands, tables.journal, tables.migrations
+    ))
+    .await?;
+    tracing::debug!(prefix = %tables.prefix, "dropped postgres tables");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lock_key;
+
+    #[test]
+    fn lock_keys_are_stable_and_distinct() {
+        assert_eq!(lock_key("orch_"), lock_key("orch_"));
+        assert_ne!(lock_key("orch_"), lock_key("orch2_"));
+    }
+}

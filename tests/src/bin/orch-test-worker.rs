@@ -1,0 +1,68 @@
+//! A worker process for the multi-process tests: runs `ledger` commands from one
+//! store, recording each execution in a ledger file, until its standard input closes.
+//!
+//! `orch-test-worker --backend postgres|mysql|sqlite --url URL --prefix P --instance KEY --ledger FILE`
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch::{Orch, Store, Worker, WorkerConfig};
+use orch_tests::multiprocess::{Ledger, registry};
+
+fn arg(args: &[String], name: &str) -> Result<String, String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .ok_or_else(|| format!("missing {name}"))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (backend, url, prefix) = (arg(&args, "--backend")?, arg(&args, "--url")?, arg(&args, "--prefix")?);
+    let (instance, ledger) = (arg(&args, "--instance")?, arg(&args, "--ledger")?);
+    let store: Arc<dyn Store> = match backend.as_str() {
+        "postgres" => Arc::new(
+            orch_diesel_pg::PgStore::builder(url)
+                .prefix(prefix)
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        "mysql" => Arc::new(
+            orch_diesel_mysql::MysqlStore::builder(url)
+                .prefix(prefix)
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        "sqlite" => Arc::new(
+            orch_sqlite::SqliteStore::from_url(&url)
+                .map_err(|e| e.to_string())?
+                .prefix(prefix)
+                .open()
+                .map_err(|e| e.to_string())?,
+        ),
+        other => return Err(format!("unknown backend {other}")),
+    };
+    let ledger = Arc::new(Ledger::open(ledger.as_ref(), &instance).map_err(|e| e.to_string())?);
+    let config = WorkerConfig {
+        instance_key: instance,
+        poll_interval: Duration::from_millis(50),
+        rescue_interval: Duration::from_millis(500),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(Orch::new(store), registry(ledger), config).map_err(|e| e.to_string())?.start();
+    // Standard input closing (the test dropping its end) is the signal to stop.
+    tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink()))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    worker.shutdown().await;
+    Ok(())
+}
