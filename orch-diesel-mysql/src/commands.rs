@@ -1,0 +1,740 @@
+//! The commands table: every lifecycle transition, each fenced where it must be.
+//!
+//! Every function here runs on the caller's connection, inside the caller's
+//! transaction for anything that changes rows. MySQL has no `UPDATE … RETURNING`, so
+//! rows are locked and read with `SELECT … FOR UPDATE` (or identified by the fresh
+//! lease token of a claim) and changes are checked by their matched-row count (the
+//! connection sets `CLIENT_FOUND_ROWS`, so a row updated to the values it already had
+//! still counts). No `UPDATE` here has a `SET` expression that reads a column assigned
+//! earlier in the same statement: MySQL evaluates `SET` assignments left to right
+//! against the partly updated row, unlike SQLite and PostgreSQL.
+
+use std::collections::HashMap;
+
+use diesel::QueryableByName;
+use diesel::mysql::Mysql;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
+use orch::store::backend::{
+    NewJournalEntry, RawCommand, encode_policy, lease_expired_message, micros, millis, outcome_follow_ups,
+    u32_of,
+};
+use orch::store::{
+    CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
+    CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome, Rescued,
+};
+use orch::{FailureKind, State, Timestamp};
+
+use crate::journal;
+use crate::{Tables, TxResult};
+
+/// Rows per multi-row INSERT: 12 binds each, far below MySQL's 65,535 placeholders,
+/// and few enough to keep a statement well within `max_allowed_packet` for
+/// ordinary inputs.
+const INSERT_CHUNK: usize = 500;
+
+/// Ids per `IN (…)` list.
+const ID_CHUNK: usize = 1_000;
+
+/// The most rows one `list` call returns.
+const LIST_MAX: usize = 10_000;
+
+type Query = BoxedSqlQuery<'static, Mysql, SqlQuery>;
+
+fn query(sql: String) -> Query {
+    diesel::sql_query(sql).into_boxed()
+}
+
+fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 3);
+    for i in 0..n {
+        s.push_str(if i == 0 { "?" } else { ", ?" });
+    }
+    s
+}
+
+/// A `LIMIT` value.
+fn limit_of(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Binds each id of `ids` in order.
+fn bind_ids<'a>(mut q: Query, ids: impl IntoIterator<Item = &'a str>) -> Query {
+    for id in ids {
+        q = q.bind::<Text, _>(id.to_owned());
+    }
+    q
+}
+
+#[derive(QueryableByName)]
+struct CommandRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    target: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Text)]
+    input: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    output: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    error_kind: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    error: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    attempts: i64,
+    #[diesel(sql_type = BigInt)]
+    max_attempts: i64,
+    #[diesel(sql_type = BigInt)]
+    timeout_ms: i64,
+    #[diesel(sql_type = Text)]
+    retry_policy: String,
+    #[diesel(sql_type = BigInt)]
+    scheduled_at: i64,
+    #[diesel(sql_type = BigInt)]
+    created_at: i64,
+    #[diesel(sql_type = BigInt)]
+    updated_at: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    started_at: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    finished_at: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    lease_token: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    lease_expires_at: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    worker: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    cancel_requested: i64,
+    #[diesel(sql_type = BigInt)]
+    follow_ups_due: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    parent_id: Option<String>,
+    #[diesel(sql_type = Text)]
+    correlation_id: String,
+}
+
+impl CommandRow {
+    fn into_record(self) -> orch::Result<CommandRecord> {
+        RawCommand {
+            id: self.id,
+            name: self.name,
+            target: self.target,
+            state: self.state,
+            input: self.input,
+            output: self.output,
+            error_kind: self.error_kind,
+            error: self.error,
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            timeout_ms: self.timeout_ms,
+            retry_policy: self.retry_policy,
+            scheduled_at: self.scheduled_at,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            lease_token: self.lease_token,
+            lease_expires_at: self.lease_expires_at,
+            worker: self.worker,
+            cancel_requested: self.cancel_requested != 0,
+            follow_ups_due: self.follow_ups_due != 0,
+            parent_id: self.parent_id,
+            correlation_id: self.correlation_id,
+        }
+        .into_record()
+    }
+}
+
+fn records(rows: Vec<CommandRow>) -> TxResult<Vec<CommandRecord>> {
+    Ok(rows.into_iter().map(CommandRow::into_record).collect::<orch::Result<_>>()?)
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+}
+
+/// Inserts commands and their `enqueued` journal entries, in the caller's transaction.
+pub(crate) async fn insert(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    commands: &[&InsertCommand],
+) -> TxResult<()> {
+    for chunk in commands.chunks(INSERT_CHUNK) {
+        let mut sql = format!(
+            "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
+             scheduled_at, created_at, updated_at, parent_id, correlation_id) VALUES ",
+            tables.commands
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 { "(" } else { ", (" });
+            sql.push_str("?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        }
+        let mut q = query(sql);
+        for c in chunk {
+            q = q
+                .bind::<Text, _>(c.id.to_string())
+                .bind::<Text, _>(c.name.clone())
+                .bind::<Text, _>(c.target.clone())
+                .bind::<Text, _>(c.input.clone())
+                .bind::<BigInt, _>(i64::from(c.max_attempts))
+                .bind::<BigInt, _>(millis(c.timeout))
+                .bind::<Text, _>(encode_policy(&c.retry_policy)?)
+                .bind::<BigInt, _>(c.scheduled_at.as_micros())
+                .bind::<BigInt, _>(c.created_at.as_micros())
+                .bind::<BigInt, _>(c.created_at.as_micros())
+                .bind::<Nullable<Text>, _>(c.parent_id.map(|p| p.to_string()))
+                .bind::<Text, _>(c.correlation_id.clone());
+        }
+        q.execute(conn).await?;
+    }
+    let entries: Vec<NewJournalEntry> = commands.iter().map(|c| NewJournalEntry::enqueued(c)).collect();
+    journal::append(conn, tables, &entries).await
+}
+
+/// Leases a batch of due commands under one fresh token.
+pub(crate) async fn claim(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    p: &ClaimParams,
+) -> TxResult<Vec<ClaimedCommand>> {
+    let now = p.now.as_micros();
+    // Rows another claim has locked are skipped, not waited for: concurrent claims
+    // take disjoint batches. The scan must follow an index in claim order and stop at
+    // the limit, locking only the rows it returns: for one name the index by name, for
+    // several the index by due time (which checks the name in the index entry). Any
+    // plan that sorts would lock every candidate and starve concurrent claims.
+    let index = if p.names.len() == 1 { "commands_claim" } else { "commands_due" };
+    let mut q = query(format!(
+        "SELECT id FROM {} FORCE INDEX ({index}) \
+         WHERE state = 'pending' AND target = ? AND name IN ({}) AND scheduled_at <= ? \
+         ORDER BY scheduled_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
+        tables.commands,
+        placeholders(p.names.len())
+    ))
+    .bind::<Text, _>(p.target.clone());
+    for name in &p.names {
+        q = q.bind::<Text, _>(name.clone());
+    }
+    let ids: Vec<IdRow> = q.bind::<BigInt, _>(now).bind::<BigInt, _>(limit_of(p.limit)).load(conn).await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let token = LeaseToken::generate();
+    let mut rows: Vec<CommandRow> = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(ID_CHUNK) {
+        let update = query(format!(
+            "UPDATE {} SET state = 'running', attempts = attempts + 1, lease_token = ?, worker = ?, \
+             started_at = ?, updated_at = ?, lease_expires_at = ? + timeout_ms * 1000 + ?, cancel_requested = 0 \
+             WHERE state = 'pending' AND id IN ({})",
+            tables.commands,
+            placeholders(chunk.len())
+        ))
+        .bind::<Text, _>(token.to_string())
+        .bind::<Text, _>(p.worker.clone())
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(micros(p.lease_buffer));
+        bind_ids(update, chunk.iter().map(|r| r.id.as_str())).execute(conn).await?;
+        // No RETURNING: the fresh token identifies exactly the rows this claim leased.
+        let read = query(format!(
+            "SELECT {} FROM {} WHERE lease_token = ? AND id IN ({})",
+            tables.columns,
+            tables.commands,
+            placeholders(chunk.len())
+        ))
+        .bind::<Text, _>(token.to_string());
+        rows.extend(bind_ids(read, chunk.iter().map(|r| r.id.as_str())).load::<CommandRow>(conn).await?);
+    }
+    rows.sort_by(|a, b| (a.scheduled_at, &a.id).cmp(&(b.scheduled_at, &b.id)));
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows {
+        let record = row.into_record()?;
+        let lease_expires_at = record.lease_expires_at.unwrap_or(p.now);
+        entries.push(NewJournalEntry::claimed(
+            record.id,
+            p.now,
+            record.attempts,
+            &p.worker,
+            lease_expires_at,
+        ));
+        claimed.push(ClaimedCommand {
+            lease: Lease { id: record.id, token },
+            name: record.name,
+            input: record.input,
+            attempt: record.attempts,
+            max_attempts: record.max_attempts,
+            timeout: record.timeout,
+            retry_policy: record.retry_policy,
+            lease_expires_at,
+            correlation_id: record.correlation_id,
+        });
+    }
+    journal::append(conn, tables, &entries).await?;
+    Ok(claimed)
+}
+
+#[derive(QueryableByName)]
+struct FactsRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = BigInt)]
+    attempts: i64,
+    #[diesel(sql_type = BigInt)]
+    cancel_requested: i64,
+}
+
+/// What the journal and heartbeats need to know of a command.
+#[derive(Debug, Clone, Copy)]
+struct Facts {
+    attempts: u32,
+    cancel_requested: bool,
+}
+
+/// The facts of the commands with these ids that exist, by id text.
+async fn facts(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    ids: &[String],
+) -> TxResult<HashMap<String, Facts>> {
+    let mut ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(ID_CHUNK) {
+        let q = query(format!(
+            "SELECT id, attempts, cancel_requested FROM {} WHERE id IN ({})",
+            tables.commands,
+            placeholders(chunk.len())
+        ));
+        let rows: Vec<FactsRow> = bind_ids(q, chunk.iter().copied()).load(conn).await?;
+        for r in rows {
+            out.insert(
+                r.id,
+                Facts { attempts: u32_of(r.attempts), cancel_requested: r.cancel_requested != 0 },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Indexes of `ids` in id order (stable), so multi-row transactions lock rows in
+/// one global order and do not deadlock each other.
+fn id_order(ids: &[CommandId]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i]);
+    order
+}
+
+pub(crate) async fn heartbeat(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    p: &HeartbeatParams,
+) -> TxResult<Vec<LeaseStatus>> {
+    let sql = format!(
+        "UPDATE {} SET lease_expires_at = ? + timeout_ms * 1000 + ?, updated_at = ? \
+         WHERE id = ? AND lease_token = ? AND state = 'running'",
+        tables.commands
+    );
+    let now = p.now.as_micros();
+    let buffer = micros(p.lease_buffer);
+    let ids: Vec<CommandId> = p.leases.iter().map(|l| l.id).collect();
+    let mut held = vec![false; p.leases.len()];
+    for i in id_order(&ids) {
+        let lease = p.leases[i];
+        // Found rows, not changed rows: a renewal to the same expiry still counts.
+        let matched = query(sql.clone())
+            .bind::<BigInt, _>(now)
+            .bind::<BigInt, _>(buffer)
+            .bind::<BigInt, _>(now)
+            .bind::<Text, _>(lease.id.to_string())
+            .bind::<Text, _>(lease.token.to_string())
+            .execute(conn)
+            .await?;
+        held[i] = matched > 0;
+    }
+    // The renewed rows stay locked by this transaction, so their flags are current.
+    let id_texts: Vec<String> = ids.iter().map(CommandId::to_string).collect();
+    let facts = facts(conn, tables, &id_texts).await?;
+    let mut statuses = Vec::with_capacity(p.leases.len());
+    let mut lost = Vec::new();
+    for (i, lease) in p.leases.iter().enumerate() {
+        let fact = facts.get(&id_texts[i]).copied();
+        if held[i] {
+            statuses.push(LeaseStatus::Held { cancel_requested: fact.is_some_and(|f| f.cancel_requested) });
+        } else {
+            let attempt = fact.map_or(0, |f| f.attempts);
+            lost.push(NewJournalEntry::lease_lost(*lease, p.now, attempt, None, "lease renewal"));
+            statuses.push(LeaseStatus::Lost);
+        }
+    }
+    journal::append(conn, tables, &lost).await?;
+    Ok(statuses)
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// The fenced update that ends one attempt; whether the lease was held.
+async fn finish_attempt(conn: &mut AsyncMysqlConnection, tables: &Tables, c: &Completion) -> TxResult<bool> {
+    let now = c.now.as_micros();
+    // Every branch ends the lease; which columns change depends on the outcome.
+    let (set, binds): (&str, Vec<Bind>) = match &c.outcome {
+        Outcome::Succeeded { output, .. } => (
+            "state = 'succeeded', output = ?, finished_at = ?",
+            vec![Bind::Text(output.clone()), Bind::Int(now)],
+        ),
+        Outcome::Retry { failure, retry_at } => (
+            "state = 'pending', error_kind = ?, error = ?, scheduled_at = ?",
+            vec![
+                Bind::Text(failure.kind.as_str().into()),
+                Bind::Text(failure.message.clone()),
+                Bind::Int(retry_at.as_micros()),
+            ],
+        ),
+        Outcome::Failed { failure, .. } => (
+            "state = 'failed', error_kind = ?, error = ?, finished_at = ?",
+            vec![
+                Bind::Text(failure.kind.as_str().into()),
+                Bind::Text(failure.message.clone()),
+                Bind::Int(now),
+            ],
+        ),
+        Outcome::Cancelled { .. } => ("state = 'cancelled', finished_at = ?", vec![Bind::Int(now)]),
+        Outcome::Released { at } => ("state = 'pending', scheduled_at = ?", vec![Bind::Int(at.as_micros())]),
+    };
+    let mut q = query(format!(
+        "UPDATE {} SET {set}, updated_at = ?, lease_token = NULL, lease_expires_at = NULL \
+         WHERE id = ? AND lease_token = ? AND state = 'running'",
+        tables.commands
+    ));
+    for b in binds {
+        q = match b {
+            Bind::Text(s) => q.bind::<Text, _>(s),
+            Bind::Int(i) => q.bind::<BigInt, _>(i),
+        };
+    }
+    let matched = q
+        .bind::<BigInt, _>(now)
+        .bind::<Text, _>(c.lease.id.to_string())
+        .bind::<Text, _>(c.lease.token.to_string())
+        .execute(conn)
+        .await?;
+    Ok(matched > 0)
+}
+
+/// Applies a batch of completions, each fenced on its lease.
+pub(crate) async fn complete(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    completions: &[Completion],
+) -> TxResult<Vec<CompletionStatus>> {
+    let ids: Vec<CommandId> = completions.iter().map(|c| c.lease.id).collect();
+    let mut applied = vec![false; completions.len()];
+    for i in id_order(&ids) {
+        applied[i] = finish_attempt(conn, tables, &completions[i]).await?;
+    }
+    let id_texts: Vec<String> = ids.iter().map(CommandId::to_string).collect();
+    let facts = facts(conn, tables, &id_texts).await?;
+    let mut entries = Vec::new();
+    let mut follow_ups: Vec<&InsertCommand> = Vec::new();
+    let mut statuses = Vec::with_capacity(completions.len());
+    for (i, c) in completions.iter().enumerate() {
+        let attempt = facts.get(&id_texts[i]).map_or(0, |f| f.attempts);
+        if applied[i] {
+            entries.extend(NewJournalEntry::completion(c, attempt));
+            follow_ups.extend(outcome_follow_ups(&c.outcome));
+            statuses.push(CompletionStatus::Applied);
+        } else {
+            entries.push(NewJournalEntry::lease_lost(
+                c.lease,
+                c.now,
+                attempt,
+                Some(c.worker.clone()),
+                "recording the outcome",
+            ));
+            statuses.push(CompletionStatus::LeaseLost);
+        }
+    }
+    journal::append(conn, tables, &entries).await?;
+    insert(conn, tables, &follow_ups).await?;
+    Ok(statuses)
+}
+
+#[derive(QueryableByName)]
+struct StateRow {
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = BigInt)]
+    attempts: i64,
+}
+
+pub(crate) async fn cancel(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    id: CommandId,
+    now: Timestamp,
+) -> TxResult<CancelStatus> {
+    let rows: Vec<StateRow> =
+        diesel::sql_query(format!("SELECT state, attempts FROM {} WHERE id = ? FOR UPDATE", tables.commands))
+            .bind::<Text, _>(id.to_string())
+            .load(conn)
+            .await?;
+    let Some(row) = rows.into_iter().next() else {
+        return Ok(CancelStatus::NotFound);
+    };
+    let state = State::parse(&row.state)?;
+    let now_us = now.as_micros();
+    let (set, binds, status): (&str, Vec<i64>, CancelStatus) = match state {
+        State::Blocked | State::Pending => (
+            "state = 'cancelled', finished_at = ?, updated_at = ?, follow_ups_due = 1",
+            vec![now_us, now_us],
+            CancelStatus::Cancelled,
+        ),
+        State::Running => ("cancel_requested = 1, updated_at = ?", vec![now_us], CancelStatus::Requested),
+        finished => return Ok(CancelStatus::AlreadyFinished(finished)),
+    };
+    let mut q = query(format!("UPDATE {} SET {set} WHERE id = ? AND state = ?", tables.commands));
+    for b in binds {
+        q = q.bind::<BigInt, _>(b);
+    }
+    q.bind::<Text, _>(id.to_string()).bind::<Text, _>(state.as_str()).execute(conn).await?;
+    journal::append(conn, tables, &[NewJournalEntry::cancel(id, now, u32_of(row.attempts), state)]).await?;
+    Ok(status)
+}
+
+#[derive(QueryableByName)]
+struct ExpiredRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = BigInt)]
+    attempts: i64,
+    #[diesel(sql_type = BigInt)]
+    max_attempts: i64,
+    #[diesel(sql_type = BigInt)]
+    cancel_requested: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    worker: Option<String>,
+}
+
+/// The new state of rescued commands and the worker whose lease expired.
+type RescueGroup = (State, Option<String>);
+
+pub(crate) async fn rescue(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    now: Timestamp,
+    limit: usize,
+) -> TxResult<Vec<Rescued>> {
+    let now_us = now.as_micros();
+    // Locked rows belong to a transaction renewing or finishing them right now: skip
+    // them; if still expired they are taken next time.
+    let expired: Vec<ExpiredRow> = diesel::sql_query(format!(
+        "SELECT id, attempts, max_attempts, cancel_requested, worker FROM {} FORCE INDEX (commands_lease) \
+         WHERE state = 'running' AND lease_expires_at < ? ORDER BY lease_expires_at, id LIMIT ? \
+         FOR UPDATE SKIP LOCKED",
+        tables.commands
+    ))
+    .bind::<BigInt, _>(now_us)
+    .bind::<BigInt, _>(limit_of(limit))
+    .load(conn)
+    .await?;
+    if expired.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The new state of each row is decided here, from the values read under the lock,
+    // so no SET expression depends on another (see the module docs). Rows going to
+    // the same state from the same worker share one UPDATE (and one error text).
+    let mut rescued = Vec::with_capacity(expired.len());
+    let mut groups: Vec<(RescueGroup, Vec<&str>)> = Vec::new();
+    for row in &expired {
+        let state = if row.cancel_requested != 0 {
+            State::Cancelled
+        } else if row.attempts < row.max_attempts {
+            State::Pending
+        } else {
+            State::Failed
+        };
+        rescued.push(Rescued { id: row.id.parse()?, state });
+        let key = (state, row.worker.clone());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, ids)) => ids.push(&row.id),
+            None => groups.push((key, vec![&row.id])),
+        }
+    }
+    for ((state, worker), ids) in &groups {
+        for chunk in ids.chunks(ID_CHUNK) {
+            let (set, binds): (&str, Vec<Bind>) = match state {
+                State::Pending => (
+                    "state = 'pending', scheduled_at = ?, finished_at = NULL, follow_ups_due = 0, \
+                     error_kind = ?, error = ?",
+                    vec![
+                        Bind::Int(now_us),
+                        Bind::Text(FailureKind::LeaseExpired.as_str().into()),
+                        Bind::Text(lease_expired_message(worker.as_deref())),
+                    ],
+                ),
+                State::Failed => (
+                    "state = 'failed', finished_at = ?, follow_ups_due = 1, error_kind = ?, error = ?",
+                    vec![
+                        Bind::Int(now_us),
+                        Bind::Text(FailureKind::LeaseExpired.as_str().into()),
+                        Bind::Text(lease_expired_message(worker.as_deref())),
+                    ],
+                ),
+                _ => ("state = 'cancelled', finished_at = ?, follow_ups_due = 1", vec![Bind::Int(now_us)]),
+            };
+            let mut q = query(format!(
+                "UPDATE {} SET {set}, lease_token = NULL, lease_expires_at = NULL, updated_at = ? \
+                 WHERE state = 'running' AND id IN ({})",
+                tables.commands,
+                placeholders(chunk.len())
+            ));
+            for b in binds {
+                q = match b {
+                    Bind::Text(s) => q.bind::<Text, _>(s),
+                    Bind::Int(i) => q.bind::<BigInt, _>(i),
+                };
+            }
+            bind_ids(q.bind::<BigInt, _>(now_us), chunk.iter().copied()).execute(conn).await?;
+        }
+    }
+    let entries: Vec<NewJournalEntry> = expired
+        .iter()
+        .zip(&rescued)
+        .map(|(row, r)| {
+            NewJournalEntry::rescued(r.id, now, u32_of(row.attempts), row.worker.clone(), r.state)
+        })
+        .collect();
+    journal::append(conn, tables, &entries).await?;
+    Ok(rescued)
+}
+
+pub(crate) async fn follow_ups_due(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    names: &[String],
+    limit: usize,
+) -> TxResult<Vec<CommandRecord>> {
+    let mut q = query(format!(
+        "SELECT {} FROM {} WHERE follow_ups_due = 1 AND name IN ({}) ORDER BY id LIMIT ?",
+        tables.columns,
+        tables.commands,
+        placeholders(names.len())
+    ));
+    for name in names {
+        q = q.bind::<Text, _>(name.clone());
+    }
+    records(q.bind::<BigInt, _>(limit_of(limit)).load(conn).await?)
+}
+
+pub(crate) async fn resolve_follow_ups(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    id: CommandId,
+    follow_ups: &[InsertCommand],
+    now: Timestamp,
+) -> TxResult<bool> {
+    let matched = diesel::sql_query(format!(
+        "UPDATE {} SET follow_ups_due = 0, updated_at = ? WHERE id = ? AND follow_ups_due = 1",
+        tables.commands
+    ))
+    .bind::<BigInt, _>(now.as_micros())
+    .bind::<Text, _>(id.to_string())
+    .execute(conn)
+    .await?;
+    if matched == 0 {
+        return Ok(false);
+    }
+    let facts = facts(conn, tables, &[id.to_string()]).await?;
+    let attempt = facts.values().next().map_or(0, |f| f.attempts);
+    let refs: Vec<&InsertCommand> = follow_ups.iter().collect();
+    insert(conn, tables, &refs).await?;
+    journal::append(conn, tables, &[NewJournalEntry::follow_ups_enqueued(id, now, attempt, follow_ups)])
+        .await?;
+    Ok(true)
+}
+
+pub(crate) async fn get(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    id: CommandId,
+) -> TxResult<Option<CommandRecord>> {
+    let rows: Vec<CommandRow> =
+        diesel::sql_query(format!("SELECT {} FROM {} WHERE id = ?", tables.columns, tables.commands))
+            .bind::<Text, _>(id.to_string())
+            .load(conn)
+            .await?;
+    Ok(records(rows)?.into_iter().next())
+}
+
+pub(crate) async fn list(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    p: &ListParams,
+) -> TxResult<Vec<CommandRecord>> {
+    let mut sql = format!("SELECT {} FROM {} WHERE 1 = 1", tables.columns, tables.commands);
+    let mut binds: Vec<String> = Vec::new();
+    let mut filter = |condition: &str, value: Option<String>| {
+        if let Some(v) = value {
+            sql.push_str(" AND ");
+            sql.push_str(condition);
+            binds.push(v);
+        }
+    };
+    filter("state = ?", p.state.map(|s| s.as_str().to_owned()));
+    filter("name = ?", p.name.clone());
+    filter("target = ?", p.target.clone());
+    filter("correlation_id = ?", p.correlation_id.clone());
+    filter("id > ?", p.after.map(|a| a.to_string()));
+    sql.push_str(" ORDER BY id LIMIT ?");
+    let mut q = query(sql);
+    for b in binds {
+        q = q.bind::<Text, _>(b);
+    }
+    let limit = if p.limit == 0 { LIST_MAX } else { p.limit.min(LIST_MAX) };
+    records(q.bind::<BigInt, _>(limit_of(limit)).load(conn).await?)
+}
+
+#[derive(QueryableByName)]
+struct CountSqlRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    target: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+pub(crate) async fn counts(conn: &mut AsyncMysqlConnection, tables: &Tables) -> TxResult<Vec<CountRow>> {
+    let rows: Vec<CountSqlRow> = diesel::sql_query(format!(
+        "SELECT name, target, state, COUNT(*) AS n FROM {} GROUP BY state, name, target \
+         ORDER BY name, target, state",
+        tables.commands
+    ))
+    .load(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(CountRow {
+                name: r.name,
+                target: r.target,
+                state: State::parse(&r.state)?,
+                count: u64::try_from(r.n).unwrap_or(0),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,178 @@
+//! Embedded migrations, applied in order under a named lock.
+//!
+//! DDL commits implicitly in MySQL, so no transaction can make a migration atomic.
+//! Instead `migrate` takes the server-wide named lock `orch_migrate_<prefix>`
+//! (`GET_LOCK`) on one dedicated connection: when several processes start at once the
+//! first applies what is missing and the others, waiting on the lock, find it done.
+//! Every statement is idempotent on its own (`CREATE TABLE IF NOT EXISTS`, indexes
+//! declared inside it), so a migration cut short by a crash is completed by the next
+//! run, and a version is recorded only after all its statements succeeded.
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+use diesel_async::{AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
+use orch::{Error, TablePrefix};
+
+use crate::{BACKEND, Tables, TxResult};
+
+/// Each migration's version and SQL, with `{prefix}` standing for the table prefix.
+pub(crate) const MIGRATIONS: &[(i32, &str)] =
+    &[(1, include_str!("../migrations/0001_commands_and_journal.sql"))];
+
+/// How long `migrate` waits for another process's migration, in seconds.
+const LOCK_WAIT_SECS: i64 = 60;
+
+#[derive(QueryableByName)]
+struct Version {
+    #[diesel(sql_type = Integer)]
+    version: i32,
+}
+
+#[derive(QueryableByName)]
+struct LockResult {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    result: Option<i64>,
+}
+
+/// The statements of one migration file: `--` comment lines dropped, split at the
+/// semicolons that end a line, `{prefix}` replaced.
+pub(crate) fn statements(sql: &str, prefix: &TablePrefix) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("--") || trimmed.is_empty() {
+            continue;
+        }
+        let (text, ends) = match trimmed.strip_suffix(';') {
+            Some(text) => (text, true),
+            None => (trimmed, false),
+        };
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(text);
+        if ends {
+            out.push(current.replace("{prefix}", prefix.as_str()));
+            current.clear();
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current.replace("{prefix}", prefix.as_str()));
+    }
+    out
+}
+
+/// The name of the migration lock of `prefix` (at most 13 + 32 characters, within
+/// MySQL's 64-character limit for lock names).
+pub(crate) fn lock_name(prefix: &TablePrefix) -> String {
+    format!("orch_migrate_{prefix}")
+}
+
+/// Runs the missing migrations under the named lock, on `conn` (a connection of its
+/// own, so the lock dies with it if this future is dropped half way).
+pub(crate) async fn run(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    prefix: &TablePrefix,
+) -> TxResult<()> {
+    let lock = lock_name(prefix);
+    let got: LockResult = diesel::sql_query("SELECT GET_LOCK(?, ?) AS result")
+        .bind::<Text, _>(&lock)
+        .bind::<BigInt, _>(LOCK_WAIT_SECS)
+        .get_result(conn)
+        .await?;
+    if got.result != Some(1) {
+        return Err(Error::backend(
+            BACKEND,
+            format!(
+                "could not take the migration lock `{lock}` within {LOCK_WAIT_SECS} s \
+                 (another process may be migrating prefix `{prefix}`)"
+            ),
+        )
+        .into());
+    }
+    tracing::debug!(lock = %lock, "took the mysql migration lock");
+    let result = apply(conn, tables, prefix).await;
+    let released = diesel::sql_query("SELECT RELEASE_LOCK(?) AS result")
+        .bind::<Text, _>(&lock)
+        .get_result::<LockResult>(conn)
+        .await;
+    if let Err(e) = &released {
+        tracing::warn!(lock = %lock, error = %e, "could not release the mysql migration lock; it goes with the connection");
+    }
+    result?;
+    released?;
+    Ok(())
+}
+
+async fn apply(conn: &mut AsyncMysqlConnection, tables: &Tables, prefix: &TablePrefix) -> TxResult<()> {
+    conn.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {} (version INT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) \
+         ENGINE = InnoDB",
+        tables.migrations
+    ))
+    .await?;
+    let applied: Vec<i32> =
+        diesel::sql_query(format!("SELECT version FROM {} ORDER BY version", tables.migrations))
+            .load::<Version>(conn)
+            .await?
+            .into_iter()
+            .map(|v| v.version)
+            .collect();
+    let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    if let Some(&newest) = applied.last()
+        && newest > known
+    {
+        return Err(Error::invalid_config(format!(
+            "the database schema (prefix `{prefix}`) is at version {newest}, newer than this orch-diesel-mysql knows ({known}); upgrade orch-diesel-mysql"
+        ))
+        .into());
+    }
+    let mut changed = false;
+    for (version, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        for statement in statements(sql, prefix) {
+            conn.batch_execute(&statement).await?;
+        }
+        diesel::sql_query(format!(
+            "INSERT INTO {} (version, applied_at) VALUES (?, UNIX_TIMESTAMP())",
+            tables.migrations
+        ))
+        .bind::<Integer, _>(*version)
+        .execute(conn)
+        .await?;
+        tracing::info!(version, prefix = %prefix, "applied mysql migration");
+        changed = true;
+    }
+    if !changed {
+        tracing::debug!(prefix = %prefix, version = known, "mysql schema is up to date");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_splits_into_prefixed_statements() {
+        let prefix = TablePrefix::new("p_").unwrap();
+        let statements = statements(MIGRATIONS[0].1, &prefix);
+        assert_eq!(statements.len(), 2, "{statements:#?}");
+        assert!(statements[0].starts_with("CREATE TABLE IF NOT EXISTS `p_commands` ("));
+        assert!(statements[1].starts_with("CREATE TABLE IF NOT EXISTS `p_journal` ("));
+        for s in &statements {
+            assert!(!s.contains("--") && !s.contains(';') && !s.contains("{prefix}"), "{s}");
+            assert!(s.ends_with("COLLATE = utf8mb4_bin"), "{s}");
+        }
+    }
+
+    #[test]
+    fn lock_names_fit_mysql() {
+        let longest = TablePrefix::new(&"p".repeat(TablePrefix::MAX_LEN)).unwrap();
+        assert!(lock_name(&longest).len() <= 64);
+    }
+}
