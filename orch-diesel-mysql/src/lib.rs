@@ -68,6 +68,7 @@ use tokio::sync::Notify;
 pub use diesel_async;
 pub use orch;
 use orch::store::backend::COMMAND_COLUMNS;
+use orch::store::backend::{check_pool_options, redact_url};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Outcome, Rescued,
@@ -151,12 +152,7 @@ impl MysqlBuilder {
     /// reached (the message names the URL, password redacted).
     pub async fn connect(self) -> Result<MysqlStore> {
         let prefix = TablePrefix::new(&self.prefix)?;
-        if self.max_connections == 0 {
-            return Err(Error::invalid_config("max_connections must be at least 1"));
-        }
-        if self.connect_timeout.is_zero() {
-            return Err(Error::invalid_config("connect_timeout must be greater than zero"));
-        }
+        check_pool_options(self.max_connections, self.connect_timeout)?;
         let redacted = redact_url(&self.url);
         let unreachable = |cause: String| {
             Error::backend(BACKEND, format!("cannot connect to MySQL at {redacted}: {cause}"))
@@ -210,23 +206,6 @@ async fn establish(url: String) -> ConnectionResult<AsyncMysqlConnection> {
         conn.batch_execute(sql).await.map_err(ConnectionError::CouldntSetupConfiguration)?;
     }
     Ok(conn)
-}
-
-/// `url` with its password replaced by `***`.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    let (userinfo, host) = authority.split_at(at);
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***{host}{tail}"),
-        None => url.to_owned(),
-    }
 }
 
 /// Logs the errors of connections the pool opens in the background.

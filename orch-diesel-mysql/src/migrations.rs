@@ -11,6 +11,7 @@
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
+use orch::store::backend::pending_migrations;
 use orch::{Error, TablePrefix};
 
 use crate::{BACKEND, Tables, TxResult};
@@ -120,20 +121,8 @@ async fn apply(conn: &mut AsyncMysqlConnection, tables: &Tables, prefix: &TableP
             .into_iter()
             .map(|v| v.version)
             .collect();
-    let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
-    if let Some(&newest) = applied.last()
-        && newest > known
-    {
-        return Err(Error::invalid_config(format!(
-            "the database schema (prefix `{prefix}`) is at version {newest}, newer than this orch-diesel-mysql knows ({known}); upgrade orch-diesel-mysql"
-        ))
-        .into());
-    }
     let mut changed = false;
-    for (version, sql) in MIGRATIONS {
-        if applied.contains(version) {
-            continue;
-        }
+    for (version, sql) in pending_migrations(MIGRATIONS, &applied, "orch-diesel-mysql", prefix.as_str())? {
         for statement in statements(sql, prefix) {
             conn.batch_execute(&statement).await?;
         }
@@ -148,7 +137,7 @@ async fn apply(conn: &mut AsyncMysqlConnection, tables: &Tables, prefix: &TableP
         changed = true;
     }
     if !changed {
-        tracing::debug!(prefix = %prefix, version = known, "mysql schema is up to date");
+        tracing::debug!(prefix = %prefix, version = MIGRATIONS.len(), "mysql schema is up to date");
     }
     Ok(())
 }

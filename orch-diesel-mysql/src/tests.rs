@@ -23,6 +23,10 @@ fn server_url() -> Option<String> {
     match std::env::var(URL_VAR) {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{URL_VAR} is not set and CI=true: these tests must run"
+            );
             eprintln!("skipping: {URL_VAR} is not set (e.g. mysql://root@127.0.0.1:3306/test)");
             None
         }
@@ -84,17 +88,6 @@ fn stopwatch() -> std::time::Instant {
 
 // ---------------------------------------------------------------------------
 // Without a server.
-
-#[test]
-fn passwords_are_redacted() {
-    assert_eq!(redact_url("mysql://root:s3cret@db:3306/app"), "mysql://root:***@db:3306/app");
-    assert_eq!(redact_url("mysql://u:p@ss@h/x?ssl=true"), "mysql://u:***@h/x?ssl=true");
-    assert_eq!(redact_url("mysql://root@127.0.0.1:3306/test"), "mysql://root@127.0.0.1:3306/test");
-    assert_eq!(redact_url("mysql://h/db"), "mysql://h/db");
-    assert_eq!(redact_url("not a url"), "not a url");
-    let builder = MysqlStore::builder("mysql://root:s3cret@db/app");
-    assert!(!format!("{builder:?}").contains("s3cret"));
-}
 
 #[test]
 fn lock_conflicts_are_transient() {

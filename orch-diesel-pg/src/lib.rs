@@ -57,6 +57,7 @@ use tokio::task::AbortHandle;
 pub use diesel;
 pub use diesel_async;
 pub use orch;
+use orch::store::backend::{check_pool_options, redact_url};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Rescued,
@@ -91,7 +92,7 @@ pub struct PgBuilder {
 impl fmt::Debug for PgBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgBuilder")
-            .field("url", &redact(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("prefix", &self.prefix)
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
@@ -139,18 +140,13 @@ impl PgBuilder {
     /// reached within the connect timeout.
     pub async fn connect(self) -> Result<PgStore> {
         let prefix = TablePrefix::new(&self.prefix)?;
-        if self.max_connections == 0 {
-            return Err(Error::invalid_config("max_connections must be at least 1"));
-        }
-        if self.connect_timeout.is_zero() {
-            return Err(Error::invalid_config("connect_timeout must be longer than zero"));
-        }
+        check_pool_options(self.max_connections, self.connect_timeout)?;
         if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
             return Err(Error::invalid_config(
                 "the database URL must start with postgres:// or postgresql://",
             ));
         }
-        let redacted = redact(&self.url);
+        let redacted = redact_url(&self.url);
         let tables = Tables::new(&prefix);
         let wake = Arc::new(Notify::new());
 
@@ -243,36 +239,6 @@ impl std::error::Error for ConnectError {
 
 fn connect_error(url: &str, source: Box<dyn std::error::Error + Send + Sync>) -> Error {
     Error::backend(BACKEND, ConnectError { url: url.to_owned(), source })
-}
-
-/// The URL with any password replaced by `***`, for messages and `Debug`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<not a URL>".to_owned();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let params: Vec<String> = query
-                .split('&')
-                .map(|param| match param.split_once('=') {
-                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-                    _ => param.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", params.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
 }
 
 /// Names behind the prefix, computed once (in lower case, as PostgreSQL folds them).

@@ -7,7 +7,7 @@
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Integer};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use orch::Error;
+use orch::store::backend::pending_migrations;
 
 use crate::{Tables, TxResult};
 
@@ -54,20 +54,7 @@ pub(crate) async fn run(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResu
             .into_iter()
             .map(|v| v.version)
             .collect();
-    let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
-    if let Some(&newest) = applied.last()
-        && newest > known
-    {
-        return Err(Error::invalid_config(format!(
-            "the database schema (prefix `{}`) is at version {newest}, newer than this orch-diesel-pg knows ({known}); upgrade orch-diesel-pg",
-            tables.prefix
-        ))
-        .into());
-    }
-    for (version, sql) in MIGRATIONS {
-        if applied.contains(version) {
-            continue;
-        }
+    for (version, sql) in pending_migrations(MIGRATIONS, &applied, "orch-diesel-pg", &tables.prefix)? {
         conn.batch_execute(&sql.replace("{prefix}", &tables.prefix)).await?;
         diesel::sql_query(format!(
             "INSERT INTO {} (version, applied_at) VALUES ($1, (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::BIGINT)",
@@ -78,7 +65,7 @@ pub(crate) async fn run(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResu
         .await?;
         tracing::info!(version, prefix = %tables.prefix, "applied postgres migration");
     }
-    tracing::debug!(prefix = %tables.prefix, version = known, "postgres schema is up to date");
+    tracing::debug!(prefix = %tables.prefix, version = MIGRATIONS.len(), "postgres schema is up to date");
     Ok(())
 }
 

@@ -22,6 +22,10 @@ fn server_url() -> Option<String> {
     match std::env::var("ORCH_PG_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "ORCH_PG_URL is not set and CI=true: these tests must run"
+            );
             eprintln!("skipped: ORCH_PG_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test)");
             None
         }
@@ -66,17 +70,6 @@ struct Count {
 async fn count(url: &str, sql: &str) -> i64 {
     let mut conn = AsyncPgConnection::establish(url).await.unwrap();
     diesel::sql_query(sql).load::<Count>(&mut conn).await.unwrap()[0].n
-}
-
-#[test]
-fn urls_are_redacted() {
-    assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-    assert_eq!(redact("postgresql://u@h/db?sslmode=require"), "postgresql://u@h/db?sslmode=require");
-    assert_eq!(redact("postgres://h/db?user=u&password=secret"), "postgres://h/db?user=u&password=***");
-    assert_eq!(redact("postgres://u:p@ss@h/db"), "postgres://u:***@h/db");
-    assert_eq!(redact("host=h password=secret"), "<not a URL>");
-    let builder = PgStore::builder("postgres://u:secret@h/db");
-    assert!(!format!("{builder:?}").contains("secret"));
 }
 
 #[test]

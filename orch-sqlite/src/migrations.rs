@@ -6,7 +6,8 @@
 use diesel::connection::SimpleConnection;
 use diesel::sql_types::Integer;
 use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
-use orch::{Error, TablePrefix};
+use orch::TablePrefix;
+use orch::store::backend::pending_migrations;
 
 use crate::{Tables, TxResult};
 
@@ -30,19 +31,7 @@ pub(crate) fn run(conn: &mut SqliteConnection, tables: &Tables, prefix: &TablePr
             .into_iter()
             .map(|v| v.version)
             .collect();
-    let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
-    if let Some(&newest) = applied.last()
-        && newest > known
-    {
-        return Err(Error::invalid_config(format!(
-            "the database schema (prefix `{prefix}`) is at version {newest}, newer than this orch-sqlite knows ({known}); upgrade orch-sqlite"
-        ))
-        .into());
-    }
-    for (version, sql) in MIGRATIONS {
-        if applied.contains(version) {
-            continue;
-        }
+    for (version, sql) in pending_migrations(MIGRATIONS, &applied, "orch-sqlite", prefix.as_str())? {
         conn.batch_execute(&sql.replace("{prefix}", prefix.as_str()))?;
         conn.batch_execute(&format!(
             "INSERT INTO {} (version, applied_at) VALUES ({version}, CAST(strftime('%s', 'now') AS INTEGER))",

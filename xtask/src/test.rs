@@ -52,7 +52,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             Some(b) => vec![b],
             None => {
                 let known: Vec<&str> = BACKENDS.iter().map(|b| b.name).collect();
-                return Err(format!("unknown backend `{selected}`; choose one of: {}, all", known.join(", ")));
+                return Err(format!(
+                    "unknown backend `{selected}`; choose one of: {}, all",
+                    known.join(", ")
+                ));
             }
         }
     };

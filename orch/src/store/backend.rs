@@ -196,6 +196,75 @@ pub fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// `url` with any password replaced by `***` (in the user info and in a `password`
+/// query parameter), for logs and error messages.
+///
+/// ```
+/// use orch::store::backend::redact_url;
+/// assert_eq!(redact_url("postgres://app:s3cret@db:5432/jobs"), "postgres://app:***@db:5432/jobs");
+/// assert_eq!(redact_url("mysql://db/jobs?user=app&password=x"), "mysql://db/jobs?user=app&password=***");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<not a URL>".to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// Checks the pool options every server backend takes.
+pub fn check_pool_options(max_connections: u32, connect_timeout: Duration) -> Result<()> {
+    if max_connections == 0 {
+        return Err(Error::invalid_config("max_connections must be at least 1"));
+    }
+    if connect_timeout.is_zero() {
+        return Err(Error::invalid_config("connect_timeout must be longer than zero"));
+    }
+    Ok(())
+}
+
+/// The migrations of `known` (version, SQL) not yet in `applied`, in order; an error
+/// when the database holds a version newer than any known, which means an older
+/// `backend` crate is running against a newer schema.
+pub fn pending_migrations<'a>(
+    known: &'a [(i32, &'a str)],
+    applied: &[i32],
+    backend: &str,
+    prefix: &str,
+) -> Result<Vec<&'a (i32, &'a str)>> {
+    let newest_known = known.last().map_or(0, |(v, _)| *v);
+    if let Some(&newest) = applied.iter().max()
+        && newest > newest_known
+    {
+        return Err(Error::invalid_config(format!(
+            "the database schema (prefix `{prefix}`) is at version {newest}, newer than this {backend} knows \
+             ({newest_known}); upgrade {backend}"
+        )));
+    }
+    Ok(known.iter().filter(|(v, _)| !applied.contains(v)).collect())
+}
+
 /// A command row as the SQL backends store it: ids and enums as text, times as
 /// microseconds since the epoch, flags as integers. [`RawCommand::into_record`]
 /// validates every column, so a corrupt row is an [`Error::Corrupt`], never a panic.
@@ -329,6 +398,27 @@ mod tests {
             parent_id: None,
             correlation_id: "c".into(),
         }
+    }
+
+    #[test]
+    fn redaction_hides_passwords_only() {
+        assert_eq!(redact_url("mysql://u:p@ss@h/x?ssl=true"), "mysql://u:***@h/x?ssl=true");
+        assert_eq!(redact_url("postgres://root@127.0.0.1:5432/test"), "postgres://root@127.0.0.1:5432/test");
+        assert_eq!(redact_url("postgres://h/db?Password=x"), "postgres://h/db?Password=***");
+        assert_eq!(redact_url("not a url"), "<not a URL>");
+    }
+
+    #[test]
+    fn pending_migrations_refuses_newer_schemas() {
+        let prefix = "orch_";
+        let known = [(1, "a"), (2, "b")];
+        let missing = pending_migrations(&known, &[1], "orch-x", prefix).unwrap();
+        assert_eq!(missing, vec![&(2, "b")]);
+        assert!(pending_migrations(&known, &[1, 2], "orch-x", prefix).unwrap().is_empty());
+        let err = pending_migrations(&known, &[1, 2, 3], "orch-x", prefix).unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(ref m) if m.contains("version 3")), "{err}");
+        assert!(check_pool_options(0, Duration::from_secs(1)).is_err());
+        assert!(check_pool_options(1, Duration::ZERO).is_err());
     }
 
     #[test]
