@@ -147,6 +147,7 @@ struct TableName {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn migrate_is_idempotent_and_safe_concurrently() {
     let Some(url) = server_url() else { return };
     let store = connect(&url, &fresh_prefix()).await;
@@ -204,6 +205,7 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
 }
 
 #[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn newer_schema_is_refused() {
     let Some(store) = fresh().await else { return };
     let mut conn = store.conn().await.unwrap();
@@ -220,6 +222,7 @@ async fn newer_schema_is_refused() {
 }
 
 #[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn heartbeat_at_the_same_time_stays_held() {
     let Some(store) = fresh().await else { return };
     let t0 = Timestamp::from_millis(1_000_000);
@@ -270,6 +273,7 @@ impl From<diesel::result::Error> for AppError {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn push_in_follows_the_callers_transaction() {
     let Some(url) = server_url() else { return };
     let Some(store) = fresh().await else { return };
@@ -331,6 +335,7 @@ async fn push_in_follows_the_callers_transaction() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn concurrent_claims_are_exclusive() {
     const N: usize = 500;
     let Some(store) = fresh().await else { return };
@@ -381,6 +386,7 @@ async fn concurrent_claims_are_exclusive() {
 }
 
 #[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn claim_takes_due_commands_in_order() {
     let Some(store) = fresh().await else { return };
     let t0 = Timestamp::from_millis(3_000_000);
@@ -412,6 +418,7 @@ async fn claim_takes_due_commands_in_order() {
 }
 
 #[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn completions_fence_and_chain() {
     let Some(store) = fresh().await else { return };
     let t0 = Timestamp::from_millis(4_000_000);
@@ -486,6 +493,7 @@ async fn completions_fence_and_chain() {
 }
 
 #[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn rescue_decides_from_the_old_row() {
     let Some(store) = fresh().await else { return };
     let t0 = Timestamp::from_millis(6_000_000);
@@ -567,6 +575,7 @@ async fn rescue_decides_from_the_old_row() {
 }
 
 #[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn cancel_list_counts_and_text() {
     let Some(store) = fresh().await else { return };
     let t0 = Timestamp::from_millis(7_000_000);
@@ -619,6 +628,7 @@ async fn cancel_list_counts_and_text() {
 }
 
 #[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn enqueue_is_all_or_nothing_and_wakes_workers() {
     let Some(store) = fresh().await else { return };
     let t0 = Timestamp::from_millis(8_000_000);
@@ -651,6 +661,7 @@ struct ExplainRow {
 }
 
 #[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn lookups_use_the_indexes() {
     let Some(store) = fresh().await else { return };
     let t0 = Timestamp::from_millis(9_000_000);
@@ -700,6 +711,7 @@ async fn lookups_use_the_indexes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn deadlocked_transactions_are_retried() {
     let Some(url) = server_url() else { return };
     let Some(store) = fresh().await else { return };
@@ -753,6 +765,7 @@ async fn deadlocked_transactions_are_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn workers_run_commands_end_to_end() {
     use orch::{Context, HandlerError, Orch, Registry, Worker, WorkerConfig};
 
@@ -812,6 +825,7 @@ async fn workers_run_commands_end_to_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn open_claims_do_not_starve_each_other() {
     let Some(url) = server_url() else { return };
     let Some(store) = fresh().await else { return };
@@ -843,6 +857,7 @@ async fn open_claims_do_not_starve_each_other() {
 /// Operations cancelled half way (timeouts, aborted tasks) must not put a connection
 /// with half a result in it back into the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn cancelled_operations_do_not_poison_the_pool() {
     let Some(url) = server_url() else { return };
     // One connection, so every operation after a cancelled one gets the same

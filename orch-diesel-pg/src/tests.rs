@@ -116,6 +116,7 @@ async fn unreachable_database_is_a_backend_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
 async fn migrate_is_idempotent_and_safe_concurrently() {
     let Some(url) = server_url() else { return };
     let prefix = fresh_prefix();
@@ -152,6 +153,7 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
 async fn lifecycle_matches_the_contract() {
     let Some(url) = server_url() else { return };
     let store = store_at(&url, &fresh_prefix()).await;
@@ -322,6 +324,7 @@ async fn lifecycle_matches_the_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
 async fn a_failing_follow_up_fails_the_whole_batch() {
     let Some(url) = server_url() else { return };
     let store = store_at(&url, &fresh_prefix()).await;
@@ -358,6 +361,7 @@ async fn a_failing_follow_up_fails_the_whole_batch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
 async fn concurrent_claims_never_share_a_command() {
     let Some(url) = server_url() else { return };
     let store = store_at(&url, &fresh_prefix()).await;
@@ -416,6 +420,7 @@ impl From<Error> for TestTxError {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
 async fn push_in_follows_the_callers_transaction() {
     let Some(url) = server_url() else { return };
     let prefix = fresh_prefix();
@@ -473,6 +478,7 @@ async fn fires<F: std::future::Future>(signal: &Notify, within: Duration, trigge
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
 async fn pushes_from_another_store_wake_this_one() {
     let Some(url) = server_url() else { return };
     let prefix = fresh_prefix();
@@ -542,6 +548,7 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
 async fn listener_reconnects_and_stops_with_the_store() {
     let Some(url) = server_url() else { return };
     let prefix = fresh_prefix();
@@ -575,6 +582,7 @@ async fn listener_reconnects_and_stops_with_the_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
 async fn store_debug_shows_no_password() {
     let Some(url) = server_url() else { return };
     let store = PgStore::builder(&url).listen(false).connect().await.unwrap();

@@ -4,27 +4,41 @@
 use crate::cargo;
 
 /// A backend: its name, the variable holding its server URL (none for SQLite), and
-/// its test targets in `orch-tests`, each with an optional name filter.
+/// the `cargo test` argument lists that run its tests (the backend crate's own, the
+/// conformance suite, the multi-process test).
 struct Backend {
     name: &'static str,
     aliases: &'static [&'static str],
     url_var: Option<&'static str>,
-    targets: &'static [(&'static str, Option<&'static str>)],
+    runs: &'static [&'static [&'static str]],
 }
 
 const BACKENDS: &[Backend] = &[
-    Backend { name: "sqlite", aliases: &[], url_var: None, targets: &[("sqlite", None)] },
+    Backend {
+        name: "sqlite",
+        aliases: &[],
+        url_var: None,
+        runs: &[&["-p", "orch-sqlite"], &["-p", "orch-tests", "--test", "sqlite"]],
+    },
     Backend {
         name: "pg",
         aliases: &["postgres", "postgresql"],
         url_var: Some("ORCH_PG_URL"),
-        targets: &[("postgres", None), ("multiprocess", Some("postgres"))],
+        runs: &[
+            &["-p", "orch-diesel-pg"],
+            &["-p", "orch-tests", "--test", "postgres"],
+            &["-p", "orch-tests", "--test", "multiprocess", "postgres"],
+        ],
     },
     Backend {
         name: "mysql",
         aliases: &["mariadb"],
         url_var: Some("ORCH_MYSQL_URL"),
-        targets: &[("mysql", None), ("multiprocess", Some("mysql"))],
+        runs: &[
+            &["-p", "orch-diesel-mysql"],
+            &["-p", "orch-tests", "--test", "mysql"],
+            &["-p", "orch-tests", "--test", "multiprocess", "mysql"],
+        ],
     },
 ];
 
@@ -73,11 +87,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             continue;
         }
         let mut ok = true;
-        for (target, filter) in backend.targets {
-            let mut cmd = vec!["test", "-p", "orch-tests", "--test", target];
-            if let Some(filter) = filter {
-                cmd.push(filter);
-            }
+        for args in backend.runs {
+            let mut cmd = vec!["test"];
+            cmd.extend_from_slice(args);
             ok &= cargo(&cmd).is_ok();
         }
         summary.push((backend.name, if ok { Outcome::Passed } else { Outcome::Failed }));
