@@ -40,11 +40,19 @@ pub async fn idle_worker_wakes_on_push(worker_store: Arc<dyn Store>, pusher: Orc
     let status = tokio::time::timeout(Duration::from_secs(15), pusher.wait(first)).await;
     assert_eq!(status.expect("the first command ran").unwrap(), Status::Success("1".into()));
 
+    let pushed = tokio::time::Instant::now();
     let second = pusher.push(&PingCommand { n: 2 }).await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(2), pusher.wait(second)).await;
     assert_eq!(
         status.expect("an idle worker with a 10 s poll interval ran a new command within 2 s").unwrap(),
         Status::Success("2".into())
+    );
+    let record = pusher.get(second).await.unwrap().expect("the command exists");
+    let picked_up = record.started_at.unwrap().saturating_duration_since(record.created_at);
+    eprintln!(
+        "{}: pushed to finished seen in {:?}; pushed to handler start {picked_up:?}",
+        pusher.store().backend(),
+        pushed.elapsed()
     );
     worker.shutdown().await;
 }
