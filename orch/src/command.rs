@@ -321,6 +321,8 @@ impl NewCommand {
             created_at: now,
             parent_id: parent.map(|(p, _)| p),
             correlation_id,
+            workflow: None,
+            depends_on: Vec::new(),
         })
     }
 }

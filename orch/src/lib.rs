@@ -56,7 +56,8 @@ pub use error::{Error, Failure, FailureKind, HandlerError, Result};
 pub use handler::{Context, Handler, Registry};
 pub use retry::RetryPolicy;
 pub use store::{
-    CancelStatus, CommandId, CommandRecord, JournalEntry, JournalKind, State, Store, TablePrefix,
+    CancelStatus, CommandId, CommandRecord, JournalEntry, JournalKind, State, StepOf, Store, TablePrefix,
+    WorkflowId,
 };
 pub use worker::{Worker, WorkerConfig, WorkerHandle};
 

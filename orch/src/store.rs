@@ -109,6 +109,53 @@ impl FromStr for LeaseToken {
     }
 }
 
+/// The id of a workflow: a UUID whose leading bits are its start time (version 7).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WorkflowId(Uuid);
+
+impl WorkflowId {
+    /// A new id for a workflow started at `now`.
+    pub fn generate(now: Timestamp) -> Self {
+        WorkflowId(CommandId::generate(now).as_uuid())
+    }
+
+    /// The id as a UUID.
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for WorkflowId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for WorkflowId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for WorkflowId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Uuid::parse_str(s)
+            .map(WorkflowId)
+            .map_err(|e| Error::Corrupt(format!("invalid workflow id {s:?}: {e}")))
+    }
+}
+
+/// Where a command stands in a workflow: which workflow, and which step of it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StepOf {
+    /// The workflow.
+    pub workflow_id: WorkflowId,
+    /// The step's name, unique within its workflow.
+    pub step: String,
+}
+
 /// A validated table prefix: 1 to 63 ASCII letters, digits or `_`, starting with a
 /// letter or `_`. Backends put it in front of every table and index name, so it is
 /// checked before any SQL is built.
@@ -256,6 +303,11 @@ pub struct InsertCommand {
     pub parent_id: Option<CommandId>,
     /// Shared by a command and all its follow-ups.
     pub correlation_id: String,
+    /// The workflow step this command is, if any.
+    pub workflow: Option<StepOf>,
+    /// Commands (of the same insert) that must all succeed before this one may run.
+    /// A command with dependencies is inserted `blocked`.
+    pub depends_on: Vec<CommandId>,
 }
 
 /// A stored command, as read back.
@@ -308,6 +360,8 @@ pub struct CommandRecord {
     pub parent_id: Option<CommandId>,
     /// Shared by a command and all its follow-ups.
     pub correlation_id: String,
+    /// The workflow step this command is, if any.
+    pub workflow: Option<StepOf>,
 }
 
 /// The handle on one claimed command.
@@ -357,6 +411,8 @@ pub struct ClaimedCommand {
     pub lease_expires_at: Timestamp,
     /// The correlation id, inherited by follow-ups.
     pub correlation_id: String,
+    /// The workflow step this command is, if any.
+    pub workflow: Option<StepOf>,
 }
 
 /// What [`Store::heartbeat`] needs.
@@ -523,6 +579,8 @@ pub enum JournalKind {
     Released,
     /// Follow-up commands were pushed for a command finished outside a worker.
     FollowUpsEnqueued,
+    /// Every dependency succeeded; the command went from blocked to pending.
+    Unblocked,
 }
 
 impl JournalKind {
@@ -541,6 +599,7 @@ impl JournalKind {
             JournalKind::LeaseLost => "lease_lost",
             JournalKind::Released => "released",
             JournalKind::FollowUpsEnqueued => "follow_ups_enqueued",
+            JournalKind::Unblocked => "unblocked",
         }
     }
 
@@ -559,6 +618,7 @@ impl JournalKind {
             "lease_lost" => JournalKind::LeaseLost,
             "released" => JournalKind::Released,
             "follow_ups_enqueued" => JournalKind::FollowUpsEnqueued,
+            "unblocked" => JournalKind::Unblocked,
             other => return Err(Error::Corrupt(format!("unknown journal kind {other:?}"))),
         })
     }
@@ -589,12 +649,32 @@ pub struct JournalEntry {
     pub message: Option<String>,
 }
 
+/// One step of a workflow as stored: its command and the commands it depends on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowStepRecord {
+    /// The step's command (its `workflow` names the step).
+    pub command: CommandRecord,
+    /// The commands this step depends on.
+    pub depends_on: Vec<CommandId>,
+}
+
 /// Storage for commands and their journal.
 ///
 /// Implementations must make each method atomic (one transaction), fence every change
 /// to a running command on `(id, lease token, state = running)`, and never let two
 /// concurrent [`Store::claim`] calls lease the same command. The conformance suite in
 /// the `tests` crate checks all of this against a real database.
+///
+/// **Dependencies** (workflow steps): a command inserted with `depends_on` is `blocked`
+/// and its edges are stored. In the transaction that makes a command `succeeded`, every
+/// blocked command depending on it whose dependencies have now all succeeded becomes
+/// `pending` (journaled [`JournalKind::Unblocked`]); the dependent rows must be locked
+/// before the other dependencies are checked, so two dependencies finishing at once
+/// cannot both miss that the other succeeded. In the transaction that makes a command
+/// `failed` or `cancelled` (by [`Store::complete`], [`Store::cancel`] or
+/// [`Store::rescue`]), every blocked command depending on it, transitively, becomes
+/// `cancelled` with a [`FailureKind::Cancelled`](crate::FailureKind) error naming the
+/// dependency, `follow_ups_due` set, journaled [`JournalKind::Cancelled`].
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The backend's short name (`sqlite`, `postgres`, `mysql`).
@@ -651,6 +731,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The journal of one command, oldest first.
     async fn journal(&self, id: CommandId) -> Result<Vec<JournalEntry>>;
+
+    /// The steps of a workflow with their dependencies, by command id; empty when no
+    /// such workflow exists.
+    async fn workflow_steps(&self, workflow_id: WorkflowId) -> Result<Vec<WorkflowStepRecord>>;
 
     /// A signal that fires when commands may have become due, so an idle worker looks
     /// again before its poll interval is over. A backend with a cross-process channel

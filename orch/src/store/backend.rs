@@ -7,7 +7,9 @@ use std::time::Duration;
 use crate::clock::Timestamp;
 use crate::error::{Error, Failure, FailureKind, Result};
 use crate::retry::RetryPolicy;
-use crate::store::{CommandId, CommandRecord, Completion, InsertCommand, JournalKind, Lease, Outcome, State};
+use crate::store::{
+    CommandId, CommandRecord, Completion, InsertCommand, JournalKind, Lease, Outcome, State, StepOf,
+};
 
 /// A journal row to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +136,31 @@ impl NewJournalEntry {
         }
     }
 
+    /// The entry of a blocked command whose dependencies have all succeeded.
+    pub fn unblocked(id: CommandId, at: Timestamp) -> Self {
+        NewJournalEntry {
+            command_id: id,
+            at,
+            kind: JournalKind::Unblocked,
+            attempt: 0,
+            worker: None,
+            message: Some("every dependency succeeded".to_owned()),
+        }
+    }
+
+    /// The entry of a blocked command cancelled because `dependency` ended `state`;
+    /// its message is [`dependency_failure_message`].
+    pub fn dependency_cancelled(id: CommandId, at: Timestamp, dependency: CommandId, state: State) -> Self {
+        NewJournalEntry {
+            command_id: id,
+            at,
+            kind: JournalKind::Cancelled,
+            attempt: 0,
+            worker: None,
+            message: Some(dependency_failure_message(dependency, state)),
+        }
+    }
+
     /// The entry of [`Store::resolve_follow_ups`](crate::Store::resolve_follow_ups).
     pub fn follow_ups_enqueued(
         id: CommandId,
@@ -169,6 +196,12 @@ pub fn outcome_follow_ups(outcome: &Outcome) -> &[InsertCommand] {
         | Outcome::Cancelled { follow_ups } => follow_ups,
         Outcome::Retry { .. } | Outcome::Released { .. } => &[],
     }
+}
+
+/// The error text (kind `cancelled`) of a blocked command cancelled because one of its
+/// dependencies, directly or through others, ended `state` (failed or cancelled).
+pub fn dependency_failure_message(dependency: CommandId, state: State) -> String {
+    format!("dependency {dependency} ended {state}")
 }
 
 /// The error text a rescue records on a command whose lease expired.
@@ -295,10 +328,12 @@ pub struct RawCommand {
     pub follow_ups_due: bool,
     pub parent_id: Option<String>,
     pub correlation_id: String,
+    pub workflow_id: Option<String>,
+    pub step: Option<String>,
 }
 
 /// Every column of a [`RawCommand`], in its field order, for `SELECT` lists.
-pub const COMMAND_COLUMNS: [&str; 24] = [
+pub const COMMAND_COLUMNS: [&str; 26] = [
     "id",
     "name",
     "target",
@@ -323,6 +358,8 @@ pub const COMMAND_COLUMNS: [&str; 24] = [
     "follow_ups_due",
     "parent_id",
     "correlation_id",
+    "workflow_id",
+    "step",
 ];
 
 impl RawCommand {
@@ -362,6 +399,15 @@ impl RawCommand {
             follow_ups_due: self.follow_ups_due,
             parent_id: self.parent_id.as_deref().map(str::parse).transpose()?,
             correlation_id: self.correlation_id,
+            workflow: match (self.workflow_id, self.step) {
+                (Some(workflow_id), Some(step)) => Some(StepOf { workflow_id: workflow_id.parse()?, step }),
+                (None, None) => None,
+                (w, s) => {
+                    return Err(Error::Corrupt(format!(
+                        "workflow id {w:?} and step {s:?} must be both set or both empty"
+                    )));
+                }
+            },
         })
     }
 }
@@ -397,6 +443,8 @@ mod tests {
             follow_ups_due: false,
             parent_id: None,
             correlation_id: "c".into(),
+            workflow_id: None,
+            step: None,
         }
     }
 
@@ -437,6 +485,8 @@ mod tests {
             RawCommand { error_kind: Some("meteor".into()), ..raw() },
             RawCommand { retry_policy: "{".into(), ..raw() },
             RawCommand { lease_token: Some("x".into()), ..raw() },
+            RawCommand { workflow_id: Some("not-a-uuid".into()), step: Some("a".into()), ..raw() },
+            RawCommand { step: Some("a".into()), ..raw() },
         ];
         for case in cases {
             assert!(matches!(case.clone().into_record(), Err(Error::Corrupt(_))), "{case:?}");
