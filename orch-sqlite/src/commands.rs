@@ -15,19 +15,20 @@ use orch::store::{
 };
 use orch::{Error, State, Timestamp};
 
-use crate::journal;
 use crate::{Tables, TxResult};
+use crate::{dependencies, journal};
 
 /// Every column, in [`CommandRow`]'s order.
-const COLUMNS: &str = "id, name, target, state, input, output, error_kind, error, attempts, max_attempts, \
-     timeout_ms, retry_policy, scheduled_at, created_at, updated_at, started_at, finished_at, lease_token, \
-     lease_expires_at, worker, cancel_requested, follow_ups_due, parent_id, correlation_id";
+pub(crate) const COLUMNS: &str = "id, name, target, state, input, output, error_kind, error, attempts, \
+     max_attempts, timeout_ms, retry_policy, scheduled_at, created_at, updated_at, started_at, finished_at, \
+     lease_token, lease_expires_at, worker, cancel_requested, follow_ups_due, parent_id, correlation_id, \
+     workflow_id, step";
 
-/// Rows per INSERT: 13 binds each stays far below SQLite's bind limit.
+/// Rows per INSERT: 15 binds each stays far below SQLite's bind limit.
 const INSERT_CHUNK: usize = 500;
 
 #[derive(QueryableByName)]
-struct CommandRow {
+pub(crate) struct CommandRow {
     #[diesel(sql_type = Text)]
     id: String,
     #[diesel(sql_type = Text)]
@@ -76,10 +77,14 @@ struct CommandRow {
     parent_id: Option<String>,
     #[diesel(sql_type = Text)]
     correlation_id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    workflow_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    step: Option<String>,
 }
 
 impl CommandRow {
-    fn into_record(self) -> Result<CommandRecord, Error> {
+    pub(crate) fn into_record(self) -> Result<CommandRecord, Error> {
         RawCommand {
             id: self.id,
             name: self.name,
@@ -105,12 +110,14 @@ impl CommandRow {
             follow_ups_due: self.follow_ups_due != 0,
             parent_id: self.parent_id,
             correlation_id: self.correlation_id,
+            workflow_id: self.workflow_id,
+            step: self.step,
         }
         .into_record()
     }
 }
 
-fn placeholders(n: usize) -> String {
+pub(crate) fn placeholders(n: usize) -> String {
     let mut s = String::with_capacity(n * 3);
     for i in 0..n {
         s.push_str(if i == 0 { "?" } else { ", ?" });
@@ -127,12 +134,12 @@ pub(crate) fn insert(
     for chunk in commands.chunks(INSERT_CHUNK) {
         let mut sql = format!(
             "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
-             scheduled_at, created_at, updated_at, parent_id, correlation_id) VALUES ",
+             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step) VALUES ",
             tables.commands
         );
         for i in 0..chunk.len() {
             sql.push_str(if i == 0 { "(" } else { ", (" });
-            sql.push_str("?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+            sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         }
         let mut query = diesel::sql_query(sql).into_boxed::<Sqlite>();
         for c in chunk {
@@ -141,6 +148,7 @@ pub(crate) fn insert(
                 .bind::<Text, _>(c.id.to_string())
                 .bind::<Text, _>(c.name.clone())
                 .bind::<Text, _>(c.target.clone())
+                .bind::<Text, _>(if c.depends_on.is_empty() { "pending" } else { "blocked" })
                 .bind::<Text, _>(c.input.clone())
                 .bind::<Integer, _>(i32::try_from(c.max_attempts).unwrap_or(i32::MAX))
                 .bind::<BigInt, _>(millis(c.timeout))
@@ -149,10 +157,13 @@ pub(crate) fn insert(
                 .bind::<BigInt, _>(c.created_at.as_micros())
                 .bind::<BigInt, _>(c.created_at.as_micros())
                 .bind::<Nullable<Text>, _>(c.parent_id.map(|p| p.to_string()))
-                .bind::<Text, _>(c.correlation_id.clone());
+                .bind::<Text, _>(c.correlation_id.clone())
+                .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.workflow_id.to_string()))
+                .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.step.clone()));
         }
         query.execute(conn)?;
     }
+    dependencies::insert_edges(conn, tables, commands)?;
     let entries: Vec<NewJournalEntry> = commands.iter().map(NewJournalEntry::enqueued).collect();
     journal::append(conn, tables, &entries)
 }
@@ -213,6 +224,7 @@ pub(crate) fn claim(
             retry_policy: record.retry_policy,
             lease_expires_at,
             correlation_id: record.correlation_id,
+            workflow: record.workflow,
         });
     }
     journal::append(conn, tables, &entries)?;
@@ -283,12 +295,13 @@ pub(crate) fn heartbeat(
     Ok(statuses)
 }
 
-/// Applies one completion, fenced on its lease.
+/// Applies one completion, fenced on its lease; also says whether it made commands due
+/// (follow-ups inserted, dependents unblocked).
 pub(crate) fn complete(
     conn: &mut SqliteConnection,
     tables: &Tables,
     c: &Completion,
-) -> TxResult<CompletionStatus> {
+) -> TxResult<(CompletionStatus, bool)> {
     let now = c.now.as_micros();
     // Every branch ends the lease; which columns change depends on the outcome.
     let (set, binds): (&str, Vec<Bind>) = match &c.outcome {
@@ -334,7 +347,7 @@ pub(crate) fn complete(
         .load(conn)?;
     let Some(row) = rows.first() else {
         lease_lost_entry(conn, tables, c.lease, c.now, Some(c.worker.clone()), "recording the outcome")?;
-        return Ok(CompletionStatus::LeaseLost);
+        return Ok((CompletionStatus::LeaseLost, false));
     };
     let entries = NewJournalEntry::completion(c, u32_of(row.attempts.into()));
     journal::append(conn, tables, &entries)?;
@@ -342,7 +355,19 @@ pub(crate) fn complete(
     if !follow_ups.is_empty() {
         insert(conn, tables, follow_ups)?;
     }
-    Ok(CompletionStatus::Applied)
+    let unblocked = match &c.outcome {
+        Outcome::Succeeded { .. } => dependencies::unblock_dependents(conn, tables, c.lease.id, c.now)?,
+        Outcome::Failed { .. } => {
+            dependencies::cancel_dependents(conn, tables, c.lease.id, State::Failed, c.now)?;
+            0
+        }
+        Outcome::Cancelled { .. } => {
+            dependencies::cancel_dependents(conn, tables, c.lease.id, State::Cancelled, c.now)?;
+            0
+        }
+        Outcome::Retry { .. } | Outcome::Released { .. } => 0,
+    };
+    Ok((CompletionStatus::Applied, unblocked > 0 || !follow_ups.is_empty()))
 }
 
 enum Bind {
@@ -387,6 +412,9 @@ pub(crate) fn cancel(
         .bind::<Text, _>(state.as_str())
         .execute(conn)?;
     journal::append(conn, tables, &[NewJournalEntry::cancel(id, now, u32_of(row.attempts.into()), state)])?;
+    if status == CancelStatus::Cancelled {
+        dependencies::cancel_dependents(conn, tables, id, State::Cancelled, now)?;
+    }
     Ok(status)
 }
 
@@ -439,6 +467,11 @@ pub(crate) fn rescue(
         rescued.push(Rescued { id, state });
     }
     journal::append(conn, tables, &entries)?;
+    for r in &rescued {
+        if matches!(r.state, State::Failed | State::Cancelled) {
+            dependencies::cancel_dependents(conn, tables, r.id, r.state, now)?;
+        }
+    }
     Ok(rescued)
 }
 

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod commands;
+mod dependencies;
 mod journal;
 mod migrations;
 
@@ -31,10 +32,10 @@ use diesel::{Connection, SqliteConnection};
 use tokio::sync::Notify;
 
 pub use orch;
-use orch::store::backend::outcome_follow_ups;
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Rescued,
+    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Rescued, WorkflowId,
+    WorkflowStepRecord,
 };
 use orch::{Error, Result, Store, TablePrefix, Timestamp};
 
@@ -130,6 +131,7 @@ impl SqliteBuilder {
 pub(crate) struct Tables {
     pub(crate) commands: String,
     pub(crate) journal: String,
+    pub(crate) dependencies: String,
     pub(crate) migrations: String,
 }
 
@@ -138,6 +140,7 @@ impl Tables {
         Tables {
             commands: format!("{prefix}commands"),
             journal: format!("{prefix}journal"),
+            dependencies: format!("{prefix}dependencies"),
             migrations: format!("{prefix}migrations"),
         }
     }
@@ -293,16 +296,15 @@ impl Store for SqliteStore {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        let pushes = completions.iter().any(|c| !outcome_follow_ups(&c.outcome).is_empty());
-        let statuses = self
+        let results: Vec<(CompletionStatus, bool)> = self
             .write(move |conn, tables| {
                 completions.iter().map(|c| commands::complete(conn, tables, c)).collect()
             })
             .await?;
-        if pushes {
+        if results.iter().any(|(_, made_due)| *made_due) {
             self.inner.wake.notify_waiters();
         }
-        Ok(statuses)
+        Ok(results.into_iter().map(|(status, _)| status).collect())
     }
 
     async fn cancel(&self, id: CommandId, now: Timestamp) -> Result<CancelStatus> {
@@ -351,6 +353,10 @@ impl Store for SqliteStore {
 
     async fn journal(&self, id: CommandId) -> Result<Vec<JournalEntry>> {
         self.with_conn(move |conn, tables| journal::read(conn, tables, id)).await
+    }
+
+    async fn workflow_steps(&self, workflow_id: WorkflowId) -> Result<Vec<WorkflowStepRecord>> {
+        self.with_conn(move |conn, tables| dependencies::workflow_steps(conn, tables, workflow_id)).await
     }
 
     /// Fired after pushes through this store (any clone) in this process; SQLite has no

@@ -12,7 +12,10 @@ use orch::store::backend::pending_migrations;
 use crate::{Tables, TxResult};
 
 /// Each migration's version and SQL, with `{prefix}` standing for the table prefix.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_commands_and_journal.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_commands_and_journal.sql")),
+    (2, include_str!("../migrations/0002_workflows.sql")),
+];
 
 #[derive(QueryableByName)]
 struct Version {

@@ -8,7 +8,8 @@ use tokio::sync::Notify;
 use crate::clock::{SharedClock, SystemClock};
 use crate::command::{Command, NewCommand};
 use crate::error::{Error, Failure, FailureKind, Result};
-use crate::store::{CancelStatus, CommandId, CommandRecord, JournalEntry, State, Store};
+use crate::store::{CancelStatus, CommandId, CommandRecord, JournalEntry, State, Store, WorkflowId};
+use crate::workflow::{Workflow, WorkflowState, WorkflowStatus};
 
 /// The outcome of a command as the API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +227,88 @@ impl Orch {
                 _ = tokio::time::sleep(self.wait_poll) => {}
             }
         }
+    }
+
+    /// Starts a workflow: stores every step in one transaction (steps with
+    /// dependencies blocked, the others pending) and returns its id. Each step's
+    /// correlation id is the workflow id unless the step's command sets its own.
+    ///
+    /// ```no_run
+    /// # async fn demo(orch: orch::Orch) -> orch::Result<()> {
+    /// use orch::{NewCommand, Workflow};
+    /// let workflow = Workflow::builder()
+    ///     .step("payments", NewCommand::raw("charge", serde_json::json!({ "order": 7 })))
+    ///     .step_after("analytics", NewCommand::raw("record_sale", serde_json::json!({ "order": 7 })), ["payments"])
+    ///     .build()?;
+    /// let id = orch.start_workflow(workflow).await?;
+    /// let status = orch.wait_workflow(id).await?;
+    /// println!("workflow {id} ended {}", status.state);
+    /// # Ok(()) }
+    /// ```
+    pub async fn start_workflow(&self, workflow: Workflow) -> Result<WorkflowId> {
+        let now = self.clock.now();
+        let id = WorkflowId::generate(now);
+        let rows = workflow.into_rows(id, now)?;
+        let steps = rows.len();
+        self.insert(rows).await?;
+        tracing::info!(workflow = %id, steps, "workflow started");
+        Ok(id)
+    }
+
+    /// The workflow's state and steps; `None` when there is no such workflow.
+    pub async fn workflow(&self, id: WorkflowId) -> Result<Option<WorkflowStatus>> {
+        let steps = self.store.workflow_steps(id).await?;
+        Ok(WorkflowStatus::from_steps(id, &steps))
+    }
+
+    /// Waits until every step of the workflow has finished and returns its status
+    /// ([`Error::WorkflowNotFound`] when there is no such workflow).
+    pub async fn wait_workflow(&self, id: WorkflowId) -> Result<WorkflowStatus> {
+        loop {
+            let finished = self.signals.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            let status = self
+                .workflow(id)
+                .await?
+                .ok_or(Error::WorkflowNotFound(id))?;
+            if status.state != WorkflowState::Running {
+                return Ok(status);
+            }
+            tokio::select! {
+                _ = finished => {}
+                _ = tokio::time::sleep(self.wait_poll) => {}
+            }
+        }
+    }
+
+    /// Cancels every step that has not finished: blocked and pending steps at once,
+    /// running ones at their worker's next heartbeat. Returns how many steps were
+    /// cancelled or asked to stop.
+    pub async fn cancel_workflow(&self, id: WorkflowId) -> Result<usize> {
+        let mut count = 0;
+        // Earlier steps first: cancelling one also cancels its blocked dependents.
+        for step in self.store.workflow_steps(id).await? {
+            if step.command.state.is_terminal() {
+                continue;
+            }
+            match self.cancel(step.command.id).await? {
+                CancelStatus::Cancelled | CancelStatus::Requested => count += 1,
+                CancelStatus::AlreadyFinished(_) | CancelStatus::NotFound => {}
+            }
+        }
+        tracing::info!(workflow = %id, count, "workflow cancelled");
+        Ok(count)
+    }
+
+    /// The journals of every step of the workflow, merged in the order they were written.
+    pub async fn workflow_journal(&self, id: WorkflowId) -> Result<Vec<JournalEntry>> {
+        let mut entries = Vec::new();
+        for step in self.store.workflow_steps(id).await? {
+            entries.extend(self.store.journal(step.command.id).await?);
+        }
+        entries.sort_by_key(|e| e.seq);
+        Ok(entries)
     }
 
     /// Waits for a typed command to finish and returns its output, or an error naming

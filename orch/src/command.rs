@@ -223,6 +223,14 @@ impl NewCommand {
         &self.name
     }
 
+    pub(crate) fn preset_id(&self) -> Option<CommandId> {
+        self.id
+    }
+
+    pub(crate) fn preset_correlation_id(&self) -> Option<&str> {
+        self.correlation_id.as_deref()
+    }
+
     /// Uses this id instead of a generated one.
     pub fn id(mut self, id: CommandId) -> Self {
         self.id = Some(id);

@@ -26,6 +26,20 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A workflow's graph was rejected when it was built.
+    #[error("invalid workflow: {0}")]
+    InvalidWorkflow(#[from] crate::workflow::WorkflowError),
+
+    /// A step asked for the output of a step it does not depend on, or of a
+    /// dependency that has not succeeded.
+    #[error("step {step:?} has no succeeded dependency named {dependency:?}")]
+    NoSuchDependency {
+        /// The asking command's step (or id, outside a workflow).
+        step: String,
+        /// The dependency asked for.
+        dependency: String,
+    },
+
     /// Two handlers were registered for one command name.
     #[error("a handler for command `{0}` is already registered")]
     DuplicateHandler(String),
@@ -33,6 +47,10 @@ pub enum Error {
     /// No command with this id exists.
     #[error("command {0} not found")]
     NotFound(CommandId),
+
+    /// No workflow with this id exists.
+    #[error("workflow {0} not found")]
+    WorkflowNotFound(crate::store::WorkflowId),
 
     /// The caller's lease on a command is no longer valid (it expired and was rescued,
     /// or the command was finished by someone else), so nothing was changed.

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::Orch;
 use crate::command::{Command, NewCommand};
 use crate::error::{Error, Failure, FailureKind, HandlerError, Result};
-use crate::store::CommandId;
+use crate::store::{CommandId, State, StepOf};
 
 /// Runs one command type.
 ///
@@ -49,6 +49,7 @@ pub struct Context {
     pub(crate) attempt: u32,
     pub(crate) max_attempts: u32,
     pub(crate) correlation_id: String,
+    pub(crate) workflow: Option<StepOf>,
     pub(crate) token: CancellationToken,
     pub(crate) orch: Orch,
 }
@@ -93,6 +94,41 @@ impl Context {
     /// The client, to read or push other commands.
     pub fn orch(&self) -> &Orch {
         &self.orch
+    }
+
+    /// The workflow step this command is, if it is one.
+    pub fn workflow(&self) -> Option<&StepOf> {
+        self.workflow.as_ref()
+    }
+
+    /// The output of the dependency named `step` (which must have succeeded, as every
+    /// dependency has by the time a step runs), decoded as `C`'s output.
+    ///
+    /// ```no_run
+    /// # use orch::{Command, Context, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct ChargeCommand;
+    /// # impl Command for ChargeCommand { type Output = u64; }
+    /// # async fn demo(ctx: Context) -> Result<(), HandlerError> {
+    /// let charged_cents = ctx.dependency_output::<ChargeCommand>("payments").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn dependency_output<C: Command>(&self, step: &str) -> Result<C::Output> {
+        let missing = || Error::NoSuchDependency {
+            step: self.workflow.as_ref().map_or_else(|| self.id.to_string(), |w| w.step.clone()),
+            dependency: step.to_owned(),
+        };
+        let workflow = self.workflow.as_ref().ok_or_else(missing)?;
+        let steps = self.orch.store().workflow_steps(workflow.workflow_id).await?;
+        let depends_on = steps.iter().find(|s| s.command.id == self.id).map(|s| s.depends_on.as_slice());
+        let dependency = steps
+            .iter()
+            .filter(|s| depends_on.is_some_and(|d| d.contains(&s.command.id)))
+            .find(|s| s.command.workflow.as_ref().is_some_and(|w| w.step == step))
+            .filter(|s| s.command.state == State::Succeeded)
+            .ok_or_else(missing)?;
+        let json = dependency.command.output.as_deref().unwrap_or("null");
+        serde_json::from_str(json)
+            .map_err(|source| Error::Decode { what: format!("output of step `{step}`"), source })
     }
 
     /// Pushes a command now (not tied to this attempt's outcome) as a child of this

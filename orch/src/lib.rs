@@ -48,6 +48,7 @@ mod handler;
 mod retry;
 pub mod store;
 mod worker;
+pub mod workflow;
 
 pub use client::{Orch, Status};
 pub use clock::{Clock, ManualClock, OffsetClock, SharedClock, Sleep, SystemClock, Timestamp};
@@ -60,6 +61,7 @@ pub use store::{
     WorkflowId,
 };
 pub use worker::{Worker, WorkerConfig, WorkerHandle};
+pub use workflow::{Workflow, WorkflowError, WorkflowState, WorkflowStatus};
 
 /// Re-exported so handlers can take cancellation tokens without another dependency.
 pub use tokio_util::sync::CancellationToken;

@@ -423,6 +423,7 @@ async fn run_attempt(
         attempt: claimed.attempt,
         max_attempts: claimed.max_attempts,
         correlation_id: claimed.correlation_id.clone(),
+        workflow: claimed.workflow.clone(),
         token: stop.child_token(),
         orch: shared.orch.clone(),
     };
