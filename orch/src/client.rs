@@ -268,10 +268,7 @@ impl Orch {
             let finished = self.signals.finished.notified();
             tokio::pin!(finished);
             finished.as_mut().enable();
-            let status = self
-                .workflow(id)
-                .await?
-                .ok_or(Error::WorkflowNotFound(id))?;
+            let status = self.workflow(id).await?.ok_or(Error::WorkflowNotFound(id))?;
             if status.state != WorkflowState::Running {
                 return Ok(status);
             }

@@ -152,7 +152,8 @@ fn find_cycle(steps: &[StepSpec], index: &HashMap<&str, usize>) -> Option<Vec<St
             match marks[j] {
                 Mark::OnPath => {
                     let start = path.iter().position(|&p| p == j).unwrap_or(0);
-                    let mut cycle: Vec<String> = path[start..].iter().map(|&p| steps[p].name.clone()).collect();
+                    let mut cycle: Vec<String> =
+                        path[start..].iter().map(|&p| steps[p].name.clone()).collect();
                     cycle.push(steps[j].name.clone());
                     return Some(cycle);
                 }

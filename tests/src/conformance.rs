@@ -20,6 +20,10 @@ use orch::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use crate::conformance_workflows::{
+    workflow_builder_rejections, workflow_cancel_stops_unfinished, workflow_failure_cancels_dependents,
+    workflow_runs_in_dependency_order, workflow_steps_run_concurrently,
+};
 use crate::harness::Harness;
 use crate::support::{drive_until, eventually, fast_config, manual_config};
 

@@ -17,6 +17,7 @@
 //! which produces tests named `sqlite::claim_is_exclusive` and so on.
 
 pub mod conformance;
+pub mod conformance_workflows;
 pub mod harness;
 pub mod multiprocess;
 pub mod property;
@@ -56,6 +57,11 @@ macro_rules! conformance_suite {
             wait_reports_statuses,
             unstorable_follow_up_fails_the_command,
             shutdown_releases_unfinished,
+            workflow_runs_in_dependency_order,
+            workflow_steps_run_concurrently,
+            workflow_failure_cancels_dependents,
+            workflow_cancel_stops_unfinished,
+            workflow_builder_rejections,
         );
 
         #[test]
