@@ -21,6 +21,7 @@ mod commands;
 mod dependencies;
 mod journal;
 mod migrations;
+mod sagas;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -34,8 +35,8 @@ use tokio::sync::Notify;
 pub use orch;
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Rescued, WorkflowId,
-    WorkflowStepRecord,
+    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Rescued, SagaQuery,
+    SagaRecord, SagaWrite, SagaWriteStatus, WorkflowId, WorkflowStepRecord,
 };
 use orch::{Error, Result, Store, TablePrefix, Timestamp};
 
@@ -132,6 +133,7 @@ pub(crate) struct Tables {
     pub(crate) commands: String,
     pub(crate) journal: String,
     pub(crate) dependencies: String,
+    pub(crate) sagas: String,
     pub(crate) migrations: String,
 }
 
@@ -141,6 +143,7 @@ impl Tables {
             commands: format!("{prefix}commands"),
             journal: format!("{prefix}journal"),
             dependencies: format!("{prefix}dependencies"),
+            sagas: format!("{prefix}sagas"),
             migrations: format!("{prefix}migrations"),
         }
     }
@@ -357,6 +360,24 @@ impl Store for SqliteStore {
 
     async fn workflow_steps(&self, workflow_id: WorkflowId) -> Result<Vec<WorkflowStepRecord>> {
         self.with_conn(move |conn, tables| dependencies::workflow_steps(conn, tables, workflow_id)).await
+    }
+
+    async fn saga(&self, saga: &str, correlation_id: &str) -> Result<Option<SagaRecord>> {
+        let (saga, correlation_id) = (saga.to_owned(), correlation_id.to_owned());
+        self.with_conn(move |conn, tables| sagas::get(conn, tables, &saga, &correlation_id)).await
+    }
+
+    async fn save_saga(&self, write: SagaWrite) -> Result<SagaWriteStatus> {
+        let pushes = !write.commands.is_empty();
+        let status = self.write(move |conn, tables| sagas::save(conn, tables, &write)).await?;
+        if pushes && status == SagaWriteStatus::Saved {
+            self.inner.wake.notify_waiters();
+        }
+        Ok(status)
+    }
+
+    async fn sagas(&self, query: SagaQuery) -> Result<Vec<SagaRecord>> {
+        self.with_conn(move |conn, tables| sagas::list(conn, tables, &query)).await
     }
 
     /// Fired after pushes through this store (any clone) in this process; SQLite has no

@@ -15,6 +15,7 @@ use crate::{Tables, TxResult};
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_commands_and_journal.sql")),
     (2, include_str!("../migrations/0002_workflows.sql")),
+    (3, include_str!("../migrations/0003_sagas.sql")),
 ];
 
 #[derive(QueryableByName)]

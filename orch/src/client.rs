@@ -5,10 +5,15 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::clock::Timestamp;
 use crate::clock::{SharedClock, SystemClock};
 use crate::command::{Command, NewCommand};
 use crate::error::{Error, Failure, FailureKind, Result};
-use crate::store::{CancelStatus, CommandId, CommandRecord, JournalEntry, State, Store, WorkflowId};
+use crate::saga::{SagaData, SagaEvent, SagaInstance, decode_instance, event_for};
+use crate::store::{
+    CancelStatus, CommandId, CommandRecord, JournalEntry, ListParams, SagaQuery, SagaRecord, SagaStatus,
+    State, Store, WorkflowId,
+};
 use crate::workflow::{Workflow, WorkflowState, WorkflowStatus};
 
 /// The outcome of a command as the API reports it.
@@ -303,6 +308,69 @@ impl Orch {
         let mut entries = Vec::new();
         for step in self.store.workflow_steps(id).await? {
             entries.extend(self.store.journal(step.command.id).await?);
+        }
+        entries.sort_by_key(|e| e.seq);
+        Ok(entries)
+    }
+
+    /// Publishes `event` to the instance `correlation_id` of the saga named `saga`,
+    /// durably: the event is a command, applied by a worker that has the saga
+    /// registered, after every event published to the instance before it. The first
+    /// event that an `initially()` transition accepts creates the instance.
+    pub async fn publish<E: SagaEvent>(
+        &self,
+        saga: &str,
+        correlation_id: &str,
+        event: &E,
+    ) -> Result<CommandId> {
+        self.push_new(event_for(saga, correlation_id, event)?).await
+    }
+
+    /// The stored instance of a saga, if it exists.
+    pub async fn saga(&self, saga: &str, correlation_id: &str) -> Result<Option<SagaRecord>> {
+        self.store.saga(saga, correlation_id).await
+    }
+
+    /// The instance of a saga with its data decoded as `D`.
+    pub async fn saga_instance<D: SagaData>(
+        &self,
+        saga: &str,
+        correlation_id: &str,
+    ) -> Result<Option<SagaInstance<D>>> {
+        self.store.saga(saga, correlation_id).await?.map(decode_instance).transpose()
+    }
+
+    /// Saga instances matching `query` (by saga, state, status, staleness).
+    pub async fn sagas(&self, query: SagaQuery) -> Result<Vec<SagaRecord>> {
+        self.store.sagas(query).await
+    }
+
+    /// Active instances of `saga` not saved for longer than `older_than`, by the
+    /// injected clock.
+    pub async fn stale_sagas(&self, saga: &str, older_than: Duration) -> Result<Vec<SagaRecord>> {
+        let cutoff = Timestamp::from_micros(
+            self.clock
+                .now()
+                .as_micros()
+                .saturating_sub(i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX)),
+        );
+        self.store
+            .sagas(SagaQuery {
+                saga: Some(saga.to_owned()),
+                status: Some(SagaStatus::Active),
+                updated_before: Some(cutoff),
+                ..SagaQuery::default()
+            })
+            .await
+    }
+
+    /// The journals of every command of a saga instance (its events, the commands its
+    /// transitions pushed, its compensations), merged in the order they were written.
+    pub async fn saga_journal(&self, correlation_id: &str) -> Result<Vec<JournalEntry>> {
+        let params = ListParams { correlation_id: Some(correlation_id.to_owned()), ..ListParams::default() };
+        let mut entries = Vec::new();
+        for command in self.store.list(params).await? {
+            entries.extend(self.store.journal(command.id).await?);
         }
         entries.sort_by_key(|e| e.seq);
         Ok(entries)

@@ -3,8 +3,8 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::error::{Error, Failure, Result};
@@ -103,6 +103,19 @@ pub trait Command: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn on_cancel(&self) -> Vec<NewCommand> {
         self.on_failure(&Failure::cancelled())
     }
+}
+
+/// A command stored to be pushed later (a saga's compensations).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CommandSpec {
+    pub(crate) name: String,
+    pub(crate) input: String,
+    pub(crate) timeout_ms: u64,
+    pub(crate) retries: u32,
+    pub(crate) delay_ms: u64,
+    pub(crate) target: String,
+    pub(crate) retry_policy: RetryPolicy,
+    pub(crate) correlation_id: Option<String>,
 }
 
 /// The default name of a command type: the type name without its path, generics and a
@@ -221,6 +234,44 @@ impl NewCommand {
     /// The command name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Sets the correlation id unless one is set already.
+    pub(crate) fn correlation_id_if_unset(self, correlation_id: &str) -> Self {
+        if self.correlation_id.is_some() { self } else { self.correlation_id(correlation_id) }
+    }
+
+    /// The command as a serializable spec (for storing it to push later).
+    pub(crate) fn to_spec(&self) -> Result<CommandSpec> {
+        let input = self.input.clone().map_err(|message| Error::Encode {
+            what: format!("input of command `{}`", self.name),
+            source: <serde_json::Error as serde::ser::Error>::custom(message),
+        })?;
+        Ok(CommandSpec {
+            name: self.name.clone(),
+            input,
+            timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            retries: self.retries,
+            delay_ms: u64::try_from(self.delay.as_millis()).unwrap_or(u64::MAX),
+            target: self.target.clone(),
+            retry_policy: self.retry_policy,
+            correlation_id: self.correlation_id.clone(),
+        })
+    }
+
+    /// The command a spec describes (with a fresh id when pushed).
+    pub(crate) fn from_spec(spec: CommandSpec) -> Self {
+        NewCommand {
+            id: None,
+            name: spec.name,
+            input: Ok(spec.input),
+            timeout: Duration::from_millis(spec.timeout_ms),
+            retries: spec.retries,
+            delay: Duration::from_millis(spec.delay_ms),
+            target: spec.target,
+            retry_policy: spec.retry_policy,
+            correlation_id: spec.correlation_id,
+        }
     }
 
     pub(crate) fn preset_id(&self) -> Option<CommandId> {

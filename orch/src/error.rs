@@ -30,6 +30,15 @@ pub enum Error {
     #[error("invalid workflow: {0}")]
     InvalidWorkflow(#[from] crate::workflow::WorkflowError),
 
+    /// A saga's state machine was rejected when it was built.
+    #[error("invalid saga `{saga}`: {message}")]
+    InvalidSaga {
+        /// The saga's name.
+        saga: String,
+        /// What is wrong.
+        message: String,
+    },
+
     /// A step asked for the output of a step it does not depend on, or of a
     /// dependency that has not succeeded.
     #[error("step {step:?} has no succeeded dependency named {dependency:?}")]

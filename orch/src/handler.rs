@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::Orch;
 use crate::command::{Command, NewCommand};
 use crate::error::{Error, Failure, FailureKind, HandlerError, Result};
+use crate::saga::{SagaData, SagaEventCommand, SagaHandler, SagaMachine, SagaRuntime};
 use crate::store::{CommandId, State, StepOf};
 
 /// Runs one command type.
@@ -233,6 +234,7 @@ where
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: HashMap<String, Arc<dyn ErasedHandler>>,
+    sagas: Option<SagaRuntime>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -267,6 +269,23 @@ impl Registry {
         Fut: Future<Output = std::result::Result<C::Output, HandlerError>> + Send + 'static,
     {
         self.register::<C, FnHandler<F>>(FnHandler(f))
+    }
+
+    /// Registers a saga: workers with this registry apply the events published to its
+    /// instances and publish their timeouts. Fails when a saga of that name is
+    /// registered already.
+    pub fn register_saga<D: SagaData>(&mut self, machine: SagaMachine<D>) -> Result<&mut Self> {
+        if self.sagas.is_none() {
+            let runtime = SagaRuntime::default();
+            self.register::<SagaEventCommand, _>(SagaHandler { runtime: runtime.clone() })?;
+            self.sagas = Some(runtime);
+        }
+        self.sagas.as_ref().expect("created above").add(machine)?;
+        Ok(self)
+    }
+
+    pub(crate) fn sagas(&self) -> Option<&SagaRuntime> {
+        self.sagas.as_ref()
     }
 
     /// The registered names, sorted.

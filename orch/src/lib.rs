@@ -46,6 +46,7 @@ mod command;
 mod error;
 mod handler;
 mod retry;
+pub mod saga;
 pub mod store;
 mod worker;
 pub mod workflow;
@@ -56,9 +57,10 @@ pub use command::{Command, DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, New
 pub use error::{Error, Failure, FailureKind, HandlerError, Result};
 pub use handler::{Context, Handler, Registry};
 pub use retry::RetryPolicy;
+pub use saga::{SagaData, SagaEvent, SagaInstance, SagaMachine, SagaStep};
 pub use store::{
-    CancelStatus, CommandId, CommandRecord, JournalEntry, JournalKind, State, StepOf, Store, TablePrefix,
-    WorkflowId,
+    CancelStatus, CommandId, CommandRecord, JournalEntry, JournalKind, SagaStatus, State, StepOf, Store,
+    TablePrefix, WorkflowId,
 };
 pub use worker::{Worker, WorkerConfig, WorkerHandle};
 pub use workflow::{Workflow, WorkflowError, WorkflowState, WorkflowStatus};

@@ -645,6 +645,11 @@ async fn maintainer(shared: Arc<Shared>, stop: CancellationToken) {
         let now = clock.now();
         if now >= next_rescue {
             rescue_and_follow_up(&shared, now).await;
+            if let Some(sagas) = shared.registry.sagas()
+                && let Err(e) = sagas.publish_timeouts(&shared.orch, now).await
+            {
+                tracing::warn!(error = %e, "publishing saga timeouts failed; will retry");
+            }
             next_rescue = now + config.rescue_interval;
         }
         let wake = (clock.now() + config.heartbeat_interval).min(next_rescue);

@@ -20,6 +20,11 @@ use orch::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use crate::conformance_sagas::{
+    saga_compensations_run_last_first, saga_concurrent_events_apply_in_order,
+    saga_failed_compensation_is_visible, saga_order_completes, saga_order_refunds_when_inventory_fails,
+    saga_timeout_compensates, saga_unknown_saga_fails_the_event,
+};
 pub use crate::conformance_workflows::{
     workflow_builder_rejections, workflow_cancel_stops_unfinished, workflow_failure_cancels_dependents,
     workflow_runs_in_dependency_order, workflow_steps_run_concurrently,

@@ -17,6 +17,7 @@
 //! which produces tests named `sqlite::claim_is_exclusive` and so on.
 
 pub mod conformance;
+pub mod conformance_sagas;
 pub mod conformance_workflows;
 pub mod harness;
 pub mod multiprocess;
@@ -62,6 +63,13 @@ macro_rules! conformance_suite {
             workflow_failure_cancels_dependents,
             workflow_cancel_stops_unfinished,
             workflow_builder_rejections,
+            saga_order_completes,
+            saga_order_refunds_when_inventory_fails,
+            saga_compensations_run_last_first,
+            saga_failed_compensation_is_visible,
+            saga_concurrent_events_apply_in_order,
+            saga_timeout_compensates,
+            saga_unknown_saga_fails_the_event,
         );
 
         #[test]
