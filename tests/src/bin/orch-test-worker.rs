@@ -2,6 +2,9 @@
 //! store, recording each execution in a ledger file, until its standard input closes.
 //!
 //! `orch-test-worker --backend postgres|mysql|sqlite --url URL --prefix P --instance KEY --ledger FILE`
+//!
+//! With `--mode crash` it runs the crash test's workflow and saga commands instead
+//! (`--ledger` is then not needed).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +28,8 @@ async fn main() -> Result<(), String> {
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (backend, url, prefix) = (arg(&args, "--backend")?, arg(&args, "--url")?, arg(&args, "--prefix")?);
-    let (instance, ledger) = (arg(&args, "--instance")?, arg(&args, "--ledger")?);
+    let instance = arg(&args, "--instance")?;
+    let crash_mode = arg(&args, "--mode").is_ok_and(|m| m == "crash");
     let store: Arc<dyn Store> = match backend.as_str() {
         "postgres" => Arc::new(
             orch_diesel_pg::PgStore::builder(url)
@@ -50,14 +54,20 @@ async fn main() -> Result<(), String> {
         ),
         other => return Err(format!("unknown backend {other}")),
     };
-    let ledger = Arc::new(Ledger::open(ledger.as_ref(), &instance).map_err(|e| e.to_string())?);
-    let config = WorkerConfig {
-        instance_key: instance,
-        poll_interval: Duration::from_millis(50),
-        rescue_interval: Duration::from_millis(500),
-        ..WorkerConfig::default()
+    let (registry, config) = if crash_mode {
+        (orch_tests::crash::registry(), orch_tests::crash::config(&instance))
+    } else {
+        let ledger = arg(&args, "--ledger")?;
+        let ledger = Arc::new(Ledger::open(ledger.as_ref(), &instance).map_err(|e| e.to_string())?);
+        let config = WorkerConfig {
+            instance_key: instance,
+            poll_interval: Duration::from_millis(50),
+            rescue_interval: Duration::from_millis(500),
+            ..WorkerConfig::default()
+        };
+        (registry(ledger), config)
     };
-    let worker = Worker::new(Orch::new(store), registry(ledger), config).map_err(|e| e.to_string())?.start();
+    let worker = Worker::new(Orch::new(store), registry, config).map_err(|e| e.to_string())?.start();
     // Standard input closing (the test dropping its end) is the signal to stop.
     tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink()))
         .await
