@@ -26,27 +26,27 @@ use orch::store::{
 };
 use orch::{FailureKind, State, Timestamp};
 
-use crate::journal;
 use crate::{Tables, TxResult};
+use crate::{dependencies, journal};
 
-/// Rows per multi-row INSERT: 12 binds each, far below MySQL's 65,535 placeholders,
+/// Rows per multi-row INSERT: 15 binds each, far below MySQL's 65,535 placeholders,
 /// and few enough to keep a statement well within `max_allowed_packet` for
 /// ordinary inputs.
 const INSERT_CHUNK: usize = 500;
 
 /// Ids per `IN (…)` list.
-const ID_CHUNK: usize = 1_000;
+pub(crate) const ID_CHUNK: usize = 1_000;
 
 /// The most rows one `list` call returns.
 const LIST_MAX: usize = 10_000;
 
-type Query = BoxedSqlQuery<'static, Mysql, SqlQuery>;
+pub(crate) type Query = BoxedSqlQuery<'static, Mysql, SqlQuery>;
 
-fn query(sql: String) -> Query {
+pub(crate) fn query(sql: String) -> Query {
     diesel::sql_query(sql).into_boxed()
 }
 
-fn placeholders(n: usize) -> String {
+pub(crate) fn placeholders(n: usize) -> String {
     let mut s = String::with_capacity(n * 3);
     for i in 0..n {
         s.push_str(if i == 0 { "?" } else { ", ?" });
@@ -55,12 +55,12 @@ fn placeholders(n: usize) -> String {
 }
 
 /// A `LIMIT` value.
-fn limit_of(n: usize) -> i64 {
+pub(crate) fn limit_of(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Binds each id of `ids` in order.
-fn bind_ids<'a>(mut q: Query, ids: impl IntoIterator<Item = &'a str>) -> Query {
+pub(crate) fn bind_ids<'a>(mut q: Query, ids: impl IntoIterator<Item = &'a str>) -> Query {
     for id in ids {
         q = q.bind::<Text, _>(id.to_owned());
     }
@@ -68,7 +68,7 @@ fn bind_ids<'a>(mut q: Query, ids: impl IntoIterator<Item = &'a str>) -> Query {
 }
 
 #[derive(QueryableByName)]
-struct CommandRow {
+pub(crate) struct CommandRow {
     #[diesel(sql_type = Text)]
     id: String,
     #[diesel(sql_type = Text)]
@@ -117,6 +117,10 @@ struct CommandRow {
     parent_id: Option<String>,
     #[diesel(sql_type = Text)]
     correlation_id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    workflow_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    step: Option<String>,
 }
 
 impl CommandRow {
@@ -146,22 +150,25 @@ impl CommandRow {
             follow_ups_due: self.follow_ups_due != 0,
             parent_id: self.parent_id,
             correlation_id: self.correlation_id,
+            workflow_id: self.workflow_id,
+            step: self.step,
         }
         .into_record()
     }
 }
 
-fn records(rows: Vec<CommandRow>) -> TxResult<Vec<CommandRecord>> {
+pub(crate) fn records(rows: Vec<CommandRow>) -> TxResult<Vec<CommandRecord>> {
     Ok(rows.into_iter().map(CommandRow::into_record).collect::<orch::Result<_>>()?)
 }
 
 #[derive(QueryableByName)]
-struct IdRow {
+pub(crate) struct IdRow {
     #[diesel(sql_type = Text)]
-    id: String,
+    pub(crate) id: String,
 }
 
-/// Inserts commands and their `enqueued` journal entries, in the caller's transaction.
+/// Inserts commands, their dependency edges and their `enqueued` journal entries, in
+/// the caller's transaction. A command with dependencies starts `blocked`.
 pub(crate) async fn insert(
     conn: &mut AsyncMysqlConnection,
     tables: &Tables,
@@ -170,12 +177,12 @@ pub(crate) async fn insert(
     for chunk in commands.chunks(INSERT_CHUNK) {
         let mut sql = format!(
             "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
-             scheduled_at, created_at, updated_at, parent_id, correlation_id) VALUES ",
+             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step) VALUES ",
             tables.commands
         );
         for i in 0..chunk.len() {
             sql.push_str(if i == 0 { "(" } else { ", (" });
-            sql.push_str("?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+            sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         }
         let mut q = query(sql);
         for c in chunk {
@@ -183,6 +190,7 @@ pub(crate) async fn insert(
                 .bind::<Text, _>(c.id.to_string())
                 .bind::<Text, _>(c.name.clone())
                 .bind::<Text, _>(c.target.clone())
+                .bind::<Text, _>(initial_state(c).as_str())
                 .bind::<Text, _>(c.input.clone())
                 .bind::<BigInt, _>(i64::from(c.max_attempts))
                 .bind::<BigInt, _>(millis(c.timeout))
@@ -191,12 +199,20 @@ pub(crate) async fn insert(
                 .bind::<BigInt, _>(c.created_at.as_micros())
                 .bind::<BigInt, _>(c.created_at.as_micros())
                 .bind::<Nullable<Text>, _>(c.parent_id.map(|p| p.to_string()))
-                .bind::<Text, _>(c.correlation_id.clone());
+                .bind::<Text, _>(c.correlation_id.clone())
+                .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.workflow_id.to_string()))
+                .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.step.clone()));
         }
         q.execute(conn).await?;
     }
+    dependencies::insert_edges(conn, tables, commands).await?;
     let entries: Vec<NewJournalEntry> = commands.iter().map(|c| NewJournalEntry::enqueued(c)).collect();
     journal::append(conn, tables, &entries).await
+}
+
+/// The state a new command starts in: `blocked` while it has dependencies.
+fn initial_state(c: &InsertCommand) -> State {
+    if c.depends_on.is_empty() { State::Pending } else { State::Blocked }
 }
 
 /// Leases a batch of due commands under one fresh token.
@@ -277,6 +293,7 @@ pub(crate) async fn claim(
             retry_policy: record.retry_policy,
             lease_expires_at,
             correlation_id: record.correlation_id,
+            workflow: record.workflow,
         });
     }
     journal::append(conn, tables, &entries).await?;
@@ -434,12 +451,13 @@ async fn finish_attempt(conn: &mut AsyncMysqlConnection, tables: &Tables, c: &Co
     Ok(matched > 0)
 }
 
-/// Applies a batch of completions, each fenced on its lease.
+/// Applies a batch of completions, each fenced on its lease, with what they do to the
+/// commands depending on them. Also returns whether a dependent was unblocked.
 pub(crate) async fn complete(
     conn: &mut AsyncMysqlConnection,
     tables: &Tables,
     completions: &[Completion],
-) -> TxResult<Vec<CompletionStatus>> {
+) -> TxResult<(Vec<CompletionStatus>, bool)> {
     let ids: Vec<CommandId> = completions.iter().map(|c| c.lease.id).collect();
     let mut applied = vec![false; completions.len()];
     for i in id_order(&ids) {
@@ -469,7 +487,19 @@ pub(crate) async fn complete(
     }
     journal::append(conn, tables, &entries).await?;
     insert(conn, tables, &follow_ups).await?;
-    Ok(statuses)
+    let mut succeeded = Vec::new();
+    let mut ended = Vec::new();
+    for (c, _) in completions.iter().zip(&applied).filter(|(_, applied)| **applied) {
+        match c.outcome {
+            Outcome::Succeeded { .. } => succeeded.push((c.lease.id, c.now)),
+            Outcome::Failed { .. } => ended.push((c.lease.id, State::Failed, c.now)),
+            Outcome::Cancelled { .. } => ended.push((c.lease.id, State::Cancelled, c.now)),
+            Outcome::Retry { .. } | Outcome::Released { .. } => {}
+        }
+    }
+    let unblocked = dependencies::unblock(conn, tables, &succeeded).await?;
+    dependencies::cascade(conn, tables, &ended).await?;
+    Ok((statuses, unblocked > 0))
 }
 
 #[derive(QueryableByName)]
@@ -511,6 +541,9 @@ pub(crate) async fn cancel(
     }
     q.bind::<Text, _>(id.to_string()).bind::<Text, _>(state.as_str()).execute(conn).await?;
     journal::append(conn, tables, &[NewJournalEntry::cancel(id, now, u32_of(row.attempts), state)]).await?;
+    if status == CancelStatus::Cancelled {
+        dependencies::cascade(conn, tables, &[(id, State::Cancelled, now)]).await?;
+    }
     Ok(status)
 }
 
@@ -618,6 +651,12 @@ pub(crate) async fn rescue(
         })
         .collect();
     journal::append(conn, tables, &entries).await?;
+    let ended: Vec<_> = rescued
+        .iter()
+        .filter(|r| matches!(r.state, State::Failed | State::Cancelled))
+        .map(|r| (r.id, r.state, now))
+        .collect();
+    dependencies::cascade(conn, tables, &ended).await?;
     Ok(rescued)
 }
 

@@ -19,7 +19,8 @@
 //! # How it works
 //!
 //! - **Tables** are InnoDB, `utf8mb4` with binary collation (names compare byte for
-//!   byte, as in the other backends). Ids and lease tokens are hyphenated UUIDs in
+//!   byte, as in the other backends, except that `utf8mb4_bin` ignores trailing
+//!   spaces: `"a "` equals `"a"`). Ids and lease tokens are hyphenated UUIDs in
 //!   `CHAR(36) CHARACTER SET ascii`; times are `BIGINT` microseconds written from the
 //!   caller's clock (the store never reads one, so no server time zone matters).
 //! - **Claims** lock a batch with `SELECT … FOR UPDATE SKIP LOCKED`, so concurrent
@@ -39,17 +40,32 @@
 //!   fired by this store (and its clones) after each committed push, so idle workers of
 //!   this process look at once; commands pushed by other processes are seen at the next
 //!   poll interval.
+//! - **Workflows**: a command with dependencies is inserted `blocked`, its edges in
+//!   `<prefix>dependencies`. The transaction that makes a command `succeeded` locks its
+//!   blocked dependents (`FOR UPDATE`) and only then checks their other dependencies,
+//!   in a fresh `READ COMMITTED` snapshot, so two dependencies finishing at once cannot
+//!   both miss each other; the ready ones become `pending`. The transaction that makes
+//!   a command `failed` or `cancelled` cancels its blocked dependents, transitively.
+//! - **Sagas**: one row per instance in `<prefix>sagas`, keyed by (saga, correlation
+//!   id). [`Store::save_saga`] is compare-and-set on the version: a create is an
+//!   `INSERT` that a duplicate key turns into a conflict, a replace an `UPDATE … WHERE
+//!   version = ?` decided by its matched-row count; the commands of a successful save
+//!   (dependencies included) are inserted in the same transaction, and on a conflict
+//!   nothing is written.
 //! - **Transactional push**: [`MysqlStore::push_in`] inserts commands on your own
 //!   connection, inside your transaction.
 //!
-//! Names, targets, workers and correlation ids are `VARCHAR(255)`; a longer value is
-//! refused by the database (the session runs in strict mode).
+//! Names, targets, workers, correlation ids, saga names and saga states are
+//! `VARCHAR(255)`; a longer value is refused by the database (the session runs in
+//! strict mode).
 
 #![warn(missing_docs)]
 
 mod commands;
+mod dependencies;
 mod journal;
 mod migrations;
+mod sagas;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -72,6 +88,7 @@ use orch::store::backend::{check_pool_options, redact_url};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Outcome, Rescued,
+    SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkflowId, WorkflowStepRecord,
 };
 use orch::{Error, NewCommand, Result, Store, TablePrefix, Timestamp};
 
@@ -227,6 +244,8 @@ impl bb8::ErrorSink<PoolError> for LogErrors {
 pub(crate) struct Tables {
     pub(crate) commands: String,
     pub(crate) journal: String,
+    pub(crate) dependencies: String,
+    pub(crate) sagas: String,
     pub(crate) migrations: String,
     /// Every command column, for `SELECT` lists.
     pub(crate) columns: String,
@@ -238,6 +257,8 @@ impl Tables {
         Tables {
             commands: format!("`{prefix}commands`"),
             journal: format!("`{prefix}journal`"),
+            dependencies: format!("`{prefix}dependencies`"),
+            sagas: format!("`{prefix}sagas`"),
             migrations: format!("`{prefix}migrations`"),
             columns: COMMAND_COLUMNS.join(", "),
         }
@@ -580,7 +601,8 @@ async fn insert_all(
 }
 
 /// Whether applying `c` may have made a command due: follow-ups were pushed, or the
-/// command itself is pending again.
+/// command itself is pending again. (Dependents it unblocked are reported by
+/// `commands::complete`.)
 fn makes_work(c: &Completion) -> bool {
     match &c.outcome {
         Outcome::Succeeded { follow_ups, .. }
@@ -637,11 +659,14 @@ impl Store for MysqlStore {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        let statuses = self
+        let (statuses, unblocked) = self
             .write("complete", completions.as_slice(), |c, t, p| Box::pin(commands::complete(c, t, p)))
             .await?;
-        let wake =
-            completions.iter().zip(&statuses).any(|(c, s)| *s == CompletionStatus::Applied && makes_work(c));
+        let wake = unblocked
+            || completions
+                .iter()
+                .zip(&statuses)
+                .any(|(c, s)| *s == CompletionStatus::Applied && makes_work(c));
         if wake {
             self.woken();
         }
@@ -708,6 +733,29 @@ impl Store for MysqlStore {
 
     async fn journal(&self, id: CommandId) -> Result<Vec<JournalEntry>> {
         self.read(&id, |c, t, &id| Box::pin(journal::read(c, t, id))).await
+    }
+
+    async fn workflow_steps(&self, workflow_id: WorkflowId) -> Result<Vec<WorkflowStepRecord>> {
+        self.read(&workflow_id, |c, t, &w| Box::pin(dependencies::workflow_steps(c, t, w))).await
+    }
+
+    async fn saga(&self, saga: &str, correlation_id: &str) -> Result<Option<SagaRecord>> {
+        self.read(&(saga, correlation_id), |c, t, &(saga, correlation_id)| {
+            Box::pin(sagas::get(c, t, saga, correlation_id))
+        })
+        .await
+    }
+
+    async fn save_saga(&self, write: SagaWrite) -> Result<SagaWriteStatus> {
+        let status = self.write("save_saga", &write, |c, t, w| Box::pin(sagas::save(c, t, w))).await?;
+        if status == SagaWriteStatus::Saved && !write.commands.is_empty() {
+            self.woken();
+        }
+        Ok(status)
+    }
+
+    async fn sagas(&self, query: SagaQuery) -> Result<Vec<SagaRecord>> {
+        self.read(&query, |c, t, q| Box::pin(sagas::list(c, t, q))).await
     }
 
     fn wake_signal(&self) -> Option<Arc<Notify>> {

@@ -5,8 +5,9 @@
 //! (`GET_LOCK`) on one dedicated connection: when several processes start at once the
 //! first applies what is missing and the others, waiting on the lock, find it done.
 //! Every statement is idempotent on its own (`CREATE TABLE IF NOT EXISTS`, indexes
-//! declared inside it), so a migration cut short by a crash is completed by the next
-//! run, and a version is recorded only after all its statements succeeded.
+//! declared inside it; an `ALTER TABLE` built from what information_schema says is
+//! missing), so a migration cut short by a crash is completed by the next run, and a
+//! version is recorded only after all its statements succeeded.
 
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
@@ -17,8 +18,11 @@ use orch::{Error, TablePrefix};
 use crate::{BACKEND, Tables, TxResult};
 
 /// Each migration's version and SQL, with `{prefix}` standing for the table prefix.
-pub(crate) const MIGRATIONS: &[(i32, &str)] =
-    &[(1, include_str!("../migrations/0001_commands_and_journal.sql"))];
+pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_commands_and_journal.sql")),
+    (2, include_str!("../migrations/0002_workflows.sql")),
+    (3, include_str!("../migrations/0003_sagas.sql")),
+];
 
 /// How long `migrate` waits for another process's migration, in seconds.
 const LOCK_WAIT_SECS: i64 = 60;
@@ -157,6 +161,40 @@ mod tests {
             assert!(!s.contains("--") && !s.contains(';') && !s.contains("{prefix}"), "{s}");
             assert!(s.ends_with("COLLATE = utf8mb4_bin"), "{s}");
         }
+    }
+
+    #[test]
+    fn workflow_migration_guards_its_alter() {
+        let prefix = TablePrefix::new("p_").unwrap();
+        let statements = statements(MIGRATIONS[1].1, &prefix);
+        assert_eq!(statements.len(), 6, "{statements:#?}");
+        assert!(statements[0].starts_with("SET @orch_missing = CONCAT_WS("), "{}", statements[0]);
+        assert!(statements[0].contains("table_name = 'p_commands'"));
+        assert!(statements[1].contains("'ALTER TABLE `p_commands` '"), "{}", statements[1]);
+        assert_eq!(
+            statements[2..5],
+            ["PREPARE orch_ddl FROM @orch_ddl", "EXECUTE orch_ddl", "DEALLOCATE PREPARE orch_ddl"]
+        );
+        assert!(statements[5].starts_with("CREATE TABLE IF NOT EXISTS `p_dependencies` ("));
+        for s in &statements {
+            assert!(!s.contains("--") && !s.contains(';') && !s.contains("{prefix}"), "{s}");
+        }
+    }
+
+    #[test]
+    fn saga_migration_is_one_create_table() {
+        let prefix = TablePrefix::new("p_").unwrap();
+        let statements = statements(MIGRATIONS[2].1, &prefix);
+        assert_eq!(statements.len(), 1, "{statements:#?}");
+        let s = &statements[0];
+        assert!(s.starts_with("CREATE TABLE IF NOT EXISTS `p_sagas` ("), "{s}");
+        assert!(s.contains("PRIMARY KEY (saga, correlation_id)"), "{s}");
+        for index in ["sagas_status (saga, status, state)", "sagas_updated (saga, updated_at)"] {
+            assert!(s.contains(&format!("KEY {index}")), "{s}");
+        }
+        assert!(s.contains("KEY sagas_timeout (saga, timeout_at)"), "{s}");
+        assert!(!s.contains("--") && !s.contains(';') && !s.contains("{prefix}"), "{s}");
+        assert!(s.ends_with("COLLATE = utf8mb4_bin"), "{s}");
     }
 
     #[test]

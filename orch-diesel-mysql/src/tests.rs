@@ -9,9 +9,10 @@ use std::time::Duration;
 use diesel::QueryableByName;
 use diesel::sql_types::{Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
+use orch::store::backend::dependency_failure_message;
 use orch::store::{
     CancelStatus, ClaimParams, Completion, CompletionStatus, HeartbeatParams, InsertCommand, JournalKind,
-    Lease, LeaseStatus, ListParams, Outcome,
+    Lease, LeaseStatus, ListParams, Outcome, SagaStatus, StepOf, WorkflowId,
 };
 use orch::{Error, Failure, FailureKind, NewCommand, State, Store, Timestamp};
 
@@ -53,9 +54,12 @@ async fn fresh() -> Option<MysqlStore> {
 async fn drop_tables(store: &MysqlStore) {
     let t = &store.inner.tables;
     let mut conn = store.conn().await.unwrap();
-    conn.batch_execute(&format!("DROP TABLE IF EXISTS {}, {}, {}", t.commands, t.journal, t.migrations))
-        .await
-        .unwrap();
+    conn.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {}, {}, {}, {}, {}",
+        t.commands, t.journal, t.dependencies, t.sagas, t.migrations
+    ))
+    .await
+    .unwrap();
 }
 
 fn insert(name: &str, now: Timestamp) -> InsertCommand {
@@ -177,13 +181,13 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     eprintln!("4 concurrent migrate() of one prefix: {:?}", started.elapsed());
     let mut conn = stores[0].conn().await.unwrap();
     let versions: Vec<TableName> = diesel::sql_query(format!(
-        "SELECT CAST(version AS CHAR) AS name FROM {}",
+        "SELECT CAST(version AS CHAR) AS name FROM {} ORDER BY version",
         stores[0].inner.tables.migrations
     ))
     .load(&mut conn)
     .await
     .unwrap();
-    assert_eq!(versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec!["1"]);
+    assert_eq!(versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec!["1", "2", "3"]);
     let tables: Vec<TableName> = diesel::sql_query(
         "SELECT CAST(table_name AS CHAR) AS name FROM information_schema.tables \
          WHERE table_schema = DATABASE() AND table_name LIKE ? ORDER BY table_name",
@@ -192,8 +196,10 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     .load(&mut conn)
     .await
     .unwrap();
-    let expected: Vec<String> =
-        ["commands", "journal", "migrations"].iter().map(|t| format!("{prefix}{t}")).collect();
+    let expected: Vec<String> = ["commands", "dependencies", "journal", "migrations", "sagas"]
+        .iter()
+        .map(|t| format!("{prefix}{t}"))
+        .collect();
     assert_eq!(tables.into_iter().map(|t| t.name).collect::<Vec<_>>(), expected);
     drop(conn);
     // The store works on the concurrently migrated tables.
@@ -883,5 +889,1000 @@ async fn cancelled_operations_do_not_poison_the_pool() {
         assert!(all.is_ok(), "after cancelling operation {i}: {}", all.unwrap_err());
     }
     eprintln!("120 cancelled operations checked in {:?}", started.elapsed());
+    drop_tables(&store).await;
+}
+
+// ---------------------------------------------------------------------------
+// Workflows.
+
+/// A step named `name` (also its command name, so a claim can pick it) of `workflow`.
+fn step(workflow: WorkflowId, name: &str, now: Timestamp, depends_on: &[&InsertCommand]) -> InsertCommand {
+    InsertCommand {
+        workflow: Some(StepOf { workflow_id: workflow, step: name.to_owned() }),
+        depends_on: depends_on.iter().map(|d| d.id).collect(),
+        ..insert(name, now)
+    }
+}
+
+/// Claims the one due command named `name` and completes it with `outcome` at `now`.
+async fn run_step(store: &MysqlStore, name: &str, now: Timestamp, outcome: Outcome) {
+    let claimed = store.claim(claim_params(&[name], now, "w", 1)).await.unwrap();
+    assert_eq!(claimed.len(), 1, "{name} is due");
+    let statuses = store.complete(vec![completion(claimed[0].lease, now, outcome)]).await.unwrap();
+    assert_eq!(statuses, vec![CompletionStatus::Applied]);
+}
+
+fn succeeded() -> Outcome {
+    Outcome::Succeeded { output: "null".into(), follow_ups: Vec::new() }
+}
+
+async fn state_of(store: &MysqlStore, id: CommandId) -> State {
+    store.get(id).await.unwrap().unwrap().state
+}
+
+/// Checks that `id` was cancelled at `at` because `origin` ended `origin_state`.
+async fn assert_dependency_cancelled(
+    store: &MysqlStore,
+    id: CommandId,
+    at: Timestamp,
+    origin: CommandId,
+    origin_state: State,
+) {
+    let r = store.get(id).await.unwrap().unwrap();
+    let message = dependency_failure_message(origin, origin_state);
+    assert_eq!(
+        (r.state, r.finished_at, r.updated_at, r.follow_ups_due, r.error),
+        (State::Cancelled, Some(at), at, true, Some(Failure::new(FailureKind::Cancelled, message.clone())))
+    );
+    let last = store.journal(id).await.unwrap().pop().unwrap();
+    assert_eq!((last.kind, last.message), (JournalKind::Cancelled, Some(message)));
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn workflow_diamond_unblocks_when_all_dependencies_succeed() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(13_000_000);
+    let w = WorkflowId::generate(t0);
+    let a = step(w, "a", t0, &[]);
+    let b = step(w, "b", t0, &[&a]);
+    let c = step(w, "c", t0, &[&a]);
+    let d = step(w, "d", t0, &[&b, &c]);
+    let other = insert("job", t0);
+    store.enqueue(vec![d.clone(), c.clone(), b.clone(), a.clone(), other.clone()]).await.unwrap();
+    assert_eq!(state_of(&store, a.id).await, State::Pending);
+    for x in [&b, &c, &d] {
+        let r = store.get(x.id).await.unwrap().unwrap();
+        assert_eq!((r.state, r.workflow.as_ref()), (State::Blocked, x.workflow.as_ref()));
+        assert_eq!(kinds(&store, x.id).await, vec![JournalKind::Enqueued]);
+    }
+    assert_eq!(store.get(other.id).await.unwrap().unwrap().workflow, None);
+    // Blocked commands are not claimed.
+    assert!(store.claim(claim_params(&["b", "c", "d"], t0, "w", 10)).await.unwrap().is_empty());
+
+    // Every step with its edges, by id; nothing for an unknown workflow.
+    let steps = store.workflow_steps(w).await.unwrap();
+    let mut expected = vec![
+        (a.id, vec![]),
+        (b.id, vec![a.id]),
+        (c.id, vec![a.id]),
+        (d.id, {
+            let mut v = vec![b.id, c.id];
+            v.sort();
+            v
+        }),
+    ];
+    expected.sort_by_key(|(id, _)| *id);
+    assert_eq!(steps.iter().map(|s| (s.command.id, s.depends_on.clone())).collect::<Vec<_>>(), expected);
+    let d_step = steps.iter().find(|s| s.command.id == d.id).unwrap();
+    assert_eq!(d_step.command.workflow, Some(StepOf { workflow_id: w, step: "d".into() }));
+    assert!(store.workflow_steps(WorkflowId::generate(t0)).await.unwrap().is_empty());
+
+    // A claimed step carries its workflow.
+    let t1 = t0 + Duration::from_secs(1);
+    let claimed = store.claim(claim_params(&["a"], t1, "w", 1)).await.unwrap();
+    assert_eq!(claimed[0].workflow, a.workflow);
+    let signal = store.wake_signal().unwrap();
+    let notified = signal.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    store.complete(vec![completion(claimed[0].lease, t1, succeeded())]).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), notified).await.expect("unblocking wakes the workers");
+    for x in [&b, &c] {
+        let r = store.get(x.id).await.unwrap().unwrap();
+        assert_eq!((r.state, r.updated_at, r.scheduled_at), (State::Pending, t1, t0));
+        let journal = store.journal(x.id).await.unwrap();
+        let kinds: Vec<_> = journal.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![JournalKind::Enqueued, JournalKind::Unblocked]);
+        assert_eq!((journal[1].at, journal[1].attempt), (t1, 0));
+    }
+    assert_eq!(state_of(&store, d.id).await, State::Blocked);
+
+    let t2 = t1 + Duration::from_secs(1);
+    run_step(&store, "b", t2, succeeded()).await;
+    assert_eq!(state_of(&store, d.id).await, State::Blocked, "c has not succeeded yet");
+    assert_eq!(kinds(&store, d.id).await, vec![JournalKind::Enqueued]);
+    let t3 = t2 + Duration::from_secs(1);
+    run_step(&store, "c", t3, succeeded()).await;
+    let r = store.get(d.id).await.unwrap().unwrap();
+    assert_eq!((r.state, r.updated_at), (State::Pending, t3));
+    assert_eq!(kinds(&store, d.id).await, vec![JournalKind::Enqueued, JournalKind::Unblocked]);
+    run_step(&store, "d", t3, succeeded()).await;
+    assert_eq!(state_of(&store, other.id).await, State::Pending);
+    drop_tables(&store).await;
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn workflow_dependencies_succeeding_in_one_batch_unblock_once() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(14_000_000);
+    let w = WorkflowId::generate(t0);
+    let b = step(w, "b", t0, &[]);
+    let c = step(w, "c", t0, &[]);
+    let d = step(w, "d", t0, &[&b, &c, &b]); // a dependency named twice counts once
+    store.enqueue(vec![b.clone(), c.clone(), d.clone()]).await.unwrap();
+    let claimed = store.claim(claim_params(&["b", "c"], t0, "w", 2)).await.unwrap();
+    // Completions of one batch may carry different times: the latest one counts.
+    let completions = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, cl)| completion(cl.lease, t0 + Duration::from_secs(5 - i as u64), succeeded()))
+        .collect();
+    store.complete(completions).await.unwrap();
+    let r = store.get(d.id).await.unwrap().unwrap();
+    assert_eq!((r.state, r.updated_at), (State::Pending, t0 + Duration::from_secs(5)));
+    assert_eq!(kinds(&store, d.id).await, vec![JournalKind::Enqueued, JournalKind::Unblocked]);
+    let steps = store.workflow_steps(w).await.unwrap();
+    assert_eq!(steps.iter().find(|s| s.command.id == d.id).unwrap().depends_on.len(), 2);
+    drop_tables(&store).await;
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn workflow_failure_cancels_dependents_transitively() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(15_000_000);
+    // A → B → C, plus E depending on A and an independent X: the failure of A
+    // cancels B, C and E; X and the other workflow are untouched.
+    let w = WorkflowId::generate(t0);
+    let a = step(w, "a", t0, &[]);
+    let b = step(w, "b", t0, &[&a]);
+    let c = step(w, "c", t0, &[&b]);
+    let e = step(w, "e", t0, &[&a]);
+    let x = step(w, "x", t0, &[]);
+    let w2 = WorkflowId::generate(t0);
+    let p = step(w2, "p", t0, &[]);
+    let q = step(w2, "q", t0, &[&p]);
+    store
+        .enqueue(vec![a.clone(), b.clone(), c.clone(), e.clone(), x.clone(), p.clone(), q.clone()])
+        .await
+        .unwrap();
+
+    let t1 = t0 + Duration::from_secs(1);
+    let failure = Failure::new(FailureKind::Error, "boom");
+    run_step(&store, "a", t1, Outcome::Failed { failure: failure.clone(), follow_ups: Vec::new() }).await;
+    let r = store.get(a.id).await.unwrap().unwrap();
+    assert_eq!((r.state, r.error, r.follow_ups_due), (State::Failed, Some(failure), false));
+    for id in [b.id, c.id, e.id] {
+        assert_dependency_cancelled(&store, id, t1, a.id, State::Failed).await;
+    }
+    assert_eq!(kinds(&store, c.id).await, vec![JournalKind::Enqueued, JournalKind::Cancelled]);
+    assert_eq!(state_of(&store, x.id).await, State::Pending);
+    assert_eq!(state_of(&store, q.id).await, State::Blocked);
+    // Cancelled dependents are due for their follow-ups.
+    let names: Vec<String> = ["b", "c", "e"].iter().map(|n| n.to_string()).collect();
+    assert_eq!(store.follow_ups_due(&names, 10).await.unwrap().len(), 3);
+
+    // A running step cancelled on request cascades as `cancelled`.
+    assert_eq!(store.cancel(p.id, t1).await.unwrap(), CancelStatus::Cancelled);
+    assert_dependency_cancelled(&store, q.id, t1, p.id, State::Cancelled).await;
+    let w3 = WorkflowId::generate(t0);
+    let r1 = step(w3, "r1", t0, &[]);
+    let r2 = step(w3, "r2", t0, &[&r1]);
+    store.enqueue(vec![r1.clone(), r2.clone()]).await.unwrap();
+    let claimed = store.claim(claim_params(&["r1"], t1, "w", 1)).await.unwrap();
+    assert_eq!(store.cancel(r1.id, t1).await.unwrap(), CancelStatus::Requested);
+    assert_eq!(state_of(&store, r2.id).await, State::Blocked, "only a request so far");
+    let t2 = t1 + Duration::from_secs(1);
+    let cancelled = Outcome::Cancelled { follow_ups: Vec::new() };
+    store.complete(vec![completion(claimed[0].lease, t2, cancelled)]).await.unwrap();
+    assert_dependency_cancelled(&store, r2.id, t2, r1.id, State::Cancelled).await;
+    drop_tables(&store).await;
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn workflow_cancel_cascades() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(16_000_000);
+    // Cancelling a pending step cancels everything after it.
+    let w = WorkflowId::generate(t0);
+    let a = step(w, "a", t0, &[]);
+    let b = step(w, "b", t0, &[&a]);
+    let c = step(w, "c", t0, &[&b]);
+    // Cancelling a blocked step cancels what comes after it, not what comes before.
+    let w2 = WorkflowId::generate(t0);
+    let p = step(w2, "p", t0, &[]);
+    let q = step(w2, "q", t0, &[&p]);
+    let r = step(w2, "r", t0, &[&q]);
+    store.enqueue(vec![a.clone(), b.clone(), c.clone(), p.clone(), q.clone(), r.clone()]).await.unwrap();
+    let t1 = t0 + Duration::from_secs(1);
+    assert_eq!(store.cancel(a.id, t1).await.unwrap(), CancelStatus::Cancelled);
+    for id in [b.id, c.id] {
+        assert_dependency_cancelled(&store, id, t1, a.id, State::Cancelled).await;
+    }
+    assert_eq!(store.cancel(b.id, t1).await.unwrap(), CancelStatus::AlreadyFinished(State::Cancelled));
+
+    assert_eq!(store.cancel(q.id, t1).await.unwrap(), CancelStatus::Cancelled);
+    let rq = store.get(q.id).await.unwrap().unwrap();
+    assert_eq!((rq.state, rq.follow_ups_due), (State::Cancelled, true));
+    assert_eq!(kinds(&store, q.id).await, vec![JournalKind::Enqueued, JournalKind::Cancelled]);
+    assert_dependency_cancelled(&store, r.id, t1, q.id, State::Cancelled).await;
+    assert_eq!(state_of(&store, p.id).await, State::Pending);
+    // p succeeding later unblocks nothing: its dependent is cancelled.
+    run_step(&store, "p", t1, succeeded()).await;
+    assert_eq!(state_of(&store, q.id).await, State::Cancelled);
+    drop_tables(&store).await;
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn workflow_rescue_cascades() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(17_000_000);
+    let w = WorkflowId::generate(t0);
+    let a = InsertCommand { max_attempts: 1, ..step(w, "a", t0, &[]) }; // fails when rescued
+    let b = step(w, "b", t0, &[&a]);
+    let c = step(w, "c", t0, &[&b]);
+    let again = step(w, "again", t0, &[]); // attempts left: pending again
+    let d = step(w, "d", t0, &[&again]);
+    let asked = step(w, "asked", t0, &[]); // cancel requested: cancelled
+    let e = step(w, "e", t0, &[&asked]);
+    store
+        .enqueue(vec![a.clone(), b.clone(), c.clone(), again.clone(), d.clone(), asked.clone(), e.clone()])
+        .await
+        .unwrap();
+    let claimed = store.claim(claim_params(&["a", "again", "asked"], t0, "dead", 10)).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert_eq!(store.cancel(asked.id, t0).await.unwrap(), CancelStatus::Requested);
+    let later = t0 + Duration::from_secs(60);
+    let mut rescued = store.rescue(later, 10).await.unwrap();
+    rescued.sort_by_key(|r| r.id);
+    let mut expected = vec![
+        Rescued { id: a.id, state: State::Failed },
+        Rescued { id: again.id, state: State::Pending },
+        Rescued { id: asked.id, state: State::Cancelled },
+    ];
+    expected.sort_by_key(|r| r.id);
+    assert_eq!(rescued, expected);
+    for id in [b.id, c.id] {
+        assert_dependency_cancelled(&store, id, later, a.id, State::Failed).await;
+    }
+    assert_dependency_cancelled(&store, e.id, later, asked.id, State::Cancelled).await;
+    assert_eq!(state_of(&store, d.id).await, State::Blocked);
+    drop_tables(&store).await;
+}
+
+/// Two dependencies of one command completed at the same moment by two concurrent
+/// transactions: whichever commits second must see the first and unblock it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn workflow_concurrent_dependencies_unblock_exactly_once() {
+    const ITERATIONS: usize = 20;
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(18_000_000);
+    let started = stopwatch();
+    for i in 0..ITERATIONS {
+        let w = WorkflowId::generate(t0);
+        let (bn, cn) = (format!("b{i}"), format!("c{i}"));
+        let b = step(w, &bn, t0, &[]);
+        let c = step(w, &cn, t0, &[]);
+        let d = step(w, &format!("d{i}"), t0, &[&b, &c]);
+        store.enqueue(vec![b.clone(), c.clone(), d.clone()]).await.unwrap();
+        let claimed = store.claim(claim_params(&[&bn, &cn], t0, "w", 2)).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let mut tasks = Vec::new();
+        for cl in claimed {
+            let (store, barrier) = (store.clone(), Arc::clone(&barrier));
+            tasks.push(tokio::spawn(async move {
+                // Each on its own pooled connection, released at once.
+                barrier.wait().await;
+                store.complete(vec![completion(cl.lease, t0, succeeded())]).await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), vec![CompletionStatus::Applied]);
+        }
+        assert_eq!(state_of(&store, b.id).await, State::Succeeded);
+        assert_eq!(state_of(&store, c.id).await, State::Succeeded);
+        assert_eq!(state_of(&store, d.id).await, State::Pending, "iteration {i}");
+        assert_eq!(kinds(&store, d.id).await, vec![JournalKind::Enqueued, JournalKind::Unblocked]);
+    }
+    eprintln!("{ITERATIONS} racing pairs of dependencies in {:?}", started.elapsed());
+    drop_tables(&store).await;
+}
+
+#[derive(QueryableByName)]
+struct ColumnInfo {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    collation: Option<String>,
+}
+
+/// The workflow columns of the commands table with their collations, and whether
+/// its workflow index exists.
+async fn workflow_schema(store: &MysqlStore) -> (Vec<(String, Option<String>)>, bool) {
+    let mut conn = store.conn().await.unwrap();
+    let table = format!("{}commands", store.prefix());
+    let columns: Vec<ColumnInfo> = diesel::sql_query(
+        "SELECT CAST(column_name AS CHAR) AS name, CAST(collation_name AS CHAR) AS collation \
+         FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? \
+         AND column_name IN ('workflow_id', 'step') ORDER BY column_name",
+    )
+    .bind::<Text, _>(&table)
+    .load(&mut conn)
+    .await
+    .unwrap();
+    let index: Vec<TableName> = diesel::sql_query(
+        "SELECT CAST(index_name AS CHAR) AS name FROM information_schema.statistics \
+         WHERE table_schema = DATABASE() AND table_name = ? AND index_name = 'commands_workflow'",
+    )
+    .bind::<Text, _>(&table)
+    .load(&mut conn)
+    .await
+    .unwrap();
+    (columns.into_iter().map(|c| (c.name, c.collation)).collect(), !index.is_empty())
+}
+
+async fn versions(store: &MysqlStore) -> Vec<String> {
+    let mut conn = store.conn().await.unwrap();
+    let rows: Vec<TableName> = diesel::sql_query(format!(
+        "SELECT CAST(version AS CHAR) AS name FROM {} ORDER BY version",
+        store.inner.tables.migrations
+    ))
+    .load(&mut conn)
+    .await
+    .unwrap();
+    rows.into_iter().map(|r| r.name).collect()
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn migration_2_upgrades_a_version_1_database() {
+    let Some(url) = server_url() else { return };
+    let store = connect(&url, &fresh_prefix()).await;
+    let t = &store.inner.tables;
+    let t0 = Timestamp::from_millis(19_000_000);
+    let old = insert("job", t0);
+    {
+        // The schema and a row as version 1 wrote them.
+        let mut conn = store.conn().await.unwrap();
+        conn.batch_execute(&format!(
+            "CREATE TABLE {} (version INT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE = InnoDB",
+            t.migrations
+        ))
+        .await
+        .unwrap();
+        for statement in migrations::statements(migrations::MIGRATIONS[0].1, store.prefix()) {
+            conn.batch_execute(&statement).await.unwrap();
+        }
+        conn.batch_execute(&format!("INSERT INTO {} (version, applied_at) VALUES (1, 0)", t.migrations))
+            .await
+            .unwrap();
+        conn.batch_execute(&format!(
+            "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
+             scheduled_at, created_at, updated_at, correlation_id) \
+             VALUES ('{}', 'job', 'default', 'pending', '{{}}', 4, 5000, '{}', {t}, {t}, {t}, 'c')",
+            t.commands,
+            old.id,
+            orch::store::backend::encode_policy(&old.retry_policy).unwrap(),
+            t = t0.as_micros(),
+        ))
+        .await
+        .unwrap();
+        // A first run of migration 2 that stopped after adding one column.
+        conn.batch_execute(&format!(
+            "ALTER TABLE {} ADD COLUMN workflow_id CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NULL",
+            t.commands
+        ))
+        .await
+        .unwrap();
+    }
+    let started = stopwatch();
+    store.migrate().await.unwrap();
+    eprintln!("migration 1 → 2 of a half-migrated database: {:?}", started.elapsed());
+    assert_eq!(versions(&store).await, vec!["1", "2", "3"]);
+    let expected_schema = (
+        vec![
+            ("step".to_owned(), Some("utf8mb4_bin".to_owned())),
+            ("workflow_id".to_owned(), Some("ascii_bin".to_owned())),
+        ],
+        true,
+    );
+    assert_eq!(workflow_schema(&store).await, expected_schema);
+    let r = store.get(old.id).await.unwrap().unwrap();
+    assert_eq!((r.state, r.workflow), (State::Pending, None));
+
+    // Every statement of migration 2 again, as after a crash before its version was
+    // recorded: nothing changes, nothing fails.
+    {
+        let mut conn = store.conn().await.unwrap();
+        conn.batch_execute(&format!("DELETE FROM {} WHERE version = 2", t.migrations)).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    assert_eq!(versions(&store).await, vec!["1", "2", "3"]);
+    assert_eq!(workflow_schema(&store).await, expected_schema);
+
+    // The upgraded tables run workflows.
+    let w = WorkflowId::generate(t0);
+    let a = step(w, "a", t0, &[]);
+    let b = step(w, "b", t0, &[&a]);
+    store.enqueue(vec![a.clone(), b.clone()]).await.unwrap();
+    run_step(&store, "a", t0, succeeded()).await;
+    assert_eq!(state_of(&store, b.id).await, State::Pending);
+    drop_tables(&store).await;
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn workflow_lookups_use_the_indexes() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(20_000_000);
+    let mut rows = Vec::new();
+    for _ in 0..50 {
+        let w = WorkflowId::generate(t0);
+        let a = step(w, "a", t0, &[]);
+        let b = step(w, "b", t0, &[&a]);
+        rows.extend([a, b]);
+    }
+    store.enqueue(rows.clone()).await.unwrap();
+    let t = &store.inner.tables;
+    let mut conn = store.conn().await.unwrap();
+    conn.batch_execute(&format!("ANALYZE TABLE {}, {}", t.commands, t.dependencies)).await.unwrap();
+    let workflow = rows[10].workflow.as_ref().unwrap().workflow_id.to_string();
+    let plan: Vec<ExplainRow> = diesel::sql_query(format!(
+        "EXPLAIN SELECT {} FROM {} WHERE workflow_id = ? ORDER BY id",
+        t.columns, t.commands
+    ))
+    .bind::<Text, _>(&workflow)
+    .load(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(plan[0].key.as_deref(), Some("commands_workflow"));
+    let plan: Vec<ExplainRow> = diesel::sql_query(format!(
+        "EXPLAIN SELECT command_id, depends_on FROM {} WHERE depends_on IN (?)",
+        t.dependencies
+    ))
+    .bind::<Text, _>(rows[10].id.to_string())
+    .load(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(plan[0].key.as_deref(), Some("dependencies_depends_on"));
+    drop(conn);
+    drop_tables(&store).await;
+}
+
+// ---------------------------------------------------------------------------
+// Sagas.
+
+/// An instance of `saga` at version 1, created and saved at `at`.
+fn saga_record(saga: &str, correlation_id: &str, at: Timestamp) -> SagaRecord {
+    SagaRecord {
+        saga: saga.into(),
+        correlation_id: correlation_id.into(),
+        state: "created".into(),
+        status: SagaStatus::Active,
+        data: r#"{"order":1,"note":"ü ✓ 🎉"}"#.into(),
+        version: 1,
+        compensations: "[]".into(),
+        last_event: None,
+        timeout_at: None,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+fn create_saga(record: &SagaRecord, commands: Vec<InsertCommand>) -> SagaWrite {
+    SagaWrite { record: record.clone(), expected_version: None, commands }
+}
+
+/// Replaces `from` (the version read) with `to`.
+fn replace_saga(from: &SagaRecord, to: &SagaRecord, commands: Vec<InsertCommand>) -> SagaWrite {
+    SagaWrite { record: to.clone(), expected_version: Some(from.version), commands }
+}
+
+/// Whether a command exists, with or without journal entries.
+async fn command_exists(store: &MysqlStore, id: CommandId) -> bool {
+    let exists = store.get(id).await.unwrap().is_some();
+    assert_eq!(exists, !store.journal(id).await.unwrap().is_empty(), "a command and its journal go together");
+    exists
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn saga_saves_are_compare_and_set() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(21_000_000);
+    assert_eq!(store.saga("order", "1").await.unwrap(), None);
+
+    // Create, then create again: a conflict that writes nothing, its commands included.
+    let first = saga_record("order", "1", t0);
+    assert_eq!(store.save_saga(create_saga(&first, Vec::new())).await.unwrap(), SagaWriteStatus::Saved);
+    assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&first));
+    let again = SagaRecord {
+        data: r#"{"order":2}"#.into(),
+        ..saga_record("order", "1", t0 + Duration::from_secs(1))
+    };
+    let cmd = insert("charge", t0);
+    let status = store.save_saga(create_saga(&again, vec![cmd.clone()])).await.unwrap();
+    assert_eq!(status, SagaWriteStatus::Conflict);
+    assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&first));
+    assert!(!command_exists(&store, cmd.id).await);
+    // Names compare byte for byte: a saga differing by case only is another instance.
+    assert_eq!(store.saga("Order", "1").await.unwrap(), None);
+    // Except for trailing spaces, which `utf8mb4_bin` (a PAD SPACE collation, like every
+    // text column of this backend) ignores: unlike SQLite and PostgreSQL, "1 " is "1".
+    assert_eq!(store.saga("order", "1 ").await.unwrap().as_ref(), Some(&first));
+    let upper = saga_record("Order", "1", t0);
+    assert_eq!(store.save_saga(create_saga(&upper, Vec::new())).await.unwrap(), SagaWriteStatus::Saved);
+    assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&first));
+
+    // Replace with the version read: every field round-trips, through every status,
+    // with and without a last event and a timeout; created_at stays as created.
+    let mut current = first.clone();
+    for (i, status) in SagaStatus::ALL.into_iter().enumerate() {
+        let at = t0 + Duration::from_secs(10 * (i as u64 + 1));
+        let next = SagaRecord {
+            state: format!("state-{i}"),
+            status,
+            data: format!(r#"{{"order":1,"step":{i}}}"#),
+            version: current.version + 1,
+            compensations: format!(r#"[{{"step":{i}}}]"#),
+            last_event: (i % 2 == 0).then(|| CommandId::generate(at)),
+            timeout_at: (i % 2 == 1).then(|| at + Duration::from_micros(1_234_567)),
+            created_at: at, // ignored: not updated
+            updated_at: at,
+            ..current.clone()
+        };
+        let status = store.save_saga(replace_saga(&current, &next, Vec::new())).await.unwrap();
+        assert_eq!(status, SagaWriteStatus::Saved, "{i}");
+        let stored = store.saga("order", "1").await.unwrap().unwrap();
+        assert_eq!(stored, SagaRecord { created_at: t0, ..next.clone() }, "{i}");
+        current = stored;
+    }
+    assert_eq!(current.version, 6);
+
+    // A stale version, or a missing instance, is a conflict: nothing changes, its
+    // commands are not inserted.
+    let stale = SagaRecord { state: "stale".into(), version: 3, ..current.clone() };
+    let cmd = insert("charge", t0);
+    let write = SagaWrite { record: stale, expected_version: Some(2), commands: vec![cmd.clone()] };
+    assert_eq!(store.save_saga(write).await.unwrap(), SagaWriteStatus::Conflict);
+    assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&current));
+    assert!(!command_exists(&store, cmd.id).await);
+    let missing = saga_record("order", "2", t0);
+    let write = SagaWrite { record: missing, expected_version: Some(1), commands: vec![cmd.clone()] };
+    assert_eq!(store.save_saga(write).await.unwrap(), SagaWriteStatus::Conflict);
+    assert_eq!(store.saga("order", "2").await.unwrap(), None);
+    assert!(!command_exists(&store, cmd.id).await);
+
+    // A too-long name is refused (strict mode), not truncated.
+    let long = saga_record(&"s".repeat(256), "1", t0);
+    assert!(store.save_saga(create_saga(&long, Vec::new())).await.is_err());
+    assert!(store.sagas(SagaQuery::default()).await.unwrap().len() == 2);
+    drop_tables(&store).await;
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn saga_saves_insert_their_commands() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(22_000_000);
+    let signal = store.wake_signal().unwrap();
+    let notified = signal.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+
+    // A command and a two-step compensation chain, pushed with the create.
+    let first = saga_record("order", "1", t0);
+    let plain = insert("charge", t0);
+    let w = WorkflowId::generate(t0);
+    let refund = step(w, "refund", t0, &[]);
+    let release = step(w, "release", t0, &[&refund]);
+    let write = create_saga(&first, vec![plain.clone(), refund.clone(), release.clone()]);
+    assert_eq!(store.save_saga(write).await.unwrap(), SagaWriteStatus::Saved);
+    tokio::time::timeout(Duration::from_secs(1), notified)
+        .await
+        .expect("a save with commands wakes the workers");
+    assert_eq!(state_of(&store, plain.id).await, State::Pending);
+    assert_eq!(state_of(&store, refund.id).await, State::Pending);
+    assert_eq!(state_of(&store, release.id).await, State::Blocked);
+    for x in [&plain, &refund, &release] {
+        assert_eq!(kinds(&store, x.id).await, vec![JournalKind::Enqueued]);
+    }
+    let steps = store.workflow_steps(w).await.unwrap();
+    let edges: HashMap<CommandId, Vec<CommandId>> =
+        steps.into_iter().map(|s| (s.command.id, s.depends_on)).collect();
+    assert_eq!(edges, HashMap::from([(refund.id, vec![]), (release.id, vec![refund.id])]));
+    run_step(&store, "refund", t0, succeeded()).await;
+    assert_eq!(state_of(&store, release.id).await, State::Pending);
+
+    // A save whose commands cannot be inserted (a taken id) fails whole: the instance
+    // keeps its version.
+    let next = SagaRecord { version: 2, state: "next".into(), ..first.clone() };
+    let fresh_cmd = insert("charge", t0);
+    let write = replace_saga(&first, &next, vec![fresh_cmd.clone(), insert("charge", t0), plain.clone()]);
+    assert!(store.save_saga(write).await.is_err());
+    assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&first));
+    assert!(!command_exists(&store, fresh_cmd.id).await);
+    // Without the taken id it goes through.
+    let write = replace_saga(&first, &next, vec![fresh_cmd.clone()]);
+    assert_eq!(store.save_saga(write).await.unwrap(), SagaWriteStatus::Saved);
+    assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&next));
+    assert_eq!(state_of(&store, fresh_cmd.id).await, State::Pending);
+    drop_tables(&store).await;
+}
+
+async fn saga_keys(store: &MysqlStore, query: SagaQuery) -> Vec<(String, String)> {
+    store.sagas(query).await.unwrap().into_iter().map(|r| (r.saga, r.correlation_id)).collect()
+}
+
+fn keys(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(s, c)| (s.to_string(), c.to_string())).collect()
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn saga_queries_filter_and_limit() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(23_000_000);
+    let s = |n: u64| t0 + Duration::from_secs(n);
+    // (saga, correlation id, state, status, updated at, timeout at), saved out of order.
+    let instances = [
+        ("refund", "1", "awaiting_payment", SagaStatus::Active, s(1), Some(s(1))),
+        ("order", "3", "completed", SagaStatus::Completed, s(3), Some(s(5))),
+        ("order", "1", "awaiting_payment", SagaStatus::Active, s(1), Some(s(10))),
+        ("order", "4", "awaiting_payment", SagaStatus::Compensating, s(4), Some(s(20))),
+        ("order", "2", "awaiting_shipment", SagaStatus::Active, s(2), None),
+    ];
+    let mut saved = HashMap::new();
+    for (saga, id, state, status, updated_at, timeout_at) in instances {
+        let record =
+            SagaRecord { state: state.into(), status, timeout_at, updated_at, ..saga_record(saga, id, t0) };
+        assert_eq!(store.save_saga(create_saga(&record, Vec::new())).await.unwrap(), SagaWriteStatus::Saved);
+        saved.insert((saga.to_owned(), id.to_owned()), record);
+    }
+    let all = keys(&[("order", "1"), ("order", "2"), ("order", "3"), ("order", "4"), ("refund", "1")]);
+    let q = SagaQuery::default;
+    // Whole records, in (saga, correlation id) order.
+    let records = store.sagas(q()).await.unwrap();
+    assert_eq!(records, all.iter().map(|k| saved[k].clone()).collect::<Vec<_>>());
+
+    let cases: Vec<(SagaQuery, Vec<(String, String)>)> = vec![
+        (SagaQuery { saga: Some("order".into()), ..q() }, all[..4].to_vec()),
+        (SagaQuery { saga: Some("nope".into()), ..q() }, vec![]),
+        (
+            SagaQuery { state: Some("awaiting_payment".into()), ..q() },
+            keys(&[("order", "1"), ("order", "4"), ("refund", "1")]),
+        ),
+        (
+            SagaQuery { status: Some(SagaStatus::Active), ..q() },
+            keys(&[("order", "1"), ("order", "2"), ("refund", "1")]),
+        ),
+        (SagaQuery { status: Some(SagaStatus::Compensated), ..q() }, vec![]),
+        // Strictly before: order 2 was saved at exactly s(2).
+        (SagaQuery { updated_before: Some(s(2)), ..q() }, keys(&[("order", "1"), ("refund", "1")])),
+        // At or before, and only instances with a timeout.
+        (
+            SagaQuery { timeout_before: Some(s(10)), ..q() },
+            keys(&[("order", "1"), ("order", "3"), ("refund", "1")]),
+        ),
+        (SagaQuery { timeout_before: Some(s(0)), ..q() }, vec![]),
+        // Combined.
+        (
+            SagaQuery {
+                saga: Some("order".into()),
+                state: Some("awaiting_payment".into()),
+                status: Some(SagaStatus::Active),
+                ..q()
+            },
+            keys(&[("order", "1")]),
+        ),
+        (
+            SagaQuery {
+                saga: Some("order".into()),
+                updated_before: Some(s(3)),
+                timeout_before: Some(s(10)),
+                ..q()
+            },
+            keys(&[("order", "1")]),
+        ),
+        (
+            SagaQuery {
+                saga: Some("order".into()),
+                state: Some("awaiting_payment".into()),
+                status: Some(SagaStatus::Compensating),
+                updated_before: Some(s(5)),
+                timeout_before: Some(s(20)),
+                limit: 5,
+            },
+            keys(&[("order", "4")]),
+        ),
+        (SagaQuery { saga: Some("refund".into()), status: Some(SagaStatus::Completed), ..q() }, vec![]),
+        // Limits.
+        (SagaQuery { limit: 2, ..q() }, all[..2].to_vec()),
+        (SagaQuery { status: Some(SagaStatus::Active), limit: 2, ..q() }, all[..2].to_vec()),
+        (SagaQuery { limit: 1, saga: Some("refund".into()), ..q() }, all[4..].to_vec()),
+        (SagaQuery { limit: usize::MAX, ..q() }, all.clone()),
+    ];
+    for (query, expected) in cases {
+        let described = format!("{query:?}");
+        assert_eq!(saga_keys(&store, query).await, expected, "{described}");
+    }
+
+    // The cap: 0 means 10,000, and larger limits are cut to it.
+    let t = &store.inner.tables;
+    let mut conn = store.conn().await.unwrap();
+    let digits = "(SELECT 0 AS d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL \
+                  SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 \
+                  UNION ALL SELECT 9)";
+    conn.batch_execute(&format!(
+        "INSERT INTO {} (saga, correlation_id, state, status, data, version, compensations, created_at, updated_at) \
+         SELECT 'bulk', LPAD(a.d * 10000 + b.d * 1000 + c.d * 100 + e.d * 10 + f.d, 5, '0'), 'x', 'active', \
+         '{{}}', 1, '[]', 0, 0 FROM {digits} a, {digits} b, {digits} c, {digits} e, {digits} f \
+         WHERE a.d * 10000 + b.d * 1000 + c.d * 100 + e.d * 10 + f.d < 10005",
+        t.sagas
+    ))
+    .await
+    .unwrap();
+    drop(conn);
+    let bulk = |limit| SagaQuery { saga: Some("bulk".into()), limit, ..q() };
+    for limit in [0, 10_001, usize::MAX] {
+        let records = store.sagas(bulk(limit)).await.unwrap();
+        assert_eq!(records.len(), 10_000, "limit {limit}");
+        assert_eq!(
+            (records[0].correlation_id.as_str(), records[9_999].correlation_id.as_str()),
+            ("00000", "09999")
+        );
+    }
+    assert_eq!(store.sagas(bulk(10)).await.unwrap().len(), 10);
+    assert_eq!(store.sagas(SagaQuery { limit: 0, ..q() }).await.unwrap().len(), 10_000);
+    drop_tables(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn concurrent_saga_saves_have_one_winner() {
+    const ITERATIONS: usize = 20;
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(24_000_000);
+    let started = stopwatch();
+    for i in 0..ITERATIONS {
+        let id = i.to_string();
+        let base = saga_record("race", &id, t0);
+        // Two creates of one instance, then two replaces of one version, each pair
+        // released at once on two pooled connections.
+        for round in ["create", "replace"] {
+            let barrier = Arc::new(tokio::sync::Barrier::new(2));
+            let mut tasks = Vec::new();
+            for writer in 0..2 {
+                let record = SagaRecord {
+                    data: format!(r#"{{"writer":{writer}}}"#),
+                    version: if round == "create" { 1 } else { 2 },
+                    ..base.clone()
+                };
+                let cmd = insert("charge", t0);
+                let write = if round == "create" {
+                    create_saga(&record, vec![cmd.clone()])
+                } else {
+                    replace_saga(&base, &record, vec![cmd.clone()])
+                };
+                let (store, barrier) = (store.clone(), Arc::clone(&barrier));
+                tasks.push(tokio::spawn(async move {
+                    barrier.wait().await;
+                    (store.save_saga(write).await.unwrap(), record, cmd.id)
+                }));
+            }
+            let mut outcomes = Vec::new();
+            for t in tasks {
+                outcomes.push(t.await.unwrap());
+            }
+            let winners: Vec<_> = outcomes.iter().filter(|(s, ..)| *s == SagaWriteStatus::Saved).collect();
+            assert_eq!(winners.len(), 1, "{round} {i}: {outcomes:?}");
+            let (_, record, _) = winners[0];
+            assert_eq!(store.saga("race", &id).await.unwrap().as_ref(), Some(record), "{round} {i}");
+            for (status, _, cmd) in &outcomes {
+                assert_eq!(
+                    command_exists(&store, *cmd).await,
+                    *status == SagaWriteStatus::Saved,
+                    "{round} {i}"
+                );
+            }
+        }
+    }
+    eprintln!("{ITERATIONS} racing pairs of creates and of replaces in {:?}", started.elapsed());
+    drop_tables(&store).await;
+}
+
+#[derive(QueryableByName)]
+struct IndexColumn {
+    #[diesel(sql_type = Text)]
+    index: String,
+    #[diesel(sql_type = Text)]
+    column: String,
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn migration_3_upgrades_a_version_2_database() {
+    let Some(url) = server_url() else { return };
+    let store = connect(&url, &fresh_prefix()).await;
+    let t = &store.inner.tables;
+    let t0 = Timestamp::from_millis(25_000_000);
+    {
+        // The schema as version 2 left it.
+        let mut conn = store.conn().await.unwrap();
+        conn.batch_execute(&format!(
+            "CREATE TABLE {} (version INT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE = InnoDB",
+            t.migrations
+        ))
+        .await
+        .unwrap();
+        for (version, sql) in &migrations::MIGRATIONS[..2] {
+            for statement in migrations::statements(sql, store.prefix()) {
+                conn.batch_execute(&statement).await.unwrap();
+            }
+            conn.batch_execute(&format!(
+                "INSERT INTO {} (version, applied_at) VALUES ({version}, 0)",
+                t.migrations
+            ))
+            .await
+            .unwrap();
+        }
+    }
+    let old = insert("job", t0);
+    store.enqueue(vec![old.clone()]).await.unwrap();
+    assert!(store.saga("order", "1").await.is_err(), "no sagas table yet");
+
+    let started = stopwatch();
+    store.migrate().await.unwrap();
+    eprintln!("migration 2 → 3: {:?}", started.elapsed());
+    assert_eq!(versions(&store).await, vec!["1", "2", "3"]);
+    let schema = || async {
+        let mut conn = store.conn().await.unwrap();
+        let table = format!("{}sagas", store.prefix());
+        let columns: Vec<ColumnInfo> = diesel::sql_query(
+            "SELECT CAST(column_name AS CHAR) AS name, CAST(collation_name AS CHAR) AS collation \
+             FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? \
+             ORDER BY ordinal_position",
+        )
+        .bind::<Text, _>(&table)
+        .load(&mut conn)
+        .await
+        .unwrap();
+        let indexes: Vec<IndexColumn> = diesel::sql_query(
+            "SELECT CAST(index_name AS CHAR) AS `index`, CAST(column_name AS CHAR) AS `column` \
+             FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? \
+             ORDER BY index_name, seq_in_index",
+        )
+        .bind::<Text, _>(&table)
+        .load(&mut conn)
+        .await
+        .unwrap();
+        (
+            columns.into_iter().map(|c| (c.name, c.collation)).collect::<Vec<_>>(),
+            indexes.into_iter().map(|i| format!("{}.{}", i.index, i.column)).collect::<Vec<_>>(),
+        )
+    };
+    let text = |c: &str| (c.to_owned(), Some("utf8mb4_bin".to_owned()));
+    let ascii = |c: &str| (c.to_owned(), Some("ascii_bin".to_owned()));
+    let number = |c: &str| (c.to_owned(), None);
+    let expected = (
+        vec![
+            text("saga"),
+            text("correlation_id"),
+            text("state"),
+            ascii("status"),
+            text("data"),
+            number("version"),
+            text("compensations"),
+            ascii("last_event"),
+            number("timeout_at"),
+            number("created_at"),
+            number("updated_at"),
+        ],
+        [
+            "PRIMARY.saga",
+            "PRIMARY.correlation_id",
+            "sagas_status.saga",
+            "sagas_status.status",
+            "sagas_status.state",
+            "sagas_timeout.saga",
+            "sagas_timeout.timeout_at",
+            "sagas_updated.saga",
+            "sagas_updated.updated_at",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    assert_eq!(schema().await, expected);
+    assert_eq!(state_of(&store, old.id).await, State::Pending);
+    let first = saga_record("order", "1", t0);
+    let cmd = insert("charge", t0);
+    assert_eq!(
+        store.save_saga(create_saga(&first, vec![cmd.clone()])).await.unwrap(),
+        SagaWriteStatus::Saved
+    );
+
+    // Migration 3 again, as after a crash before its version was recorded: nothing
+    // changes, nothing fails, nothing is lost.
+    {
+        let mut conn = store.conn().await.unwrap();
+        conn.batch_execute(&format!("DELETE FROM {} WHERE version = 3", t.migrations)).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    assert_eq!(versions(&store).await, vec!["1", "2", "3"]);
+    assert_eq!(schema().await, expected);
+    assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&first));
+    assert_eq!(state_of(&store, cmd.id).await, State::Pending);
+    drop_tables(&store).await;
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn saga_lookups_use_the_indexes() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(26_000_000);
+    let s = |n: u64| t0 + Duration::from_secs(n);
+    for i in 0..200u64 {
+        // Four sagas; few instances stale, past their timeout or in one state.
+        let record = SagaRecord {
+            state: if i % 50 == 0 { "rare".into() } else { "common".into() },
+            status: if i % 50 == 0 { SagaStatus::Compensating } else { SagaStatus::Active },
+            updated_at: if i % 40 == 0 { s(1) } else { s(100) },
+            timeout_at: (i % 30 == 0).then(|| s(i)),
+            ..saga_record(&format!("saga{}", i % 4), &i.to_string(), t0)
+        };
+        assert_eq!(store.save_saga(create_saga(&record, Vec::new())).await.unwrap(), SagaWriteStatus::Saved);
+    }
+    let t = &store.inner.tables;
+    let mut conn = store.conn().await.unwrap();
+    conn.batch_execute(&format!("ANALYZE TABLE {}", t.sagas)).await.unwrap();
+    let explain = |filter: &str| {
+        format!("EXPLAIN SELECT saga, correlation_id FROM {} WHERE saga = ? AND {filter}", t.sagas)
+    };
+    let plan: Vec<ExplainRow> = diesel::sql_query(explain("correlation_id = ?"))
+        .bind::<Text, _>("saga1")
+        .bind::<Text, _>("5")
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(plan[0].key.as_deref(), Some("PRIMARY"));
+    let plan: Vec<ExplainRow> = diesel::sql_query(explain("status = ? AND state = ?"))
+        .bind::<Text, _>("saga0")
+        .bind::<Text, _>("compensating")
+        .bind::<Text, _>("rare")
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(plan[0].key.as_deref(), Some("sagas_status"));
+    let plan: Vec<ExplainRow> = diesel::sql_query(explain("updated_at < ?"))
+        .bind::<Text, _>("saga0")
+        .bind::<diesel::sql_types::BigInt, _>(s(2).as_micros())
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(plan[0].key.as_deref(), Some("sagas_updated"));
+    let plan: Vec<ExplainRow> = diesel::sql_query(explain("timeout_at IS NOT NULL AND timeout_at <= ?"))
+        .bind::<Text, _>("saga0")
+        .bind::<diesel::sql_types::BigInt, _>(s(50).as_micros())
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(plan[0].key.as_deref(), Some("sagas_timeout"));
+    drop(conn);
     drop_tables(&store).await;
 }

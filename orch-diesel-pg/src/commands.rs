@@ -2,7 +2,9 @@
 //!
 //! Every function that changes rows runs inside the caller's transaction. Rows are
 //! locked in a consistent order (claims and rescues skip locked rows; heartbeats and
-//! completions lock by id), so concurrent workers never deadlock on each other.
+//! completions lock by id; the blocked dependents a change reaches come last, locked
+//! in one id-ordered statement, see [`crate::dependencies`]), so
+//! concurrent workers never deadlock on each other.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -21,23 +23,23 @@ use orch::store::{
 };
 use orch::{FailureKind, State, Timestamp};
 
-use crate::journal;
 use crate::{Tables, TxResult};
+use crate::{dependencies, journal};
 
 /// Every column, in [`RawCommand`]'s order.
 static COLUMNS: LazyLock<String> = LazyLock::new(|| COMMAND_COLUMNS.join(", "));
 /// Every column qualified by the alias `c`, for statements that join.
-static C_COLUMNS: LazyLock<String> =
+pub(crate) static C_COLUMNS: LazyLock<String> =
     LazyLock::new(|| COMMAND_COLUMNS.iter().map(|c| format!("c.{c}")).collect::<Vec<_>>().join(", "));
 
-/// Rows per INSERT: 11 binds each, far below PostgreSQL's 65,535 bind parameters.
+/// Rows per INSERT: 14 binds each, far below PostgreSQL's 65,535 bind parameters.
 const INSERT_CHUNK: usize = 1_000;
 
 /// The most rows one `list` call returns.
 const LIST_MAX: usize = 10_000;
 
 #[derive(QueryableByName)]
-struct CommandRow {
+pub(crate) struct CommandRow {
     #[diesel(sql_type = Uuid)]
     id: uuid::Uuid,
     #[diesel(sql_type = Text)]
@@ -86,11 +88,15 @@ struct CommandRow {
     parent_id: Option<uuid::Uuid>,
     #[diesel(sql_type = Text)]
     correlation_id: String,
+    #[diesel(sql_type = Nullable<Uuid>)]
+    workflow_id: Option<uuid::Uuid>,
+    #[diesel(sql_type = Nullable<Text>)]
+    step: Option<String>,
 }
 
 impl CommandRow {
     /// Decodes the row with the shared decoder, so every backend reads alike.
-    fn into_record(self) -> orch::Result<CommandRecord> {
+    pub(crate) fn into_record(self) -> orch::Result<CommandRecord> {
         RawCommand {
             id: self.id.hyphenated().to_string(),
             name: self.name,
@@ -116,6 +122,8 @@ impl CommandRow {
             follow_ups_due: self.follow_ups_due,
             parent_id: self.parent_id.map(|p| p.hyphenated().to_string()),
             correlation_id: self.correlation_id,
+            workflow_id: self.workflow_id.map(|w| w.hyphenated().to_string()),
+            step: self.step,
         }
         .into_record()
     }
@@ -134,30 +142,30 @@ fn i64_of(v: usize) -> i64 {
 }
 
 /// A bound value of a statement assembled at run time.
-enum Bind {
+pub(crate) enum Bind {
     Text(String),
     BigInt(i64),
     Uuid(uuid::Uuid),
 }
 
 /// A statement assembled at run time with numbered parameters.
-struct Statement {
-    sql: String,
+pub(crate) struct Statement {
+    pub(crate) sql: String,
     binds: Vec<Bind>,
 }
 
 impl Statement {
-    fn new(sql: impl Into<String>) -> Self {
+    pub(crate) fn new(sql: impl Into<String>) -> Self {
         Statement { sql: sql.into(), binds: Vec::new() }
     }
 
     /// Binds `value` and returns its placeholder (`$n`).
-    fn param(&mut self, value: Bind) -> String {
+    pub(crate) fn param(&mut self, value: Bind) -> String {
         self.binds.push(value);
         format!("${}", self.binds.len())
     }
 
-    fn query(self) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
+    pub(crate) fn query(self) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
         let mut query = diesel::sql_query(self.sql).into_boxed::<Pg>();
         for b in self.binds {
             query = match b {
@@ -170,7 +178,8 @@ impl Statement {
     }
 }
 
-/// Inserts command rows (no journal entries).
+/// Inserts command rows (blocked when they have dependencies, else pending) and their
+/// dependency edges; no journal entries.
 async fn insert_rows(
     conn: &mut AsyncPgConnection,
     tables: &Tables,
@@ -179,16 +188,16 @@ async fn insert_rows(
     for chunk in commands.chunks(INSERT_CHUNK) {
         let mut sql = format!(
             "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
-             scheduled_at, created_at, updated_at, parent_id, correlation_id) VALUES ",
+             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step) VALUES ",
             tables.commands
         );
         for i in 0..chunk.len() {
-            let b = i * 11;
+            let b = i * 14;
             if i > 0 {
                 sql.push_str(", ");
             }
             sql.push_str(&format!(
-                "(${}, ${}, ${}, 'pending', ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
                 b + 1,
                 b + 2,
                 b + 3,
@@ -198,9 +207,12 @@ async fn insert_rows(
                 b + 7,
                 b + 8,
                 b + 9,
-                b + 9,
                 b + 10,
-                b + 11
+                b + 10,
+                b + 11,
+                b + 12,
+                b + 13,
+                b + 14
             ));
         }
         let mut query = diesel::sql_query(sql).into_boxed::<Pg>();
@@ -209,6 +221,7 @@ async fn insert_rows(
                 .bind::<Uuid, _>(c.id.as_uuid())
                 .bind::<Text, _>(c.name.as_str())
                 .bind::<Text, _>(c.target.as_str())
+                .bind::<Text, _>(if c.depends_on.is_empty() { "pending" } else { "blocked" })
                 .bind::<Text, _>(c.input.as_str())
                 .bind::<Integer, _>(i32_of(c.max_attempts))
                 .bind::<BigInt, _>(millis(c.timeout))
@@ -216,11 +229,13 @@ async fn insert_rows(
                 .bind::<BigInt, _>(c.scheduled_at.as_micros())
                 .bind::<BigInt, _>(c.created_at.as_micros())
                 .bind::<Nullable<Uuid>, _>(c.parent_id.map(|p| p.as_uuid()))
-                .bind::<Text, _>(c.correlation_id.as_str());
+                .bind::<Text, _>(c.correlation_id.as_str())
+                .bind::<Nullable<Uuid>, _>(c.workflow.as_ref().map(|w| w.workflow_id.as_uuid()))
+                .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.step.as_str()));
         }
         query.execute(conn).await?;
     }
-    Ok(())
+    dependencies::insert_edges(conn, tables, commands).await
 }
 
 /// Inserts commands and their `enqueued` journal entries.
@@ -288,6 +303,7 @@ pub(crate) async fn claim(
             retry_policy: record.retry_policy,
             lease_expires_at,
             correlation_id: record.correlation_id,
+            workflow: record.workflow,
         });
     }
     journal::append(conn, tables, &entries).await?;
@@ -389,9 +405,18 @@ pub(crate) async fn heartbeat(
     Ok(statuses)
 }
 
-/// Applies one completion's state change, fenced on its lease; the attempt count when
-/// applied, `None` when the lease is no longer held.
-async fn apply(conn: &mut AsyncPgConnection, tables: &Tables, c: &Completion) -> TxResult<Option<u32>> {
+#[derive(QueryableByName)]
+struct Applied {
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    /// Whether other commands depend on this one.
+    #[diesel(sql_type = Bool)]
+    has_dependents: bool,
+}
+
+/// Applies one completion's state change, fenced on its lease; `None` when the lease is
+/// no longer held.
+async fn apply(conn: &mut AsyncPgConnection, tables: &Tables, c: &Completion) -> TxResult<Option<Applied>> {
     let now = c.now.as_micros();
     let mut st = Statement::new(String::new());
     // Every branch ends the lease; which columns change depends on the outcome.
@@ -421,19 +446,22 @@ async fn apply(conn: &mut AsyncPgConnection, tables: &Tables, c: &Completion) ->
         }
     };
     st.sql = format!(
-        "UPDATE {} SET {set}, updated_at = {}, lease_token = NULL, lease_expires_at = NULL \
-         WHERE id = {} AND lease_token = {} AND state = 'running' RETURNING attempts",
-        tables.commands,
+        "UPDATE {t} AS c SET {set}, updated_at = {}, lease_token = NULL, lease_expires_at = NULL \
+         WHERE c.id = {} AND c.lease_token = {} AND c.state = 'running' \
+         RETURNING c.attempts, EXISTS (SELECT 1 FROM {d} AS d WHERE d.depends_on = c.id) AS has_dependents",
         st.param(Bind::BigInt(now)),
         st.param(Bind::Uuid(c.lease.id.as_uuid())),
         st.param(Bind::Uuid(c.lease.token.as_uuid())),
+        t = tables.commands,
+        d = tables.dependencies,
     );
-    let rows: Vec<Attempts> = st.query().load(conn).await?;
-    Ok(rows.into_iter().next().map(|r| u32_of(i64::from(r.attempts))))
+    let rows: Vec<Applied> = st.query().load(conn).await?;
+    Ok(rows.into_iter().next())
 }
 
-/// Applies a batch of completions, each fenced on its lease, with their follow-ups and
-/// journal entries. Also says whether any follow-up was inserted.
+/// Applies a batch of completions, each fenced on its lease, with their follow-ups, the
+/// changes to their dependents and journal entries. Also says whether any command was
+/// made due (a follow-up inserted or a dependent unblocked).
 pub(crate) async fn complete(
     conn: &mut AsyncPgConnection,
     tables: &Tables,
@@ -446,11 +474,22 @@ pub(crate) async fn complete(
     let mut statuses = vec![CompletionStatus::LeaseLost; completions.len()];
     let mut entries = Vec::new();
     let mut follow_ups: Vec<&InsertCommand> = Vec::new();
+    // Those with dependents, in id order: the ones that succeeded, the ones that ended.
+    let mut succeeded = Vec::new();
+    let mut ended = Vec::new();
     for i in order {
         let c = &completions[i];
         match apply(conn, tables, c).await? {
-            Some(attempt) => {
-                entries.extend(NewJournalEntry::completion(c, attempt));
+            Some(applied) => {
+                if applied.has_dependents {
+                    match c.outcome {
+                        Outcome::Succeeded { .. } => succeeded.push((c.lease.id, c.now)),
+                        Outcome::Failed { .. } => ended.push((c.lease.id, State::Failed, c.now)),
+                        Outcome::Cancelled { .. } => ended.push((c.lease.id, State::Cancelled, c.now)),
+                        Outcome::Retry { .. } | Outcome::Released { .. } => {}
+                    }
+                }
+                entries.extend(NewJournalEntry::completion(c, u32_of(i64::from(applied.attempts))));
                 let more = outcome_follow_ups(&c.outcome);
                 entries.extend(more.iter().map(NewJournalEntry::enqueued));
                 follow_ups.extend(more);
@@ -468,9 +507,14 @@ pub(crate) async fn complete(
             }
         }
     }
-    let pushed = !follow_ups.is_empty();
-    if pushed {
+    // After every completion's own row: dependents are locked last, in one statement.
+    let settled = dependencies::settle(conn, tables, &succeeded, &ended).await?;
+    entries.extend(settled.entries);
+    if !follow_ups.is_empty() {
         insert_rows(conn, tables, &follow_ups).await?;
+    }
+    let pushed = !follow_ups.is_empty() || settled.unblocked > 0;
+    if pushed {
         crate::notify(conn, tables).await?;
     }
     journal::append(conn, tables, &entries).await?;
@@ -483,27 +527,56 @@ struct StateRow {
     state: String,
     #[diesel(sql_type = Integer)]
     attempts: i32,
+    #[diesel(sql_type = Bool)]
+    has_dependents: bool,
 }
 
-/// Cancels a blocked or pending command, or requests cancellation of a running one.
+/// What [`cancel`] knows of the commands depending on the one it cancels.
+enum Dependents {
+    /// There are none.
+    None,
+    /// There are some, not locked yet.
+    Unlocked,
+    /// Locked together with the command (which was blocked): it and its blocked
+    /// dependents, transitively.
+    Locked(Vec<dependencies::LockedRow>),
+}
+
+/// Cancels a blocked or pending command, or requests cancellation of a running one. A
+/// command cancelled here takes its blocked dependents with it, transitively.
 pub(crate) async fn cancel(
     conn: &mut AsyncPgConnection,
     tables: &Tables,
     id: CommandId,
     now: Timestamp,
 ) -> TxResult<CancelStatus> {
-    // Locked, so the state read is the state changed.
+    // Locked, so the state read is the state changed. A command that is not blocked is
+    // locked on its own (as claims and completions lock it), its dependents after it.
     let rows: Vec<StateRow> = diesel::sql_query(format!(
-        "SELECT state, attempts FROM {} WHERE id = $1 FOR UPDATE",
-        tables.commands
+        "SELECT c.state, c.attempts, EXISTS (SELECT 1 FROM {d} AS d WHERE d.depends_on = c.id) AS has_dependents \
+         FROM {t} AS c WHERE c.id = $1 AND c.state <> 'blocked' FOR UPDATE OF c",
+        t = tables.commands,
+        d = tables.dependencies,
     ))
     .bind::<Uuid, _>(id.as_uuid())
     .load(conn)
     .await?;
-    let Some(row) = rows.into_iter().next() else {
-        return Ok(CancelStatus::NotFound);
+    // A blocked one (or a missing one) is locked together with its blocked dependents,
+    // in the one id-ordered statement a cascade through it would use, so the two
+    // cannot deadlock.
+    let (state, attempts, dependents) = match rows.into_iter().next() {
+        Some(row) => {
+            let dependents = if row.has_dependents { Dependents::Unlocked } else { Dependents::None };
+            (State::parse(&row.state)?, row.attempts, dependents)
+        }
+        None => {
+            let locked = dependencies::lock_with_dependents(conn, tables, id).await?;
+            let Some(own) = locked.iter().find(|r| r.id == id.as_uuid()) else {
+                return Ok(CancelStatus::NotFound);
+            };
+            (State::parse(&own.state)?, own.attempts, Dependents::Locked(locked))
+        }
     };
-    let state = State::parse(&row.state)?;
     let (set, status) = match state {
         State::Blocked | State::Pending => (
             "state = 'cancelled', finished_at = $1, updated_at = $1, follow_ups_due = TRUE",
@@ -517,8 +590,20 @@ pub(crate) async fn cancel(
         .bind::<Uuid, _>(id.as_uuid())
         .execute(conn)
         .await?;
-    let attempt = u32_of(i64::from(row.attempts));
-    journal::append(conn, tables, &[NewJournalEntry::cancel(id, now, attempt, state)]).await?;
+    let attempt = u32_of(i64::from(attempts));
+    let mut entries = vec![NewJournalEntry::cancel(id, now, attempt, state)];
+    if status == CancelStatus::Cancelled {
+        let origin = [(id, State::Cancelled, now)];
+        let settled = match dependents {
+            Dependents::None => dependencies::Settled::default(),
+            Dependents::Unlocked => dependencies::settle(conn, tables, &[], &origin).await?,
+            Dependents::Locked(locked) => {
+                dependencies::cascade(conn, tables, &locked, &origin, Some(id)).await?
+            }
+        };
+        entries.extend(settled.entries);
+    }
+    journal::append(conn, tables, &entries).await?;
     Ok(status)
 }
 
@@ -532,6 +617,8 @@ struct RescuedRow {
     attempts: i32,
     #[diesel(sql_type = Nullable<Text>)]
     worker: Option<String>,
+    #[diesel(sql_type = Bool)]
+    has_dependents: bool,
 }
 
 /// Takes back running commands whose lease expired before `now`.
@@ -555,8 +642,10 @@ pub(crate) async fn rescue(
            error = CASE WHEN c.cancel_requested THEN c.error ELSE 'lease of worker ' || COALESCE(c.worker, '?') || ' expired' END, \
            lease_token = NULL, lease_expires_at = NULL, updated_at = $1 \
          FROM batch WHERE c.id = batch.id AND c.state = 'running' AND c.lease_expires_at < $1 \
-         RETURNING c.id, c.state, c.attempts, c.worker",
-        t = tables.commands
+         RETURNING c.id, c.state, c.attempts, c.worker, \
+           EXISTS (SELECT 1 FROM {d} AS d WHERE d.depends_on = c.id) AS has_dependents",
+        t = tables.commands,
+        d = tables.dependencies,
     );
     let rows: Vec<RescuedRow> = diesel::sql_query(sql)
         .bind::<BigInt, _>(now.as_micros())
@@ -566,12 +655,18 @@ pub(crate) async fn rescue(
         .await?;
     let mut rescued = Vec::with_capacity(rows.len());
     let mut entries = Vec::with_capacity(rows.len());
+    let mut ended = Vec::new();
     for row in rows {
         let id = CommandId::from_uuid(row.id);
         let state = State::parse(&row.state)?;
+        if row.has_dependents && matches!(state, State::Failed | State::Cancelled) {
+            ended.push((id, state, now));
+        }
         entries.push(NewJournalEntry::rescued(id, now, u32_of(i64::from(row.attempts)), row.worker, state));
         rescued.push(Rescued { id, state });
     }
+    ended.sort_by_key(|(id, _, _)| *id);
+    entries.extend(dependencies::settle(conn, tables, &[], &ended).await?.entries);
     journal::append(conn, tables, &entries).await?;
     Ok(rescued)
 }

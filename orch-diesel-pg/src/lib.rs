@@ -25,6 +25,19 @@
 //! the pool, that `LISTEN`s on it and fires [`Store::wake_signal`], so idle workers in
 //! every process look for work as soon as a push commits instead of at their next poll.
 //!
+//! Workflow steps keep their dependency edges in `<prefix>dependencies`. A command that
+//! succeeds unblocks, in its own transaction, the dependents whose dependencies have
+//! all succeeded: it locks them first and checks their dependencies in the next
+//! statement, so when two dependencies finish at once the second transaction waits
+//! for the first and sees its commit. A command that fails or is cancelled cancels its
+//! blocked dependents, transitively, the same way.
+//!
+//! Saga instances live in `<prefix>sagas`, one row per (saga, correlation id). A save
+//! is compare-and-set on the row's version in one statement, with the commands it
+//! pushes in the same transaction; of two writers expecting the same version, the
+//! second waits for the first to commit, finds the version moved on, and writes
+//! nothing.
+//!
 //! [`PgStore::push_in`] pushes commands inside a transaction of the application's own,
 //! so they exist if and only if that transaction commits.
 //!
@@ -34,9 +47,11 @@
 #![warn(missing_docs)]
 
 mod commands;
+mod dependencies;
 mod journal;
 mod listener;
 mod migrations;
+mod sagas;
 
 use std::fmt;
 use std::sync::Arc;
@@ -60,7 +75,8 @@ pub use orch;
 use orch::store::backend::{check_pool_options, redact_url};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Rescued,
+    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Rescued, SagaQuery,
+    SagaRecord, SagaWrite, SagaWriteStatus, WorkflowId, WorkflowStepRecord,
 };
 use orch::{Error, NewCommand, Result, Store, TablePrefix, Timestamp};
 
@@ -246,6 +262,8 @@ fn connect_error(url: &str, source: Box<dyn std::error::Error + Send + Sync>) ->
 pub(crate) struct Tables {
     pub(crate) commands: String,
     pub(crate) journal: String,
+    pub(crate) dependencies: String,
+    pub(crate) sagas: String,
     pub(crate) migrations: String,
     /// The `LISTEN`/`NOTIFY` channel of wake-ups.
     pub(crate) channel: String,
@@ -259,6 +277,8 @@ impl Tables {
         Tables {
             commands: format!("{p}commands"),
             journal: format!("{p}journal"),
+            dependencies: format!("{p}dependencies"),
+            sagas: format!("{p}sagas"),
             migrations: format!("{p}migrations"),
             channel: format!("{p}wake"),
             prefix: p,
@@ -584,6 +604,32 @@ impl Store for PgStore {
     async fn journal(&self, id: CommandId) -> Result<Vec<JournalEntry>> {
         let mut conn = self.conn().await?;
         Ok(journal::read(&mut conn, &self.inner.tables, id).await?)
+    }
+
+    async fn workflow_steps(&self, workflow_id: WorkflowId) -> Result<Vec<WorkflowStepRecord>> {
+        let mut conn = self.conn().await?;
+        Ok(dependencies::workflow_steps(&mut conn, &self.inner.tables, workflow_id).await?)
+    }
+
+    async fn saga(&self, saga: &str, correlation_id: &str) -> Result<Option<SagaRecord>> {
+        let mut conn = self.conn().await?;
+        Ok(sagas::get(&mut conn, &self.inner.tables, saga, correlation_id).await?)
+    }
+
+    async fn save_saga(&self, write: SagaWrite) -> Result<SagaWriteStatus> {
+        let tables = &self.inner.tables;
+        let mut conn = self.conn().await?;
+        let status =
+            conn.transaction::<_, TxError, _>(async |conn| sagas::save(conn, tables, &write).await).await?;
+        if status == SagaWriteStatus::Saved && !write.commands.is_empty() {
+            self.inner.wake.notify_waiters();
+        }
+        Ok(status)
+    }
+
+    async fn sagas(&self, query: SagaQuery) -> Result<Vec<SagaRecord>> {
+        let mut conn = self.conn().await?;
+        Ok(sagas::list(&mut conn, &self.inner.tables, &query).await?)
     }
 
     fn wake_signal(&self) -> Option<Arc<Notify>> {

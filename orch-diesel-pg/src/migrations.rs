@@ -12,7 +12,11 @@ use orch::store::backend::pending_migrations;
 use crate::{Tables, TxResult};
 
 /// Each migration's version and SQL, with `{prefix}` standing for the table prefix.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_commands_and_journal.sql"))];
+pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_commands_and_journal.sql")),
+    (2, include_str!("../migrations/0002_workflows.sql")),
+    (3, include_str!("../migrations/0003_sagas.sql")),
+];
 
 #[derive(QueryableByName)]
 struct Version {
@@ -73,8 +77,8 @@ pub(crate) async fn run(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResu
 pub(crate) async fn drop_all(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResult<()> {
     lock(conn, tables).await?;
     conn.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {}, {}, {}",
-        tables.commands, tables.journal, tables.migrations
+        "DROP TABLE IF EXISTS {}, {}, {}, {}, {}",
+        tables.commands, tables.journal, tables.dependencies, tables.sagas, tables.migrations
     ))
     .await?;
     tracing::debug!(prefix = %tables.prefix, "dropped postgres tables");

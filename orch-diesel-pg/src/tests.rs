@@ -4,15 +4,16 @@
 
 use std::collections::HashSet;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Integer};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use orch::store::backend::NewJournalEntry;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use orch::store::backend::{NewJournalEntry, dependency_failure_message};
 use orch::store::{
     ClaimParams, Completion, CompletionStatus, HeartbeatParams, InsertCommand, LeaseStatus, ListParams,
-    Outcome,
+    Outcome, SagaQuery, SagaRecord, SagaStatus, SagaWrite, SagaWriteStatus, StepOf, WorkflowId,
 };
 use orch::{CancelStatus, Failure, FailureKind, JournalKind, NewCommand, State};
 
@@ -122,7 +123,8 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     let prefix = fresh_prefix();
     let store = store_at(&url, &prefix).await;
     store.migrate().await.unwrap();
-    assert_eq!(count(&url, &format!("SELECT COUNT(*) AS n FROM {prefix}migrations")).await, 1);
+    let versions = i64::try_from(migrations::MIGRATIONS.len()).unwrap();
+    assert_eq!(count(&url, &format!("SELECT COUNT(*) AS n FROM {prefix}migrations")).await, versions);
     store.drop_tables().await.unwrap();
 
     // Four processes starting at once on an empty database.
@@ -136,7 +138,7 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     for task in tasks {
         task.await.unwrap().expect("every concurrent migrate succeeds");
     }
-    assert_eq!(count(&url, &format!("SELECT COUNT(*) AS n FROM {prefix}migrations")).await, 1);
+    assert_eq!(count(&url, &format!("SELECT COUNT(*) AS n FROM {prefix}migrations")).await, versions);
     let now = Timestamp::from_millis(1_000);
     stores[0].enqueue(vec![row("job", now)]).await.unwrap();
     assert_eq!(stores[3].list(ListParams::default()).await.unwrap().len(), 1);
@@ -590,4 +592,997 @@ async fn store_debug_shows_no_password() {
     assert!(debug.contains("PgStore") && debug.contains("orch_"), "{debug}");
     assert_eq!(store.backend(), "postgres");
     assert_eq!(store.prefix().as_str(), "orch_");
+}
+
+// ---------------------------------------------------------------------------
+// Workflows: dependency edges, unblocking, cascades.
+
+/// Rows of one workflow, each step a command named after it: `(step, dependencies)`.
+/// Ids increase in the order given.
+fn workflow_rows(now: Timestamp, steps: &[(&str, &[&str])]) -> (WorkflowId, Vec<InsertCommand>) {
+    let workflow_id = WorkflowId::generate(now);
+    let ids: Vec<CommandId> = (0..steps.len())
+        .map(|i| CommandId::generate(Timestamp::from_millis(now.as_millis() + i as i64)))
+        .collect();
+    let id_of = |name: &str| ids[steps.iter().position(|(n, _)| *n == name).expect("a known step")];
+    let rows = steps
+        .iter()
+        .zip(&ids)
+        .map(|((name, deps), id)| {
+            let mut r = row(name, now);
+            r.id = *id;
+            r.correlation_id = workflow_id.to_string();
+            r.workflow = Some(StepOf { workflow_id, step: (*name).to_owned() });
+            r.depends_on = deps.iter().map(|d| id_of(d)).collect();
+            r
+        })
+        .collect();
+    (workflow_id, rows)
+}
+
+fn id_of(rows: &[InsertCommand], step: &str) -> CommandId {
+    rows.iter().find(|r| r.workflow.as_ref().is_some_and(|w| w.step == step)).expect("a known step").id
+}
+
+async fn state_of(store: &PgStore, id: CommandId) -> State {
+    store.get(id).await.unwrap().expect("stored").state
+}
+
+async fn claim_one(store: &PgStore, name: &str, now: Timestamp) -> orch::store::ClaimedCommand {
+    let mut claimed = store.claim(claim_params(&[name], now, "w", 1)).await.unwrap();
+    assert_eq!(claimed.len(), 1, "{name} is claimable");
+    claimed.remove(0)
+}
+
+fn completion(claimed: &orch::store::ClaimedCommand, now: Timestamp, outcome: Outcome) -> Completion {
+    Completion { lease: claimed.lease, now, worker: "w".into(), outcome }
+}
+
+fn success(claimed: &orch::store::ClaimedCommand, now: Timestamp) -> Completion {
+    completion(claimed, now, Outcome::Succeeded { output: "null".into(), follow_ups: vec![] })
+}
+
+fn failure(claimed: &orch::store::ClaimedCommand, now: Timestamp) -> Completion {
+    let failure = Failure::new(FailureKind::Error, "broken");
+    completion(claimed, now, Outcome::Failed { failure, follow_ups: vec![] })
+}
+
+/// Asserts that `id` was cancelled at `at` because `origin` ended `state`.
+async fn assert_cancelled_by(store: &PgStore, id: CommandId, origin: CommandId, state: State, at: Timestamp) {
+    let r = store.get(id).await.unwrap().unwrap();
+    let message = dependency_failure_message(origin, state);
+    assert_eq!(r.state, State::Cancelled, "{id}");
+    assert_eq!(r.error, Some(Failure::new(FailureKind::Cancelled, message.clone())), "{id}");
+    assert_eq!((r.finished_at, r.updated_at, r.follow_ups_due, r.attempts), (Some(at), at, true, 0), "{id}");
+    let journal = store.journal(id).await.unwrap();
+    let kinds: Vec<JournalKind> = journal.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, vec![JournalKind::Enqueued, JournalKind::Cancelled], "{id}");
+    assert_eq!(journal[1].message.as_deref(), Some(message.as_str()));
+    assert_eq!(journal[1].at, at);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn diamond_unblocks_when_every_dependency_succeeded() {
+    let Some(url) = server_url() else { return };
+    let prefix = fresh_prefix();
+    let listening = store_at(&url, &prefix).await;
+    // Another pool, as another process: its unblocking reaches the listener by NOTIFY.
+    let store = PgStore::builder(&url).prefix(&prefix).listen(false).connect().await.unwrap();
+    let signal = listening.wake_signal().unwrap();
+    let t0 = Timestamp::from_millis(10_000_000);
+    // Inserted dependents first: the store does not rely on the order of a batch.
+    let (workflow_id, rows) =
+        workflow_rows(t0, &[("d", &["b", "c"]), ("b", &["a"]), ("c", &["a"]), ("a", &[])]);
+    let (a, b, c, d) = (id_of(&rows, "a"), id_of(&rows, "b"), id_of(&rows, "c"), id_of(&rows, "d"));
+    store.enqueue(rows.clone()).await.unwrap();
+    assert_eq!(state_of(&store, a).await, State::Pending);
+    for id in [b, c, d] {
+        assert_eq!(state_of(&store, id).await, State::Blocked);
+    }
+    assert!(store.claim(claim_params(&["b", "c", "d"], t0, "w", 10)).await.unwrap().is_empty());
+
+    // The steps with their edges, by command id, dependencies in the order listed.
+    let steps = store.workflow_steps(workflow_id).await.unwrap();
+    assert_eq!(steps.iter().map(|s| s.command.id).collect::<Vec<_>>(), vec![d, b, c, a]);
+    let edges: Vec<(&str, Vec<CommandId>)> = steps
+        .iter()
+        .map(|s| (s.command.workflow.as_ref().unwrap().step.as_str(), s.depends_on.clone()))
+        .collect();
+    assert_eq!(edges, vec![("d", vec![b, c]), ("b", vec![a]), ("c", vec![a]), ("a", vec![])]);
+    assert!(steps.iter().all(|s| s.command.workflow.as_ref().unwrap().workflow_id == workflow_id));
+    assert!(store.workflow_steps(WorkflowId::generate(t0)).await.unwrap().is_empty());
+    assert_eq!(store.get(a).await.unwrap().unwrap().workflow, rows[3].workflow);
+
+    // A succeeds: B and C unblocked (due when they were), and the listener woken.
+    let claimed_a = claim_one(&store, "a", t0).await;
+    assert_eq!(claimed_a.workflow, Some(StepOf { workflow_id, step: "a".into() }));
+    let t1 = t0 + Duration::from_secs(1);
+    assert!(fires(&signal, Duration::from_secs(2), store.complete(vec![success(&claimed_a, t1)])).await);
+    for id in [b, c] {
+        let r = store.get(id).await.unwrap().unwrap();
+        assert_eq!((r.state, r.updated_at, r.scheduled_at), (State::Pending, t1, t0));
+        let journal = store.journal(id).await.unwrap();
+        assert_eq!(
+            journal.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            [JournalKind::Enqueued, JournalKind::Unblocked]
+        );
+        assert_eq!(
+            journal[1],
+            orch::JournalEntry { seq: journal[1].seq, ..entry(NewJournalEntry::unblocked(id, t1)) }
+        );
+    }
+    assert_eq!(state_of(&store, d).await, State::Blocked);
+
+    // B alone leaves D blocked; C then unblocks it.
+    let claimed_b = claim_one(&store, "b", t1).await;
+    store.complete(vec![success(&claimed_b, t1)]).await.unwrap();
+    assert_eq!(state_of(&store, d).await, State::Blocked);
+    assert_eq!(kinds(&store, d).await, vec![JournalKind::Enqueued]);
+    let claimed_c = claim_one(&store, "c", t1).await;
+    let t2 = t1 + Duration::from_secs(1);
+    store.complete(vec![success(&claimed_c, t2)]).await.unwrap();
+    assert_eq!(state_of(&store, d).await, State::Pending);
+    assert_eq!(kinds(&store, d).await, vec![JournalKind::Enqueued, JournalKind::Unblocked]);
+    let claimed_d = claim_one(&store, "d", t2).await;
+    assert_eq!(claimed_d.lease.id, d);
+    assert_eq!(claimed_d.workflow.as_ref().map(|w| w.step.as_str()), Some("d"));
+    listening.drop_tables().await.unwrap();
+}
+
+/// A journal entry as read back, from the entry written.
+fn entry(e: NewJournalEntry) -> orch::JournalEntry {
+    orch::JournalEntry {
+        seq: 0,
+        command_id: e.command_id,
+        at: e.at,
+        kind: e.kind,
+        attempt: e.attempt,
+        worker: e.worker,
+        message: e.message,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn failures_and_cancels_cascade_to_dependents() {
+    let Some(url) = server_url() else { return };
+    let store = store_at(&url, &fresh_prefix()).await;
+    let t0 = Timestamp::from_millis(20_000_000);
+    let t1 = t0 + Duration::from_secs(1);
+
+    // A fails for good: B and C (through B) are cancelled in A's name; the
+    // independent step still runs.
+    let (_, mut rows) = workflow_rows(t0, &[("a", &[]), ("b", &["a"]), ("c", &["b"]), ("other", &[])]);
+    rows[0].max_attempts = 1;
+    let (a, b, c, other) = (rows[0].id, rows[1].id, rows[2].id, rows[3].id);
+    store.enqueue(rows).await.unwrap();
+    let claimed = claim_one(&store, "a", t0).await;
+    assert_eq!(store.complete(vec![failure(&claimed, t1)]).await.unwrap(), vec![CompletionStatus::Applied]);
+    assert_eq!(state_of(&store, a).await, State::Failed);
+    assert_cancelled_by(&store, b, a, State::Failed, t1).await;
+    assert_cancelled_by(&store, c, a, State::Failed, t1).await;
+    assert_eq!(state_of(&store, other).await, State::Pending);
+    assert_eq!(store.cancel(c, t1).await.unwrap(), CancelStatus::AlreadyFinished(State::Cancelled));
+
+    // cancel() of a pending step cascades.
+    let (_, rows) = workflow_rows(t0, &[("a2", &[]), ("b2", &["a2"]), ("c2", &["b2"])]);
+    let (a2, b2, c2) = (rows[0].id, rows[1].id, rows[2].id);
+    store.enqueue(rows).await.unwrap();
+    assert_eq!(store.cancel(a2, t1).await.unwrap(), CancelStatus::Cancelled);
+    assert!(store.get(a2).await.unwrap().unwrap().follow_ups_due);
+    assert_cancelled_by(&store, b2, a2, State::Cancelled, t1).await;
+    assert_cancelled_by(&store, c2, a2, State::Cancelled, t1).await;
+
+    // cancel() of a blocked step cascades to what follows it, not to what it follows.
+    let (_, rows) = workflow_rows(t0, &[("a3", &[]), ("b3", &["a3"]), ("c3", &["b3"])]);
+    let (a3, b3, c3) = (rows[0].id, rows[1].id, rows[2].id);
+    store.enqueue(rows).await.unwrap();
+    assert_eq!(store.cancel(b3, t1).await.unwrap(), CancelStatus::Cancelled);
+    assert_eq!(kinds(&store, b3).await, vec![JournalKind::Enqueued, JournalKind::Cancelled]);
+    assert_cancelled_by(&store, c3, b3, State::Cancelled, t1).await;
+    assert_eq!(state_of(&store, a3).await, State::Pending);
+
+    // A running step cancelled on request cascades; so does one a rescue fails.
+    let (_, mut rows) = workflow_rows(t0, &[("a4", &[]), ("b4", &["a4"]), ("a5", &[]), ("b5", &["a5"])]);
+    rows[2].max_attempts = 1;
+    let (a4, b4, a5, b5) = (rows[0].id, rows[1].id, rows[2].id, rows[3].id);
+    store.enqueue(rows).await.unwrap();
+    let claimed = claim_one(&store, "a4", t0).await;
+    let cancelled = completion(&claimed, t1, Outcome::Cancelled { follow_ups: vec![] });
+    store.complete(vec![cancelled]).await.unwrap();
+    assert_cancelled_by(&store, b4, a4, State::Cancelled, t1).await;
+    claim_one(&store, "a5", t0).await;
+    let t9 = t0 + Duration::from_secs(60);
+    assert_eq!(store.rescue(t9, 10).await.unwrap(), vec![Rescued { id: a5, state: State::Failed }]);
+    assert_cancelled_by(&store, b5, a5, State::Failed, t9).await;
+
+    // A dependent of two: one fails, so it is cancelled; the other's success later
+    // leaves it cancelled.
+    let (_, rows) = workflow_rows(t0, &[("p", &[]), ("q", &[]), ("r", &["p", "q"])]);
+    let (p, r) = (rows[0].id, rows[2].id);
+    store.enqueue(rows).await.unwrap();
+    let (claimed_p, claimed_q) = (claim_one(&store, "p", t0).await, claim_one(&store, "q", t0).await);
+    store.complete(vec![failure(&claimed_p, t1)]).await.unwrap();
+    assert_cancelled_by(&store, r, p, State::Failed, t1).await;
+    store.complete(vec![success(&claimed_q, t1)]).await.unwrap();
+    assert_cancelled_by(&store, r, p, State::Failed, t1).await;
+
+    // One batch with both: the cascade wins over the unblocking.
+    let (_, rows) = workflow_rows(t0, &[("s", &[]), ("u", &[]), ("v", &["s", "u"]), ("w2", &["s"])]);
+    let (s, u, v, w2) = (rows[0].id, rows[1].id, rows[2].id, rows[3].id);
+    store.enqueue(rows).await.unwrap();
+    let (claimed_s, claimed_u) = (claim_one(&store, "s", t0).await, claim_one(&store, "u", t0).await);
+    store.complete(vec![success(&claimed_s, t1), failure(&claimed_u, t1)]).await.unwrap();
+    assert_cancelled_by(&store, v, u, State::Failed, t1).await;
+    assert_eq!(state_of(&store, w2).await, State::Pending);
+    assert_eq!(state_of(&store, s).await, State::Succeeded);
+    store.drop_tables().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn dependencies_finishing_at_once_never_miss_each_other() {
+    let Some(url) = server_url() else { return };
+    let store = store_at(&url, &fresh_prefix()).await;
+    let t0 = Timestamp::from_millis(30_000_000);
+    for i in 0..20 {
+        // B and C succeed in two transactions racing each other: D is unblocked once.
+        let (_, rows) = workflow_rows(t0, &[("b", &[]), ("c", &[]), ("d", &["b", "c"])]);
+        let d = rows[2].id;
+        store.enqueue(rows).await.unwrap();
+        let claimed = store.claim(claim_params(&["b", "c"], t0, "w", 2)).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let tasks: Vec<_> = claimed
+            .iter()
+            .map(|c| {
+                let (store, barrier, done) = (store.clone(), Arc::clone(&barrier), success(c, t0));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.complete(vec![done]).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap(), vec![CompletionStatus::Applied]);
+        }
+        assert_eq!(state_of(&store, d).await, State::Pending, "iteration {i}");
+        assert_eq!(kinds(&store, d).await, vec![JournalKind::Enqueued, JournalKind::Unblocked]);
+        assert_eq!(claim_one(&store, "d", t0).await.lease.id, d);
+
+        // One fails while the other succeeds: D is cancelled, whichever commits first.
+        let (_, rows) = workflow_rows(t0, &[("b", &[]), ("c", &[]), ("d", &["b", "c"])]);
+        let (b, d) = (rows[0].id, rows[2].id);
+        store.enqueue(rows).await.unwrap();
+        let claimed = store.claim(claim_params(&["b", "c"], t0, "w", 2)).await.unwrap();
+        let tasks: Vec<_> = claimed
+            .iter()
+            .map(|c| {
+                let done = if c.lease.id == b { failure(c, t0) } else { success(c, t0) };
+                let (store, barrier) = (store.clone(), Arc::clone(&barrier));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.complete(vec![done]).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap(), vec![CompletionStatus::Applied]);
+        }
+        assert_cancelled_by(&store, d, b, State::Failed, t0).await;
+
+        // A cascade and a cancel() of a blocked step in between, at once: X depends on
+        // A and on Y, Y on A, and X sorts before Y, so locking X then Y (the cascade)
+        // against Y then X (a cancel locking Y alone first) would deadlock.
+        let (_, mut rows) = workflow_rows(t0, &[("a", &[]), ("x", &["a", "y"]), ("y", &["a"])]);
+        rows[0].max_attempts = 1;
+        let (x, y) = (rows[1].id, rows[2].id);
+        assert!(x < y);
+        store.enqueue(rows).await.unwrap();
+        let claimed_a = claim_one(&store, "a", t0).await;
+        let failing = {
+            let (store, barrier, done) = (store.clone(), Arc::clone(&barrier), failure(&claimed_a, t0));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.complete(vec![done]).await
+            })
+        };
+        let cancelling = {
+            let (store, barrier) = (store.clone(), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.cancel(y, t0).await
+            })
+        };
+        assert_eq!(failing.await.unwrap().unwrap(), vec![CompletionStatus::Applied]);
+        let cancel = cancelling.await.unwrap().unwrap();
+        assert!(
+            matches!(cancel, CancelStatus::Cancelled | CancelStatus::AlreadyFinished(State::Cancelled)),
+            "{cancel:?}"
+        );
+        for id in [x, y] {
+            assert_eq!(state_of(&store, id).await, State::Cancelled);
+            assert_eq!(kinds(&store, id).await, vec![JournalKind::Enqueued, JournalKind::Cancelled]);
+        }
+    }
+    store.drop_tables().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn a_version_1_database_migrates_to_workflows() {
+    let Some(url) = server_url() else { return };
+    let prefix = fresh_prefix();
+    // Version 1 as an older orch-diesel-pg left it, with a command in it.
+    let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+    let (version, sql) = migrations::MIGRATIONS[0];
+    assert_eq!(version, 1);
+    let old = CommandId::generate(Timestamp::from_millis(1_000));
+    conn.batch_execute(&format!(
+        "CREATE TABLE {prefix}migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at BIGINT NOT NULL); \
+         {schema}; \
+         INSERT INTO {prefix}migrations (version, applied_at) VALUES (1, 0); \
+         INSERT INTO {prefix}commands (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
+           scheduled_at, created_at, updated_at, correlation_id) \
+         VALUES ('{old}', 'job', 'default', 'pending', '{{}}', 1, 1000, '{policy}', 1000, 1000, 1000, 'c')",
+        schema = sql.replace("{prefix}", &prefix),
+        policy = orch::store::backend::encode_policy(&orch::RetryPolicy::default()).unwrap(),
+    ))
+    .await
+    .unwrap();
+
+    // Several processes upgrade it at once.
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(PgStore::builder(&url).prefix(&prefix).listen(false).connect().await.unwrap());
+    }
+    let tasks: Vec<_> =
+        stores.iter().cloned().map(|s| tokio::spawn(async move { s.migrate().await })).collect();
+    for task in tasks {
+        task.await.unwrap().expect("every concurrent migrate succeeds");
+    }
+    stores[0].migrate().await.unwrap();
+    #[derive(QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = Integer)]
+        version: i32,
+    }
+    let versions: Vec<i32> =
+        diesel::sql_query(format!("SELECT version FROM {prefix}migrations ORDER BY version"))
+            .load::<Version>(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| v.version)
+            .collect();
+    assert_eq!(versions, migrations::MIGRATIONS.iter().map(|(v, _)| *v).collect::<Vec<_>>());
+
+    // The old command reads back outside any workflow, and runs.
+    let store = &stores[0];
+    let record = store.get(old).await.unwrap().unwrap();
+    assert_eq!((record.state, record.workflow), (State::Pending, None));
+    let now = Timestamp::from_millis(2_000);
+    let claimed = claim_one(store, "job", now).await;
+    assert_eq!((claimed.lease.id, claimed.workflow), (old, None));
+    // Workflows work on the upgraded schema.
+    let (workflow_id, rows) = workflow_rows(now, &[("a", &[]), ("b", &["a"])]);
+    store.enqueue(rows.clone()).await.unwrap();
+    let steps = store.workflow_steps(workflow_id).await.unwrap();
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[1].depends_on, vec![rows[0].id]);
+    assert_eq!(steps[1].command.state, State::Blocked);
+    store.drop_tables().await.unwrap();
+    assert_eq!(
+        count(&url, &format!("SELECT COUNT(*) AS n FROM pg_tables WHERE tablename LIKE '{prefix}%'")).await,
+        0,
+        "drop_tables drops the dependencies table too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn dependencies_outside_the_insert_are_refused() {
+    let Some(url) = server_url() else { return };
+    let store = store_at(&url, &fresh_prefix()).await;
+    let now = Timestamp::from_millis(40_000_000);
+    let (_, rows) = workflow_rows(now, &[("a", &[]), ("b", &["a"])]);
+    store.enqueue(vec![rows[0].clone()]).await.unwrap();
+    let err = store.enqueue(vec![rows[1].clone()]).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+    assert!(store.get(rows[1].id).await.unwrap().is_none(), "nothing stored");
+    // Follow-ups depending on each other are a batch of their own, and may.
+    let (_, follow_ups) = workflow_rows(now, &[("f1", &[]), ("f2", &["f1"])]);
+    let claimed = claim_one(&store, "a", now).await;
+    let done =
+        completion(&claimed, now, Outcome::Succeeded { output: "1".into(), follow_ups: follow_ups.clone() });
+    store.complete(vec![done]).await.unwrap();
+    assert_eq!(state_of(&store, follow_ups[0].id).await, State::Pending);
+    assert_eq!(state_of(&store, follow_ups[1].id).await, State::Blocked);
+    store.drop_tables().await.unwrap();
+}
+
+/// A workflow step for the end-to-end case: returns `name(outputs of reads…)`, or fails.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct StepCommand {
+    name: String,
+    reads: Vec<String>,
+    fail: bool,
+}
+
+impl orch::Command for StepCommand {
+    type Output = String;
+    const RETRIES: u32 = 0;
+}
+
+fn step_command(name: &str, reads: &[&str], fail: bool) -> NewCommand {
+    NewCommand::of(&StepCommand {
+        name: name.into(),
+        reads: reads.iter().map(|r| r.to_string()).collect(),
+        fail,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn workflows_run_end_to_end_through_the_client() {
+    use orch::{HandlerError, Orch, Registry, Worker, WorkerConfig, Workflow, WorkflowState};
+    let Some(url) = server_url() else { return };
+    let prefix = fresh_prefix();
+    let store: Arc<dyn Store> = Arc::new(store_at(&url, &prefix).await);
+    let workers: Vec<_> = (0..2)
+        .map(|i| {
+            let mut registry = Registry::new();
+            registry
+                .register_fn(|c: StepCommand, ctx: orch::Context| async move {
+                    let mut inputs = Vec::new();
+                    for dependency in &c.reads {
+                        inputs.push(ctx.dependency_output::<StepCommand>(dependency).await?);
+                    }
+                    if c.fail {
+                        return Err(HandlerError::permanent(format!("{} failed", c.name)));
+                    }
+                    Ok(format!("{}({})", c.name, inputs.join(",")))
+                })
+                .unwrap();
+            let config = WorkerConfig {
+                instance_key: orch::DEFAULT_TARGET.into(),
+                concurrency: 4,
+                max_pull: 4,
+                poll_interval: Duration::from_millis(50),
+                heartbeat_interval: Duration::from_millis(100),
+                rescue_interval: Duration::from_millis(100),
+                worker_id: Some(format!("e2e{i}")),
+                ..WorkerConfig::default()
+            };
+            Worker::new(Orch::new(Arc::clone(&store)), registry, config).unwrap().start()
+        })
+        .collect();
+    let orch = Orch::new(Arc::clone(&store));
+    let diamond = Workflow::builder()
+        .step_after("d", step_command("d", &["b", "c"], false), ["b", "c"])
+        .step_after("b", step_command("b", &["a"], false), ["a"])
+        .step_after("c", step_command("c", &["a"], false), ["a"])
+        .step("a", step_command("a", &[], false))
+        .build()
+        .unwrap();
+    let failing = Workflow::builder()
+        .step("a", step_command("a", &[], true))
+        .step_after("b", step_command("b", &[], false), ["a"])
+        .step_after("c", step_command("c", &[], false), ["b"])
+        .build()
+        .unwrap();
+    let (diamond, failing) =
+        (orch.start_workflow(diamond).await.unwrap(), orch.start_workflow(failing).await.unwrap());
+    let wait = |id| {
+        let orch = orch.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(20), orch.wait_workflow(id)).await.unwrap().unwrap()
+        }
+    };
+    let (diamond, failing) = (wait(diamond).await, wait(failing).await);
+    for w in workers {
+        w.shutdown().await;
+    }
+    assert_eq!(diamond.state, WorkflowState::Succeeded);
+    assert_eq!(diamond.step("d").unwrap().depends_on, vec!["b".to_string(), "c".to_string()]);
+    let d = diamond.step("d").unwrap().command_id;
+    assert_eq!(orch.output::<StepCommand>(d).await.unwrap().as_deref(), Some("d(b(a()),c(a()))"));
+    assert_eq!(failing.state, WorkflowState::Failed);
+    let states: Vec<State> = ["a", "b", "c"].iter().map(|n| failing.step(n).unwrap().state).collect();
+    assert_eq!(states, [State::Failed, State::Cancelled, State::Cancelled]);
+    PgStore::builder(&url)
+        .prefix(&prefix)
+        .listen(false)
+        .connect()
+        .await
+        .unwrap()
+        .drop_tables()
+        .await
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Sagas: instances saved compare-and-set on their version, with their commands.
+
+/// A new instance of `saga` keyed `key`, created and saved at `now`.
+fn saga_record(saga: &str, key: &str, now: Timestamp) -> SagaRecord {
+    SagaRecord {
+        saga: saga.into(),
+        correlation_id: key.into(),
+        state: "initial".into(),
+        status: SagaStatus::Active,
+        data: r#"{"n":0}"#.into(),
+        version: 1,
+        compensations: "[]".into(),
+        last_event: None,
+        timeout_at: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn create(record: &SagaRecord, commands: Vec<InsertCommand>) -> SagaWrite {
+    SagaWrite { record: record.clone(), expected_version: None, commands }
+}
+
+/// `record` moved on to its next version at `now`, written expecting its current one.
+fn next_version(record: &SagaRecord, now: Timestamp, commands: Vec<InsertCommand>) -> SagaWrite {
+    let next = SagaRecord { version: record.version + 1, updated_at: now, ..record.clone() };
+    SagaWrite { record: next, expected_version: Some(record.version), commands }
+}
+
+/// A command carrying the instance's correlation id, as the saga runtime pushes them.
+fn saga_command(name: &str, key: &str, now: Timestamp) -> InsertCommand {
+    NewCommand::raw(name, serde_json::json!({})).correlation_id(key).resolve(now).expect("valid command")
+}
+
+/// Whether a command and its journal are absent.
+async fn absent(store: &PgStore, id: CommandId) -> bool {
+    store.get(id).await.unwrap().is_none() && store.journal(id).await.unwrap().is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn sagas_save_compare_and_set_on_their_version() {
+    let Some(url) = server_url() else { return };
+    let store = store_at(&url, &fresh_prefix()).await;
+    let t0 = Timestamp::from_micros(50_000_000_123_457);
+    assert_eq!(store.saga("order", "1").await.unwrap(), None);
+
+    // Created once; a second create is a conflict that writes nothing, not its commands.
+    let created = saga_record("order", "1", t0);
+    let first = saga_command("charge", "1", t0);
+    assert_eq!(store.save_saga(create(&created, vec![first.clone()])).await.unwrap(), SagaWriteStatus::Saved);
+    assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&created));
+    assert_eq!(state_of(&store, first.id).await, State::Pending);
+    let again = SagaRecord { state: "other".into(), data: "{}".into(), ..saga_record("order", "1", t0) };
+    let lost = saga_command("charge", "1", t0);
+    assert_eq!(store.save_saga(create(&again, vec![lost.clone()])).await.unwrap(), SagaWriteStatus::Conflict);
+    assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&created));
+    assert!(absent(&store, lost.id).await, "a conflicting save inserts no commands");
+    // The same correlation id in another saga is another instance.
+    let other = saga_record("refund", "1", t0);
+    assert_eq!(store.save_saga(create(&other, vec![])).await.unwrap(), SagaWriteStatus::Saved);
+
+    // Replaced expecting the right version, through every status, with and without a
+    // last event and a timeout; created_at stays what it was.
+    let mut current = created.clone();
+    for (i, status) in SagaStatus::ALL.into_iter().chain([SagaStatus::Active]).enumerate() {
+        let now = t0 + Duration::from_micros(1_000_001 * (i as u64 + 1));
+        let mut write = next_version(&current, now, vec![]);
+        let r = &mut write.record;
+        r.state = format!("state-{i}");
+        r.status = status;
+        r.data = format!(r#"{{"n":{i},"text":"é ✓ \u0000-free"}}"#);
+        r.compensations = format!(r#"[{{"step":{i}}}]"#);
+        r.last_event = (i % 2 == 0).then(|| CommandId::generate(now));
+        r.timeout_at = (i % 3 != 2).then(|| now + Duration::from_micros(3_600_000_001));
+        r.created_at = now; // ignored by a replace
+        assert_eq!(store.save_saga(write.clone()).await.unwrap(), SagaWriteStatus::Saved, "{status}");
+        let expected = SagaRecord { created_at: t0, ..write.record.clone() };
+        assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&expected), "{status}");
+        current = expected;
+    }
+    assert_eq!(current.version, 7);
+    assert_eq!(store.saga("refund", "1").await.unwrap().as_ref(), Some(&other), "the other is untouched");
+
+    // A stale version is a conflict: nothing changes, its commands are not inserted.
+    let mut stale = next_version(&current, t0 + Duration::from_secs(60), vec![saga_command("x", "1", t0)]);
+    stale.expected_version = Some(current.version - 1);
+    stale.record.state = "stale".into();
+    assert_eq!(store.save_saga(stale.clone()).await.unwrap(), SagaWriteStatus::Conflict);
+    assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&current));
+    assert!(absent(&store, stale.commands[0].id).await);
+    // So is a replace of an instance that does not exist.
+    let missing = next_version(&saga_record("order", "missing", t0), t0, vec![saga_command("y", "m", t0)]);
+    assert_eq!(store.save_saga(missing.clone()).await.unwrap(), SagaWriteStatus::Conflict);
+    assert_eq!(store.saga("order", "missing").await.unwrap(), None);
+    assert!(absent(&store, missing.commands[0].id).await);
+    store.drop_tables().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn saga_saves_insert_their_commands_as_enqueue_does() {
+    let Some(url) = server_url() else { return };
+    let prefix = fresh_prefix();
+    let listening = store_at(&url, &prefix).await;
+    // Another pool, as another process: its saves reach the listener by NOTIFY.
+    let store = PgStore::builder(&url).prefix(&prefix).listen(false).connect().await.unwrap();
+    let (signal, local) = (listening.wake_signal().unwrap(), store.wake_signal().unwrap());
+    let t0 = Timestamp::from_millis(60_000_000);
+
+    // A create with a command and a compensation chain pushed as a workflow.
+    let created = saga_record("order", "7", t0);
+    let charge = saga_command("charge", "7", t0);
+    let (workflow_id, chain) = workflow_rows(t0, &[("undo2", &[]), ("undo1", &["undo2"])]);
+    let mut commands = vec![charge.clone()];
+    commands.extend(chain.iter().cloned());
+    let save = store.save_saga(create(&created, commands));
+    assert!(fires(&signal, Duration::from_secs(2), save).await, "the NOTIFY reaches other processes");
+    assert_eq!(state_of(&store, charge.id).await, State::Pending);
+    let charged = store.get(charge.id).await.unwrap().unwrap();
+    assert_eq!((charged.correlation_id.as_str(), charged.created_at), ("7", t0));
+    let (undo2, undo1) = (id_of(&chain, "undo2"), id_of(&chain, "undo1"));
+    assert_eq!(state_of(&store, undo2).await, State::Pending);
+    assert_eq!(state_of(&store, undo1).await, State::Blocked);
+    let steps = store.workflow_steps(workflow_id).await.unwrap();
+    let edges: Vec<(CommandId, Vec<CommandId>)> =
+        steps.iter().map(|s| (s.command.id, s.depends_on.clone())).collect();
+    assert_eq!(edges, vec![(undo2, vec![]), (undo1, vec![undo2])]);
+    for id in [charge.id, undo2, undo1] {
+        assert_eq!(kinds(&store, id).await, vec![JournalKind::Enqueued], "{id}");
+    }
+    // The blocked step is unblocked when its dependency succeeds, as any other.
+    let claimed = claim_one(&store, "undo2", t0).await;
+    store.complete(vec![success(&claimed, t0)]).await.unwrap();
+    assert_eq!(state_of(&store, undo1).await, State::Pending);
+
+    // A replace with a command wakes this store's workers at once.
+    let next = next_version(&created, t0, vec![saga_command("reserve", "7", t0)]);
+    assert!(fires(&local, Duration::from_secs(2), store.save_saga(next.clone())).await);
+    assert_eq!(state_of(&store, next.commands[0].id).await, State::Pending);
+
+    // All or nothing: commands that cannot be inserted fail the save, instance included.
+    let (_, outside) = workflow_rows(t0, &[("a", &[]), ("b", &["a"])]);
+    let refused = next_version(&next.record, t0, vec![outside[1].clone()]);
+    let err = store.save_saga(refused).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+    assert_eq!(store.saga("order", "7").await.unwrap().as_ref(), Some(&next.record));
+    let clash = create(&saga_record("order", "8", t0), vec![saga_command("z", "8", t0), charge.clone()]);
+    assert!(store.save_saga(clash.clone()).await.is_err(), "a command id already stored");
+    assert_eq!(store.saga("order", "8").await.unwrap(), None);
+    assert!(absent(&store, clash.commands[0].id).await);
+    listening.drop_tables().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn sagas_are_queried_by_every_filter() {
+    let Some(url) = server_url() else { return };
+    let store = store_at(&url, &fresh_prefix()).await;
+    let t = |s: i64| Timestamp::from_millis(70_000_000 + s * 1_000);
+    // (saga, key, state, status, updated at, timeout at); keys sort byte-wise ("B" < "a").
+    let rows = [
+        ("order", "a", "paying", SagaStatus::Active, 10, Some(100)),
+        ("order", "B", "paying", SagaStatus::Active, 20, Some(200)),
+        ("order", "c", "shipping", SagaStatus::Active, 30, None),
+        ("order", "d", "done", SagaStatus::Completed, 5, None),
+        ("order", "e", "paying", SagaStatus::Compensating, 15, Some(150)),
+        ("refund", "a", "paying", SagaStatus::Active, 1, Some(50)),
+        ("Refund", "z", "paying", SagaStatus::CompensationFailed, 40, Some(100)),
+    ];
+    for (saga, key, state, status, updated, timeout) in rows {
+        let record = SagaRecord {
+            state: state.into(),
+            status,
+            timeout_at: timeout.map(t),
+            updated_at: t(updated),
+            ..saga_record(saga, key, t(0))
+        };
+        assert_eq!(store.save_saga(create(&record, vec![])).await.unwrap(), SagaWriteStatus::Saved);
+    }
+    let keys = |query: SagaQuery| {
+        let store = store.clone();
+        async move {
+            store
+                .sagas(query)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| format!("{}/{}", r.saga, r.correlation_id))
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = ["Refund/z", "order/B", "order/a", "order/c", "order/d", "order/e", "refund/a"];
+    assert_eq!(keys(SagaQuery::default()).await, all);
+    let saga = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        keys(SagaQuery { saga: saga("order"), ..Default::default() }).await,
+        ["order/B", "order/a", "order/c", "order/d", "order/e"]
+    );
+    assert_eq!(
+        keys(SagaQuery { state: saga("paying"), ..Default::default() }).await,
+        ["Refund/z", "order/B", "order/a", "order/e", "refund/a"]
+    );
+    assert_eq!(
+        keys(SagaQuery { status: Some(SagaStatus::Active), ..Default::default() }).await,
+        ["order/B", "order/a", "order/c", "refund/a"]
+    );
+    assert_eq!(
+        keys(SagaQuery { status: Some(SagaStatus::Compensated), ..Default::default() }).await,
+        Vec::<String>::new()
+    );
+    // updated_before is strict; timeout_before is inclusive and skips instances without one.
+    assert_eq!(
+        keys(SagaQuery { updated_before: Some(t(15)), ..Default::default() }).await,
+        ["order/a", "order/d", "refund/a"]
+    );
+    assert_eq!(
+        keys(SagaQuery { timeout_before: Some(t(150)), ..Default::default() }).await,
+        ["Refund/z", "order/a", "order/e", "refund/a"]
+    );
+    assert_eq!(
+        keys(SagaQuery { timeout_before: Some(t(49)), ..Default::default() }).await,
+        Vec::<String>::new()
+    );
+    // Combined, every filter applies.
+    assert_eq!(
+        keys(SagaQuery {
+            saga: saga("order"),
+            state: saga("paying"),
+            status: Some(SagaStatus::Active),
+            ..Default::default()
+        })
+        .await,
+        ["order/B", "order/a"]
+    );
+    assert_eq!(
+        keys(SagaQuery {
+            saga: saga("order"),
+            status: Some(SagaStatus::Active),
+            updated_before: Some(t(25)),
+            timeout_before: Some(t(150)),
+            ..Default::default()
+        })
+        .await,
+        ["order/a"]
+    );
+    assert_eq!(
+        keys(SagaQuery {
+            saga: saga("order"),
+            state: saga("paying"),
+            status: Some(SagaStatus::Active),
+            updated_before: Some(t(25)),
+            timeout_before: Some(t(300)),
+            limit: 1,
+        })
+        .await,
+        ["order/B"]
+    );
+    // Limits: the first n in order; 0 and anything over the cap mean the cap.
+    assert_eq!(keys(SagaQuery { limit: 3, ..Default::default() }).await, all[..3]);
+    assert_eq!(keys(SagaQuery { limit: 0, ..Default::default() }).await, all);
+    assert_eq!(keys(SagaQuery { limit: usize::MAX, ..Default::default() }).await, all);
+    // Records come back whole.
+    let found = store.sagas(SagaQuery { saga: saga("refund"), ..Default::default() }).await.unwrap();
+    assert_eq!(found, vec![store.saga("refund", "a").await.unwrap().unwrap()]);
+    assert_eq!((found[0].timeout_at, found[0].updated_at, found[0].created_at), (Some(t(50)), t(1), t(0)));
+    store.drop_tables().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn sagas_over_the_cap_are_cut_at_ten_thousand() {
+    let Some(url) = server_url() else { return };
+    let store = store_at(&url, &fresh_prefix()).await;
+    let now = Timestamp::from_millis(75_000_000);
+    // Filled in one statement: 10,001 saves would be slow for nothing.
+    let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+    diesel::sql_query(format!(
+        "INSERT INTO {} (saga, correlation_id, state, status, data, version, compensations, created_at, \
+         updated_at) SELECT 'bulk', lpad(i::text, 6, '0'), 's', 'active', '{{}}', 1, '[]', $1, $1 \
+         FROM generate_series(1, 10001) AS i",
+        store.inner.tables.sagas
+    ))
+    .bind::<BigInt, _>(now.as_micros())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for limit in [0, 10_001, usize::MAX] {
+        let found = store.sagas(SagaQuery { limit, ..Default::default() }).await.unwrap();
+        assert_eq!(found.len(), 10_000, "limit {limit}");
+        assert_eq!(found[9_999].correlation_id, "010000");
+    }
+    store.drop_tables().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn concurrent_saga_saves_let_exactly_one_win() {
+    let Some(url) = server_url() else { return };
+    let store = store_at(&url, &fresh_prefix()).await;
+    let t0 = Timestamp::from_millis(80_000_000);
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    // Two writers racing with the same expected version (None: both creating).
+    let race = |writes: [SagaWrite; 2]| {
+        let tasks: Vec<_> = writes
+            .into_iter()
+            .map(|write| {
+                let (store, barrier) = (store.clone(), Arc::clone(&barrier));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.save_saga(write).await.unwrap()
+                })
+            })
+            .collect();
+        async move {
+            let mut statuses = Vec::new();
+            for task in tasks {
+                statuses.push(task.await.unwrap());
+            }
+            statuses
+        }
+    };
+    for i in 0..20 {
+        let key = format!("k{i}");
+        let writes = ["a", "b"].map(|who| {
+            let record = SagaRecord { state: who.into(), ..saga_record("race", &key, t0) };
+            create(&record, vec![saga_command(who, &key, t0)])
+        });
+        let statuses = race(writes.clone()).await;
+        let mut current = check_one_won(&store, &writes, &statuses, &format!("create {i}")).await;
+
+        for round in 0..3 {
+            let writes = ["a", "b"].map(|who| {
+                let mut write = next_version(&current, t0, vec![saga_command(who, &key, t0)]);
+                write.record.state = format!("{who}{round}");
+                write
+            });
+            let statuses = race(writes.clone()).await;
+            current = check_one_won(&store, &writes, &statuses, &format!("update {i}/{round}")).await;
+        }
+        assert_eq!(current.version, 4);
+    }
+    store.drop_tables().await.unwrap();
+}
+
+/// Asserts that exactly one of two racing writes was saved, with its commands, and
+/// that the other left no trace; returns the instance as stored.
+async fn check_one_won(
+    store: &PgStore,
+    writes: &[SagaWrite; 2],
+    statuses: &[SagaWriteStatus],
+    what: &str,
+) -> SagaRecord {
+    let saved: Vec<usize> = (0..2).filter(|&i| statuses[i] == SagaWriteStatus::Saved).collect();
+    assert_eq!(saved.len(), 1, "{what}: {statuses:?}");
+    let (won, lost) = (&writes[saved[0]], &writes[1 - saved[0]]);
+    assert_eq!(statuses[1 - saved[0]], SagaWriteStatus::Conflict, "{what}");
+    let stored = store.saga(&won.record.saga, &won.record.correlation_id).await.unwrap().unwrap();
+    assert_eq!(stored, won.record, "{what}");
+    assert_eq!(state_of(store, won.commands[0].id).await, State::Pending, "{what}");
+    assert!(absent(store, lost.commands[0].id).await, "{what}: the loser's command");
+    stored
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn a_save_waiting_on_a_newer_version_conflicts() {
+    let Some(url) = server_url() else { return };
+    let prefix = fresh_prefix();
+    let store = store_at(&url, &prefix).await;
+    let t0 = Timestamp::from_millis(85_000_000);
+    let created = saga_record("order", "1", t0);
+    store.save_saga(create(&created, vec![])).await.unwrap();
+
+    // Another transaction moves the row to version 2 and holds its lock.
+    let mut holder = AsyncPgConnection::establish(&url).await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; UPDATE {prefix}sagas SET version = 2, state = 'theirs' WHERE saga = 'order'"
+        ))
+        .await
+        .unwrap();
+    let write = next_version(&created, t0, vec![saga_command("mine", "1", t0)]);
+    let command = write.commands[0].id;
+    let saving = tokio::spawn({
+        let store = store.clone();
+        async move { store.save_saga(write).await.unwrap() }
+    });
+    let waiting = format!(
+        "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+         AND query LIKE 'UPDATE {prefix}sagas%'"
+    );
+    wait_for("the save to wait on the row lock", || async { count(&url, &waiting).await == 1 }).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    // It re-checks the version against the committed row: a conflict, nothing written.
+    assert_eq!(saving.await.unwrap(), SagaWriteStatus::Conflict);
+    let stored = store.saga("order", "1").await.unwrap().unwrap();
+    assert_eq!((stored.version, stored.state.as_str()), (2, "theirs"));
+    assert!(absent(&store, command).await);
+
+    // Holding the lock without changing the version: the waiting save goes through.
+    holder.batch_execute(&format!("BEGIN; SELECT * FROM {prefix}sagas FOR UPDATE")).await.unwrap();
+    let write = next_version(&stored, t0, vec![]);
+    let saving = tokio::spawn({
+        let (store, write) = (store.clone(), write.clone());
+        async move { store.save_saga(write).await.unwrap() }
+    });
+    wait_for("the save to wait on the row lock", || async { count(&url, &waiting).await == 1 }).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(saving.await.unwrap(), SagaWriteStatus::Saved);
+    assert_eq!(store.saga("order", "1").await.unwrap(), Some(write.record));
+    store.drop_tables().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn a_version_2_database_migrates_to_sagas() {
+    let Some(url) = server_url() else { return };
+    let prefix = fresh_prefix();
+    // Version 2 as an older orch-diesel-pg left it, with a workflow in it.
+    let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+    let schema: String = migrations::MIGRATIONS
+        .iter()
+        .filter(|(version, _)| *version <= 2)
+        .map(|(_, sql)| sql.replace("{prefix}", &prefix))
+        .collect::<Vec<_>>()
+        .join(";\n");
+    conn.batch_execute(&format!(
+        "CREATE TABLE {prefix}migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at BIGINT NOT NULL); \
+         {schema}; \
+         INSERT INTO {prefix}migrations (version, applied_at) VALUES (1, 0), (2, 0);"
+    ))
+    .await
+    .unwrap();
+    let now = Timestamp::from_millis(90_000_000);
+    let (workflow_id, rows) = workflow_rows(now, &[("a", &[]), ("b", &["a"])]);
+    {
+        // Enqueued by the old schema's store (no sagas table yet).
+        let old = PgStore::builder(&url).prefix(&prefix).listen(false).connect().await.unwrap();
+        old.enqueue(rows.clone()).await.unwrap();
+        let err = old.saga("order", "1").await.unwrap_err();
+        assert!(matches!(err, Error::Backend { .. }), "no sagas table before migrating: {err}");
+    }
+
+    // Several processes upgrade it at once.
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(PgStore::builder(&url).prefix(&prefix).listen(false).connect().await.unwrap());
+    }
+    let tasks: Vec<_> =
+        stores.iter().cloned().map(|s| tokio::spawn(async move { s.migrate().await })).collect();
+    for task in tasks {
+        task.await.unwrap().expect("every concurrent migrate succeeds");
+    }
+    stores[0].migrate().await.unwrap();
+    let versions =
+        count(&url, &format!("SELECT COUNT(*) AS n FROM {prefix}migrations WHERE version IN (1, 2, 3)"))
+            .await;
+    assert_eq!(versions, 3);
+    assert_eq!(count(&url, &format!("SELECT COUNT(*) AS n FROM {prefix}migrations")).await, 3);
+    let indexes =
+        count(&url, &format!("SELECT COUNT(*) AS n FROM pg_indexes WHERE tablename = '{prefix}sagas'")).await;
+    assert_eq!(indexes, 4, "the primary key and three indexes");
+
+    // The old workflow is intact and runs; sagas work on the upgraded schema.
+    let store = &stores[0];
+    assert_eq!(store.workflow_steps(workflow_id).await.unwrap().len(), 2);
+    assert_eq!(state_of(store, rows[1].id).await, State::Blocked);
+    let created = saga_record("order", "1", now);
+    let command = saga_command("charge", "1", now);
+    assert_eq!(
+        store.save_saga(create(&created, vec![command.clone()])).await.unwrap(),
+        SagaWriteStatus::Saved
+    );
+    assert_eq!(store.saga("order", "1").await.unwrap(), Some(created));
+    assert_eq!(state_of(store, command.id).await, State::Pending);
+    store.drop_tables().await.unwrap();
+    assert_eq!(
+        count(&url, &format!("SELECT COUNT(*) AS n FROM pg_tables WHERE tablename LIKE '{prefix}%'")).await,
+        0,
+        "drop_tables drops the sagas table too"
+    );
 }

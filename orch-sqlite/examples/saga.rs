@@ -17,8 +17,8 @@ use orch_sqlite::SqliteStore;
 use orch_sqlite::orch::saga::SagaEventCommand;
 use orch_sqlite::orch::store::ListParams;
 use orch_sqlite::orch::{
-    Command, Context, HandlerError, NewCommand, Orch, Registry, SagaEvent, SagaMachine, SagaStatus, State, Store,
-    Worker, WorkerConfig,
+    Command, Context, HandlerError, NewCommand, Orch, Registry, SagaEvent, SagaMachine, SagaStatus, State,
+    Store, Worker, WorkerConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -141,7 +141,7 @@ async fn charge(cmd: ChargeCommand, ctx: Context) -> Result<(), HandlerError> {
 
 async fn reserve_stock(cmd: ReserveStockCommand, ctx: Context) -> Result<(), HandlerError> {
     let key = cmd.order.to_string();
-    if cmd.order % 2 == 0 {
+    if cmd.order.is_multiple_of(2) {
         ctx.orch().publish("order", &key, &InventoryFailed { reason: "out of stock".into() }).await?;
     } else {
         ctx.orch().publish("order", &key, &InventoryReserved).await?;

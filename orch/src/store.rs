@@ -881,24 +881,15 @@ pub trait Store: Send + Sync + 'static {
     async fn workflow_steps(&self, workflow_id: WorkflowId) -> Result<Vec<WorkflowStepRecord>>;
 
     /// One saga instance.
-    async fn saga(&self, saga: &str, correlation_id: &str) -> Result<Option<SagaRecord>> {
-        let _ = (saga, correlation_id);
-        Err(Error::invalid_config("TEMPORARY: sagas not stored by this backend yet"))
-    }
+    async fn saga(&self, saga: &str, correlation_id: &str) -> Result<Option<SagaRecord>>;
 
     /// Creates or replaces a saga instance, compare-and-set on its version, together
     /// with its commands (inserted as [`Store::enqueue`] inserts, dependencies
     /// included) in one transaction; on a conflict nothing is written.
-    async fn save_saga(&self, write: SagaWrite) -> Result<SagaWriteStatus> {
-        let _ = write;
-        Err(Error::invalid_config("TEMPORARY: sagas not stored by this backend yet"))
-    }
+    async fn save_saga(&self, write: SagaWrite) -> Result<SagaWriteStatus>;
 
     /// Saga instances matching a query.
-    async fn sagas(&self, query: SagaQuery) -> Result<Vec<SagaRecord>> {
-        let _ = query;
-        Err(Error::invalid_config("TEMPORARY: sagas not stored by this backend yet"))
-    }
+    async fn sagas(&self, query: SagaQuery) -> Result<Vec<SagaRecord>>;
 
     /// A signal that fires when commands may have become due, so an idle worker looks
     /// again before its poll interval is over. A backend with a cross-process channel

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use orch::{
-    Command, Context, HandlerError, NewCommand, Registry, SagaEvent, SagaMachine, Workflow, WorkerConfig,
+    Command, Context, HandlerError, NewCommand, Registry, SagaEvent, SagaMachine, WorkerConfig, Workflow,
 };
 use serde::{Deserialize, Serialize};
 
@@ -129,7 +129,13 @@ fn spawn(binary: &str, backend: &str, url: &str, prefix: &str) -> Process {
 /// (SIGKILL) while a workflow step and the saga's step are running; starts another
 /// worker; and asserts that the workflow ends succeeded or failed and the saga
 /// completed or compensated, with nothing left stuck.
-pub async fn run(binary: &str, backend: &str, url: &str, prefix: &str, store: std::sync::Arc<dyn orch::Store>) {
+pub async fn run(
+    binary: &str,
+    backend: &str,
+    url: &str,
+    prefix: &str,
+    store: std::sync::Arc<dyn orch::Store>,
+) {
     use orch::{Orch, SagaStatus, State, WorkflowState};
 
     let orch = Orch::new(store);
@@ -140,7 +146,11 @@ pub async fn run(binary: &str, backend: &str, url: &str, prefix: &str, store: st
     crate::support::eventually("a workflow step and the saga's step to be running", || async {
         let running = orch
             .store()
-            .list(orch::store::ListParams { state: Some(State::Running), name: Some("slow".into()), ..Default::default() })
+            .list(orch::store::ListParams {
+                state: Some(State::Running),
+                name: Some("slow".into()),
+                ..Default::default()
+            })
             .await
             .unwrap();
         let in_workflow = running.iter().any(|c| c.workflow.is_some());
@@ -166,7 +176,8 @@ pub async fn run(binary: &str, backend: &str, url: &str, prefix: &str, store: st
 
     // The killed worker's commands were rescued, and nothing is left unfinished.
     let all = orch.store().list(orch::store::ListParams::default()).await.unwrap();
-    let stuck: Vec<_> = all.iter().filter(|c| !c.state.is_terminal()).map(|c| (c.id, c.name.clone(), c.state)).collect();
+    let stuck: Vec<_> =
+        all.iter().filter(|c| !c.state.is_terminal()).map(|c| (c.id, c.name.clone(), c.state)).collect();
     assert!(stuck.is_empty(), "unfinished commands: {stuck:?}");
     let rescued = all.iter().filter(|c| c.attempts > 1).count();
     assert!(rescued >= 2, "the two running steps were rescued and run again: {all:#?}");

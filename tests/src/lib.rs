@@ -17,9 +17,9 @@
 //! which produces tests named `sqlite::claim_is_exclusive` and so on.
 
 pub mod conformance;
-pub mod crash;
 pub mod conformance_sagas;
 pub mod conformance_workflows;
+pub mod crash;
 pub mod harness;
 pub mod multiprocess;
 pub mod property;
