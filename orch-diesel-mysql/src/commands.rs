@@ -724,6 +724,9 @@ pub(crate) async fn list(
     p: &ListParams,
 ) -> TxResult<Vec<CommandRecord>> {
     let mut sql = format!("SELECT {} FROM {} WHERE 1 = 1", tables.columns, tables.commands);
+    if p.unfinished {
+        sql.push_str(" AND state IN ('blocked', 'pending', 'running')");
+    }
     let mut binds: Vec<String> = Vec::new();
     let mut filter = |condition: &str, value: Option<String>| {
         if let Some(v) = value {

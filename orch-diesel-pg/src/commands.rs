@@ -752,6 +752,9 @@ pub(crate) async fn list(
     if let Some(correlation_id) = &p.correlation_id {
         sql.push_str(&format!(" AND correlation_id = {}", st.param(Bind::Text(correlation_id.clone()))));
     }
+    if p.unfinished {
+        sql.push_str(" AND state IN ('blocked', 'pending', 'running')");
+    }
     if let Some(after) = p.after {
         sql.push_str(&format!(" AND id > {}", st.param(Bind::Uuid(after.as_uuid()))));
     }

@@ -539,6 +539,9 @@ pub(crate) fn list(
     p: &ListParams,
 ) -> TxResult<Vec<CommandRecord>> {
     let mut sql = format!("SELECT {COLUMNS} FROM {} WHERE 1 = 1", tables.commands);
+    if p.unfinished {
+        sql.push_str(" AND state IN ('blocked', 'pending', 'running')");
+    }
     let mut binds: Vec<String> = Vec::new();
     let mut filter = |column: &str, value: Option<String>| {
         if let Some(v) = value {

@@ -77,7 +77,7 @@ use crate::handler::{Context, Handler};
 use crate::retry::RetryPolicy;
 use crate::store::{
     CommandId, InsertCommand, ListParams, SagaQuery, SagaRecord, SagaStatus, SagaWrite, SagaWriteStatus,
-    State, WorkflowId,
+    WorkflowId,
 };
 use crate::workflow::Workflow;
 
@@ -654,28 +654,28 @@ impl Handler<SagaEventCommand> for SagaHandler {
     }
 }
 
-/// The id of an unfinished event of the same instance published before this one.
+/// The id of an unfinished event of the same instance published before this one. One
+/// query reads every unfinished state at once: reading them one by one could miss an
+/// event that moves from one to another in between.
 async fn earlier_unfinished_event(
     ctx: &Context,
     cmd: &SagaEventCommand,
 ) -> std::result::Result<Option<CommandId>, HandlerError> {
-    for state in [State::Running, State::Pending, State::Blocked] {
-        let params = ListParams {
-            state: Some(state),
-            name: Some(SagaEventCommand::name().into_owned()),
-            correlation_id: Some(cmd.correlation_id.clone()),
-            limit: 1_000,
-            ..ListParams::default()
-        };
-        for record in ctx.orch().store().list(params).await? {
-            if record.id >= ctx.id() {
-                continue;
-            }
-            let same_saga =
-                serde_json::from_str::<SagaEventCommand>(&record.input).is_ok_and(|e| e.saga == cmd.saga);
-            if same_saga {
-                return Ok(Some(record.id));
-            }
+    let params = ListParams {
+        name: Some(SagaEventCommand::name().into_owned()),
+        correlation_id: Some(cmd.correlation_id.clone()),
+        unfinished: true,
+        limit: 10_000,
+        ..ListParams::default()
+    };
+    for record in ctx.orch().store().list(params).await? {
+        if record.id >= ctx.id() {
+            break;
+        }
+        let same_saga =
+            serde_json::from_str::<SagaEventCommand>(&record.input).is_ok_and(|e| e.saga == cmd.saga);
+        if same_saga {
+            return Ok(Some(record.id));
         }
     }
     Ok(None)

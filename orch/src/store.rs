@@ -552,6 +552,9 @@ pub struct ListParams {
     pub target: Option<String>,
     /// Only this correlation id.
     pub correlation_id: Option<String>,
+    /// Only commands not finished (blocked, pending or running), read in one statement
+    /// so a command moving between those states is never missed.
+    pub unfinished: bool,
     /// Keyset pagination: only ids greater than this one.
     pub after: Option<CommandId>,
     /// At most this many (the store may cap it).

@@ -974,3 +974,32 @@ pub async fn shutdown_releases_unfinished(h: &dyn Harness) {
     let later = orch.push(&EchoCommand { n: 1 }).await.unwrap();
     assert_eq!(record(&store, later).await.state, State::Pending, "a stopped worker claims nothing");
 }
+
+/// `list` with `unfinished` returns exactly the blocked, pending and running commands,
+/// in id order.
+pub async fn list_finds_unfinished(h: &dyn Harness) {
+    let store = h.store().await;
+    let now = Timestamp::from_millis(1_000);
+    let rows: Vec<InsertCommand> = (0..4).map(|_| insert("job", now)).collect();
+    store.enqueue(rows.clone()).await.unwrap();
+    let running = claim_one(&store, "job", now, "w").await;
+    let done = claim_one(&store, "job", now, "w").await;
+    let completion = Completion {
+        lease: done.lease,
+        now,
+        worker: "w".into(),
+        outcome: Outcome::Succeeded { output: "null".into(), follow_ups: Vec::new() },
+    };
+    assert_eq!(store.complete(vec![completion]).await.unwrap(), [CompletionStatus::Applied]);
+    assert_eq!(store.cancel(rows[3].id, now).await.unwrap(), CancelStatus::Cancelled);
+    let unfinished: Vec<CommandId> = store
+        .list(ListParams { unfinished: true, ..ListParams::default() })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let mut expected = vec![running.lease.id, rows[2].id];
+    expected.sort();
+    assert_eq!(unfinished, expected);
+}

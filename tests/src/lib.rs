@@ -59,6 +59,7 @@ macro_rules! conformance_suite {
             wait_reports_statuses,
             unstorable_follow_up_fails_the_command,
             shutdown_releases_unfinished,
+            list_finds_unfinished,
             workflow_runs_in_dependency_order,
             workflow_steps_run_concurrently,
             workflow_failure_cancels_dependents,
