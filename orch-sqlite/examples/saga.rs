@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orch_sqlite::SqliteStore;
-use orch_sqlite::orch::saga::SagaEventCommand;
+use orch_sqlite::orch::saga::event_command_name;
 use orch_sqlite::orch::store::ListParams;
 use orch_sqlite::orch::{
     Command, Context, HandlerError, NewCommand, Orch, Registry, SagaEvent, SagaMachine, SagaStatus, State,
@@ -212,7 +212,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!();
         println!("order {key}: {} in state `{}`, version {}", saga.status, saga.state, saga.version);
         let params = ListParams {
-            name: Some(SagaEventCommand::name().into_owned()),
+            name: Some(event_command_name("order")),
             correlation_id: Some(key.to_owned()),
             state: Some(State::Succeeded),
             ..ListParams::default()

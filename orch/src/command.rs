@@ -236,6 +236,17 @@ impl NewCommand {
         &self.name
     }
 
+    /// Renames the command (saga events carry their saga's name).
+    pub(crate) fn named(mut self, name: String) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Checks the options as a push at `now` would, without consuming the command.
+    pub(crate) fn clone_spec_checked(&self, now: Timestamp) -> Result<()> {
+        Self::from_spec(self.to_spec()?).resolve(now).map(drop)
+    }
+
     /// Sets the correlation id unless one is set already.
     pub(crate) fn correlation_id_if_unset(self, correlation_id: &str) -> Self {
         if self.correlation_id.is_some() { self } else { self.correlation_id(correlation_id) }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::Orch;
 use crate::command::{Command, NewCommand};
 use crate::error::{Error, Failure, FailureKind, HandlerError, Result};
-use crate::saga::{SagaData, SagaEventCommand, SagaHandler, SagaMachine, SagaRuntime};
+use crate::saga::{SagaData, SagaEventCommand, SagaHandler, SagaMachine, SagaRuntime, event_command_name};
 use crate::store::{CommandId, State, StepOf};
 
 /// Runs one command type.
@@ -275,12 +275,18 @@ impl Registry {
     /// instances and publish their timeouts. Fails when a saga of that name is
     /// registered already.
     pub fn register_saga<D: SagaData>(&mut self, machine: SagaMachine<D>) -> Result<&mut Self> {
-        if self.sagas.is_none() {
-            let runtime = SagaRuntime::default();
-            self.register::<SagaEventCommand, _>(SagaHandler { runtime: runtime.clone() })?;
-            self.sagas = Some(runtime);
+        let runtime = self.sagas.get_or_insert_with(SagaRuntime::default).clone();
+        let name = event_command_name(machine.name());
+        if self.handlers.contains_key(&name) {
+            return Err(Error::DuplicateHandler(name));
         }
-        self.sagas.as_ref().expect("created above").add(machine)?;
+        runtime.add(machine)?;
+        let handler = SagaHandler { runtime };
+        let erased: Arc<dyn ErasedHandler> = Arc::new(Typed::<SagaEventCommand, SagaHandler> {
+            handler: Arc::new(handler),
+            _command: PhantomData,
+        });
+        self.handlers.insert(name, erased);
         Ok(self)
     }
 

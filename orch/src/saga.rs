@@ -155,9 +155,13 @@ enum Target {
     Compensate,
 }
 
+/// Checks that an event payload decodes as the transition's event type.
+type Decodes = Box<dyn Fn(&serde_json::Value) -> std::result::Result<(), String> + Send + Sync>;
+
 struct Transition<D> {
     from: String,
     event: String,
+    decodes: Decodes,
     actions: Vec<Action<D>>,
     target: Target,
 }
@@ -324,9 +328,13 @@ impl<D: SagaData, E: SagaEvent> When<D, E> {
 
     fn finish(self, target: Target) -> SagaBuilder<D> {
         let During { mut builder, from } = self.during;
+        let decodes: Decodes = Box::new(|payload| {
+            serde_json::from_value::<E>(payload.clone()).map(drop).map_err(|e| e.to_string())
+        });
         builder.machine.transitions.push(Transition {
             from,
             event: E::event_name(),
+            decodes,
             actions: self.actions,
             target,
         });
@@ -335,7 +343,8 @@ impl<D: SagaData, E: SagaEvent> When<D, E> {
 }
 
 /// The command that carries an event (or a saga's own signal) to a saga instance.
-/// Workers with a registered saga run it; applications use [`Orch::publish`].
+/// Its name is `orch.saga.<saga>` ([`event_command_name`]), so only workers that have
+/// that saga registered claim it; applications use [`Orch::publish`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SagaEventCommand {
     /// The saga's name.
@@ -368,9 +377,16 @@ pub enum Signal {
     CompensationFailed,
 }
 
+/// The command name of the events of the saga called `saga`.
+pub fn event_command_name(saga: &str) -> String {
+    format!("orch.saga.{saga}")
+}
+
 impl Command for SagaEventCommand {
     type Output = String;
-    const NAME: Option<&'static str> = Some("orch.saga_event");
+    /// The type's own name; every event is pushed under its saga's
+    /// [`event_command_name`] instead.
+    const NAME: Option<&'static str> = Some("orch.saga");
     /// Retries carry conflicts and waits behind earlier events, so there are many.
     const RETRIES: u32 = 100_000;
     const TIMEOUT: Duration = Duration::from_secs(30);
@@ -387,14 +403,9 @@ impl Command for SagaEventCommand {
     /// good; the saga then learns so.
     fn on_cancel(&self) -> Vec<NewCommand> {
         match self.signal {
-            Signal::CompensationsDone => vec![
-                NewCommand::of(&SagaEventCommand {
-                    saga: self.saga.clone(),
-                    correlation_id: self.correlation_id.clone(),
-                    signal: Signal::CompensationFailed,
-                })
-                .correlation_id(self.correlation_id.clone()),
-            ],
+            Signal::CompensationsDone => {
+                vec![event_command(&self.saga, &self.correlation_id, Signal::CompensationFailed)]
+            }
             _ => Vec::new(),
         }
     }
@@ -442,6 +453,9 @@ impl<D: SagaData> ErasedMachine for SagaMachine<D> {
         let Some(transition) = self.transitions.iter().find(|t| t.from == state && t.event == event) else {
             return Ok(None);
         };
+        // An event that does not decode fails on its own and leaves the saga as it is.
+        (transition.decodes)(payload)
+            .map_err(|e| HandlerError::permanent(format!("event `{event}` does not decode: {e}")))?;
         let data: D = match data {
             Some(json) => serde_json::from_str(json)
                 .map_err(|e| HandlerError::permanent(format!("saga data does not decode: {e}")))?,
@@ -542,6 +556,9 @@ impl SagaRuntime {
                 ..SagaQuery::default()
             };
             for instance in orch.store().sagas(query).await? {
+                if timeout_pending(orch, &saga, &instance.correlation_id).await? {
+                    continue;
+                }
                 let signal = Signal::Timeout { version: instance.version };
                 orch.push_new(event_command(&saga, &instance.correlation_id, signal)).await?;
                 tracing::info!(saga = %saga, correlation_id = %instance.correlation_id, "saga timed out");
@@ -560,12 +577,28 @@ pub fn event_for<E: SagaEvent>(saga: &str, correlation_id: &str, event: &E) -> R
     Ok(event_command(saga, correlation_id, Signal::Event { name: E::event_name(), payload }))
 }
 
+/// Whether a timeout signal for the instance is already waiting to be applied.
+async fn timeout_pending(orch: &Orch, saga: &str, correlation_id: &str) -> Result<bool> {
+    let params = ListParams {
+        name: Some(event_command_name(saga)),
+        correlation_id: Some(correlation_id.to_owned()),
+        unfinished: true,
+        limit: 10_000,
+        ..ListParams::default()
+    };
+    Ok(orch.store().list(params).await?.iter().any(|r| {
+        serde_json::from_str::<SagaEventCommand>(&r.input)
+            .is_ok_and(|e| matches!(e.signal, Signal::Timeout { .. }))
+    }))
+}
+
 pub(crate) fn event_command(saga: &str, correlation_id: &str, signal: Signal) -> NewCommand {
     NewCommand::of(&SagaEventCommand {
         saga: saga.to_owned(),
         correlation_id: correlation_id.to_owned(),
         signal,
     })
+    .named(event_command_name(saga))
     .correlation_id(correlation_id)
 }
 
@@ -654,31 +687,31 @@ impl Handler<SagaEventCommand> for SagaHandler {
     }
 }
 
-/// The id of an unfinished event of the same instance published before this one. One
-/// query reads every unfinished state at once: reading them one by one could miss an
-/// event that moves from one to another in between.
+/// The id of an unfinished event of the same instance published before this one and
+/// already due. One query reads every unfinished state at once: reading them one by one
+/// could miss an event that moves from one to another in between. An earlier event
+/// delayed into the future does not hold later ones back.
 async fn earlier_unfinished_event(
     ctx: &Context,
     cmd: &SagaEventCommand,
 ) -> std::result::Result<Option<CommandId>, HandlerError> {
     let params = ListParams {
-        name: Some(SagaEventCommand::name().into_owned()),
+        name: Some(event_command_name(&cmd.saga)),
         correlation_id: Some(cmd.correlation_id.clone()),
         unfinished: true,
         limit: 10_000,
         ..ListParams::default()
     };
-    for record in ctx.orch().store().list(params).await? {
-        if record.id >= ctx.id() {
-            break;
-        }
-        let same_saga =
-            serde_json::from_str::<SagaEventCommand>(&record.input).is_ok_and(|e| e.saga == cmd.saga);
-        if same_saga {
-            return Ok(Some(record.id));
-        }
-    }
-    Ok(None)
+    let now = ctx.orch().clock().now();
+    Ok(ctx
+        .orch()
+        .store()
+        .list(params)
+        .await?
+        .into_iter()
+        .take_while(|r| r.id < ctx.id())
+        .find(|r| !(r.state == crate::store::State::Pending && r.scheduled_at > now))
+        .map(|r| r.id))
 }
 
 /// The compensations registered so far, as stored.
@@ -700,14 +733,18 @@ fn build_write(
     now: Timestamp,
 ) -> std::result::Result<(SagaWrite, String), HandlerError> {
     let mut compensations = stack(current)?;
+    let invalid = |e: Error| HandlerError::permanent(format!("the transition's commands are invalid: {e}"));
     for command in applied.compensations {
-        compensations.push(command.to_spec()?);
+        // Checked now, so a compensation that could never be pushed fails this event
+        // instead of the compensation later.
+        command.clone_spec_checked(now).map_err(invalid)?;
+        compensations.push(command.to_spec().map_err(invalid)?);
     }
     let version = current.map_or(1, |r| r.version + 1);
     let mut commands: Vec<InsertCommand> = Vec::new();
     for command in applied.pushes {
         let command = command.correlation_id_if_unset(&cmd.correlation_id);
-        commands.push(command.into_insert(now, Some((event_id, &cmd.correlation_id)))?);
+        commands.push(command.into_insert(now, Some((event_id, &cmd.correlation_id))).map_err(invalid)?);
     }
     let mut status = applied.status;
     let mut note = applied.note;
@@ -716,7 +753,9 @@ fn build_write(
             status = SagaStatus::Compensated;
             note.push_str("; nothing to compensate");
         } else {
-            commands.extend(compensation_chain(cmd, &compensations, now)?);
+            commands.extend(compensation_chain(cmd, &compensations, now).map_err(|e| {
+                HandlerError::permanent(format!("the compensations cannot be pushed: {}", e.message()))
+            })?);
             note.push_str(&format!("; {} compensation(s) to run", compensations.len()));
         }
     }

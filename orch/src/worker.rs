@@ -645,7 +645,9 @@ async fn maintainer(shared: Arc<Shared>, stop: CancellationToken) {
         let now = clock.now();
         if now >= next_rescue {
             rescue_and_follow_up(&shared, now).await;
+            // Saga events go to the default instance, so its workers watch the timeouts.
             if let Some(sagas) = shared.registry.sagas()
+                && config.instance_key == DEFAULT_TARGET
                 && let Err(e) = sagas.publish_timeouts(&shared.orch, now).await
             {
                 tracing::warn!(error = %e, "publishing saga timeouts failed; will retry");
@@ -714,8 +716,18 @@ async fn rescue_and_follow_up(shared: &Arc<Shared>, now: Timestamp) {
         }
     };
     for record in due {
-        if let Err(e) = push_due_follow_ups(shared, &record).await {
-            tracing::warn!(id = %record.id, error = %e, "pushing follow-ups failed; will retry");
+        match push_due_follow_ups(shared, &record).await {
+            Ok(()) => {}
+            // Follow-ups that can never be stored are dropped, as they are when a worker
+            // records an outcome, so they cannot hold up the follow-ups behind them.
+            Err(e @ (Error::InvalidConfig(_) | Error::Encode { .. } | Error::InvalidWorkflow(_))) => {
+                tracing::error!(id = %record.id, error = %e, "follow-ups are invalid; dropping them");
+                let now = shared.orch.clock().now();
+                if let Err(e) = shared.orch.store().resolve_follow_ups(record.id, Vec::new(), now).await {
+                    tracing::warn!(id = %record.id, error = %e, "clearing invalid follow-ups failed; will retry");
+                }
+            }
+            Err(e) => tracing::warn!(id = %record.id, error = %e, "pushing follow-ups failed; will retry"),
         }
     }
 }

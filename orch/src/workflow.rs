@@ -50,6 +50,14 @@ pub enum WorkflowError {
         /// The missing dependency.
         dependency: String,
     },
+    /// A step lists the same dependency twice.
+    #[error("step `{step}` lists `{dependency}` twice")]
+    DuplicateDependency {
+        /// The step.
+        step: String,
+        /// The repeated dependency.
+        dependency: String,
+    },
     /// The dependencies form a cycle (listed in order, first step repeated last).
     #[error("the dependencies form a cycle: {}", .0.join(" -> "))]
     Cycle(Vec<String>),
@@ -114,7 +122,13 @@ impl WorkflowBuilder {
             }
         }
         for step in &self.steps {
-            for dependency in &step.depends_on {
+            for (i, dependency) in step.depends_on.iter().enumerate() {
+                if step.depends_on[..i].contains(dependency) {
+                    return fail(WorkflowError::DuplicateDependency {
+                        step: step.name.clone(),
+                        dependency: dependency.clone(),
+                    });
+                }
                 if !index.contains_key(dependency.as_str()) {
                     return fail(WorkflowError::UnknownDependency {
                         step: step.name.clone(),
@@ -331,6 +345,10 @@ mod tests {
             WorkflowError::UnknownDependency { step: "b".into(), dependency: "c".into() }
         );
         assert_eq!(rejection(Workflow::builder().step("", cmd(1))), WorkflowError::EmptyName);
+        assert_eq!(
+            rejection(Workflow::builder().step("a", cmd(1)).step_after("b", cmd(2), ["a", "a"])),
+            WorkflowError::DuplicateDependency { step: "b".into(), dependency: "a".into() }
+        );
         let cycle = rejection(
             Workflow::builder()
                 .step("root", cmd(0))

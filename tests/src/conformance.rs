@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::conformance_sagas::{
     saga_compensations_run_last_first, saga_concurrent_events_apply_in_order,
-    saga_failed_compensation_is_visible, saga_order_completes, saga_order_refunds_when_inventory_fails,
-    saga_timeout_compensates, saga_unknown_saga_fails_the_event,
+    saga_events_reach_only_their_saga, saga_failed_compensation_is_visible, saga_order_completes,
+    saga_order_refunds_when_inventory_fails, saga_timeout_compensates,
 };
 pub use crate::conformance_workflows::{
     workflow_builder_rejections, workflow_cancel_stops_unfinished, workflow_failure_cancels_dependents,

@@ -268,7 +268,10 @@ pub async fn workflow_cancel_stops_unfinished(h: &dyn Harness) {
         async move { log.lock().unwrap().iter().any(|e| e == "start:hold").then_some(()) }
     })
     .await;
-    assert_eq!(orch.cancel_workflow(id).await.unwrap(), 2, "the running and the blocked step");
+    // The running step is asked to stop; the blocked one is cancelled, unless the
+    // running one's cancellation already cascaded to it.
+    let cancelled = orch.cancel_workflow(id).await.unwrap();
+    assert!((1..=2).contains(&cancelled), "cancelled {cancelled}");
     let status = wait(&orch, id).await;
     for w in running {
         w.shutdown().await;

@@ -182,7 +182,7 @@ pub async fn run(
     let rescued = all.iter().filter(|c| c.attempts > 1).count();
     assert!(rescued >= 2, "the two running steps were rescued and run again: {all:#?}");
     eprintln!(
-        "{backend}: workflow {} and saga {} after the crash; {rescued} commands ran again",
+        "{backend}: workflow {} and saga {} after the crash; {rescued} killed steps rescued and run again",
         status.state, saga.status
     );
 }

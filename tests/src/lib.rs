@@ -71,7 +71,7 @@ macro_rules! conformance_suite {
             saga_failed_compensation_is_visible,
             saga_concurrent_events_apply_in_order,
             saga_timeout_compensates,
-            saga_unknown_saga_fails_the_event,
+            saga_events_reach_only_their_saga,
         );
 
         #[test]
