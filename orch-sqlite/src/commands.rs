@@ -309,9 +309,15 @@ pub(crate) fn complete(
             "state = 'succeeded', output = ?, finished_at = ?",
             vec![Bind::Text(output.clone()), Bind::Int(now)],
         ),
+        // A requested cancel wins over another attempt: the command ends cancelled.
+        // SQLite evaluates every SET expression against the row as it was, so each CASE
+        // sees the old `cancel_requested` and `scheduled_at`.
         Outcome::Retry { failure, retry_at } => (
-            "state = 'pending', error_kind = ?, error = ?, scheduled_at = ?",
+            "state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END, \
+             finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END, follow_ups_due = cancel_requested, \
+             error_kind = ?, error = ?, scheduled_at = CASE WHEN cancel_requested = 1 THEN scheduled_at ELSE ? END",
             vec![
+                Bind::Int(now),
                 Bind::Text(failure.kind.as_str().into()),
                 Bind::Text(failure.message.clone()),
                 Bind::Int(retry_at.as_micros()),
@@ -326,11 +332,16 @@ pub(crate) fn complete(
             ],
         ),
         Outcome::Cancelled { .. } => ("state = 'cancelled', finished_at = ?", vec![Bind::Int(now)]),
-        Outcome::Released { at } => ("state = 'pending', scheduled_at = ?", vec![Bind::Int(at.as_micros())]),
+        Outcome::Released { at } => (
+            "state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END, \
+             finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END, follow_ups_due = cancel_requested, \
+             scheduled_at = CASE WHEN cancel_requested = 1 THEN scheduled_at ELSE ? END",
+            vec![Bind::Int(now), Bind::Int(at.as_micros())],
+        ),
     };
     let sql = format!(
         "UPDATE {} SET {set}, updated_at = ?, lease_token = NULL, lease_expires_at = NULL \
-         WHERE id = ? AND lease_token = ? AND state = 'running' RETURNING attempts",
+         WHERE id = ? AND lease_token = ? AND state = 'running' RETURNING attempts, state",
         tables.commands
     );
     let mut query = diesel::sql_query(sql).into_boxed::<Sqlite>();
@@ -340,7 +351,7 @@ pub(crate) fn complete(
             Bind::Int(i) => query.bind::<BigInt, _>(i),
         };
     }
-    let rows: Vec<Attempts> = query
+    let rows: Vec<StateRow> = query
         .bind::<BigInt, _>(now)
         .bind::<Text, _>(c.lease.id.to_string())
         .bind::<Text, _>(c.lease.token.to_string())
@@ -349,7 +360,15 @@ pub(crate) fn complete(
         lease_lost_entry(conn, tables, c.lease, c.now, Some(c.worker.clone()), "recording the outcome")?;
         return Ok((CompletionStatus::LeaseLost, false));
     };
-    let entries = NewJournalEntry::completion(c, u32_of(row.attempts.into()));
+    let attempt = u32_of(row.attempts.into());
+    let cancelled_instead =
+        matches!(c.outcome, Outcome::Retry { .. } | Outcome::Released { .. }) && row.state == "cancelled";
+    if cancelled_instead {
+        journal::append(conn, tables, &NewJournalEntry::completion_cancelled_instead(c, attempt))?;
+        dependencies::cancel_dependents(conn, tables, c.lease.id, State::Cancelled, c.now)?;
+        return Ok((CompletionStatus::Applied, false));
+    }
+    let entries = NewJournalEntry::completion(c, attempt);
     journal::append(conn, tables, &entries)?;
     let follow_ups = outcome_follow_ups(&c.outcome);
     if !follow_ups.is_empty() {

@@ -690,7 +690,7 @@ impl Handler<SagaEventCommand> for SagaHandler {
 /// The id of an unfinished event of the same instance published before this one and
 /// already due. One query reads every unfinished state at once: reading them one by one
 /// could miss an event that moves from one to another in between. An earlier event
-/// delayed into the future does not hold later ones back.
+/// pushed with a delay, not yet due and not yet tried, does not hold later ones back.
 async fn earlier_unfinished_event(
     ctx: &Context,
     cmd: &SagaEventCommand,
@@ -710,7 +710,9 @@ async fn earlier_unfinished_event(
         .await?
         .into_iter()
         .take_while(|r| r.id < ctx.id())
-        .find(|r| !(r.state == crate::store::State::Pending && r.scheduled_at > now))
+        // Only an event pushed with a delay and not tried yet steps aside; one waiting
+        // out a retry backoff is still ahead in line.
+        .find(|r| !(r.state == crate::store::State::Pending && r.attempts == 0 && r.scheduled_at > now))
         .map(|r| r.id))
 }
 

@@ -1003,3 +1003,52 @@ pub async fn list_finds_unfinished(h: &dyn Harness) {
     expected.sort();
     assert_eq!(unfinished, expected);
 }
+
+/// A cancel requested while a command runs wins over its next attempt: an attempt
+/// that fails (or is released) ends the command cancelled, with its failure recorded
+/// and its blocked dependents cancelled, instead of running it again.
+pub async fn cancel_request_wins_over_retry(h: &dyn Harness) {
+    let store = h.store().await;
+    let now = Timestamp::from_millis(1_000);
+    for released in [false, true] {
+        let mut parent = insert("job", now);
+        let mut child = insert("child", now);
+        let workflow = orch::WorkflowId::generate(now);
+        parent.workflow = Some(orch::StepOf { workflow_id: workflow, step: "parent".into() });
+        child.workflow = Some(orch::StepOf { workflow_id: workflow, step: "child".into() });
+        child.depends_on = vec![parent.id];
+        store.enqueue(vec![parent.clone(), child.clone()]).await.unwrap();
+        let claimed = claim_one(&store, "job", now, "w").await;
+        assert_eq!(store.cancel(parent.id, now).await.unwrap(), CancelStatus::Requested);
+        let failure = Failure::new(FailureKind::Error, "boom");
+        let outcome = if released {
+            Outcome::Released { at: now }
+        } else {
+            Outcome::Retry { failure: failure.clone(), retry_at: now + Duration::from_secs(1) }
+        };
+        let completion = Completion { lease: claimed.lease, now, worker: "w".into(), outcome };
+        assert_eq!(store.complete(vec![completion]).await.unwrap(), [CompletionStatus::Applied]);
+        let r = record(&store, parent.id).await;
+        assert_eq!((r.state, r.follow_ups_due), (State::Cancelled, true), "released: {released}");
+        assert_eq!(r.finished_at, Some(now));
+        assert!(r.lease_token.is_none());
+        if !released {
+            assert_eq!(r.error, Some(failure));
+        }
+        let journal = kinds(&store, parent.id).await;
+        let tail = if released {
+            vec![JournalKind::Cancelled]
+        } else {
+            vec![JournalKind::Failed, JournalKind::Cancelled]
+        };
+        assert_eq!(journal[journal.len() - tail.len()..], tail[..], "{journal:?}");
+        assert_eq!(record(&store, child.id).await.state, State::Cancelled, "its dependent is cancelled");
+        assert!(
+            store
+                .claim(claim_params(&["job"], now + Duration::from_secs(5), "w", 10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

@@ -60,6 +60,7 @@ macro_rules! conformance_suite {
             unstorable_follow_up_fails_the_command,
             shutdown_releases_unfinished,
             list_finds_unfinished,
+            cancel_request_wins_over_retry,
             workflow_runs_in_dependency_order,
             workflow_steps_run_concurrently,
             workflow_failure_cancels_dependents,

@@ -110,6 +110,28 @@ impl NewJournalEntry {
         }
     }
 
+    /// The entries of a `Retry` or `Released` completion applied to a command whose
+    /// cancellation was requested: it ends cancelled instead of pending (the failure,
+    /// if any, is still recorded).
+    pub fn completion_cancelled_instead(c: &Completion, attempt: u32) -> Vec<Self> {
+        let mut entries: Vec<Self> = match &c.outcome {
+            Outcome::Retry { .. } => Self::completion(c, attempt)
+                .into_iter()
+                .filter(|e| e.kind != JournalKind::RetryScheduled)
+                .collect(),
+            _ => Vec::new(),
+        };
+        entries.push(NewJournalEntry {
+            command_id: c.lease.id,
+            at: c.now,
+            kind: JournalKind::Cancelled,
+            attempt,
+            worker: Some(c.worker.clone()),
+            message: Some(CANCELLED_INSTEAD.to_owned()),
+        });
+        entries
+    }
+
     /// The entry of [`Store::cancel`](crate::Store::cancel) on a command found in `state`:
     /// `cancelled` for a blocked or pending one, `cancel_requested` for a running one.
     pub fn cancel(id: CommandId, at: Timestamp, attempt: u32, state: State) -> Self {
@@ -178,6 +200,10 @@ impl NewJournalEntry {
         }
     }
 }
+
+/// The message of the `cancelled` entry of a command that would have been retried or
+/// released but had a cancel request.
+pub const CANCELLED_INSTEAD: &str = "cancel requested; not retried";
 
 /// "follow-ups: a, b", or `None` when there are none.
 pub fn follow_up_note(follow_ups: &[InsertCommand]) -> Option<String> {
