@@ -308,6 +308,8 @@ struct FactsRow {
     attempts: i64,
     #[diesel(sql_type = BigInt)]
     cancel_requested: i64,
+    #[diesel(sql_type = Text)]
+    state: String,
 }
 
 /// What the journal and heartbeats need to know of a command.
@@ -315,6 +317,7 @@ struct FactsRow {
 struct Facts {
     attempts: u32,
     cancel_requested: bool,
+    state: State,
 }
 
 /// The facts of the commands with these ids that exist, by id text.
@@ -329,16 +332,18 @@ async fn facts(
     let mut out = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(ID_CHUNK) {
         let q = query(format!(
-            "SELECT id, attempts, cancel_requested FROM {} WHERE id IN ({})",
+            "SELECT id, attempts, cancel_requested, state FROM {} WHERE id IN ({})",
             tables.commands,
             placeholders(chunk.len())
         ));
         let rows: Vec<FactsRow> = bind_ids(q, chunk.iter().copied()).load(conn).await?;
         for r in rows {
-            out.insert(
-                r.id,
-                Facts { attempts: u32_of(r.attempts), cancel_requested: r.cancel_requested != 0 },
-            );
+            let fact = Facts {
+                attempts: u32_of(r.attempts),
+                cancel_requested: r.cancel_requested != 0,
+                state: State::parse(&r.state)?,
+            };
+            out.insert(r.id, fact);
         }
     }
     Ok(out)
@@ -412,9 +417,17 @@ async fn finish_attempt(conn: &mut AsyncMysqlConnection, tables: &Tables, c: &Co
             "state = 'succeeded', output = ?, finished_at = ?",
             vec![Bind::Text(output.clone()), Bind::Int(now)],
         ),
+        // A requested cancel wins over another attempt: the command ends cancelled,
+        // due for its follow-ups, at its old due time. No assignment here changes
+        // `cancel_requested`, and `scheduled_at` reads only itself, so each CASE sees
+        // the row as it was (see the module docs).
         Outcome::Retry { failure, retry_at } => (
-            "state = 'pending', error_kind = ?, error = ?, scheduled_at = ?",
+            "state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END, \
+             finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END, \
+             follow_ups_due = cancel_requested, error_kind = ?, error = ?, \
+             scheduled_at = CASE WHEN cancel_requested = 1 THEN scheduled_at ELSE ? END",
             vec![
+                Bind::Int(now),
                 Bind::Text(failure.kind.as_str().into()),
                 Bind::Text(failure.message.clone()),
                 Bind::Int(retry_at.as_micros()),
@@ -429,7 +442,13 @@ async fn finish_attempt(conn: &mut AsyncMysqlConnection, tables: &Tables, c: &Co
             ],
         ),
         Outcome::Cancelled { .. } => ("state = 'cancelled', finished_at = ?", vec![Bind::Int(now)]),
-        Outcome::Released { at } => ("state = 'pending', scheduled_at = ?", vec![Bind::Int(at.as_micros())]),
+        Outcome::Released { at } => (
+            "state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END, \
+             finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END, \
+             follow_ups_due = cancel_requested, \
+             scheduled_at = CASE WHEN cancel_requested = 1 THEN scheduled_at ELSE ? END",
+            vec![Bind::Int(now), Bind::Int(at.as_micros())],
+        ),
     };
     let mut q = query(format!(
         "UPDATE {} SET {set}, updated_at = ?, lease_token = NULL, lease_expires_at = NULL \
@@ -468,10 +487,21 @@ pub(crate) async fn complete(
     let mut entries = Vec::new();
     let mut follow_ups: Vec<&InsertCommand> = Vec::new();
     let mut statuses = Vec::with_capacity(completions.len());
+    // Applied `Retry` or `Released` completions that ended the command cancelled
+    // because its cancellation was requested (decided by the fenced update, which
+    // still holds the row's lock).
+    let mut cancelled_instead = vec![false; completions.len()];
     for (i, c) in completions.iter().enumerate() {
-        let attempt = facts.get(&id_texts[i]).map_or(0, |f| f.attempts);
+        let fact = facts.get(&id_texts[i]);
+        let attempt = fact.map_or(0, |f| f.attempts);
         if applied[i] {
-            entries.extend(NewJournalEntry::completion(c, attempt));
+            cancelled_instead[i] = matches!(c.outcome, Outcome::Retry { .. } | Outcome::Released { .. })
+                && fact.is_some_and(|f| f.state == State::Cancelled);
+            if cancelled_instead[i] {
+                entries.extend(NewJournalEntry::completion_cancelled_instead(c, attempt));
+            } else {
+                entries.extend(NewJournalEntry::completion(c, attempt));
+            }
             follow_ups.extend(outcome_follow_ups(&c.outcome));
             statuses.push(CompletionStatus::Applied);
         } else {
@@ -489,11 +519,14 @@ pub(crate) async fn complete(
     insert(conn, tables, &follow_ups).await?;
     let mut succeeded = Vec::new();
     let mut ended = Vec::new();
-    for (c, _) in completions.iter().zip(&applied).filter(|(_, applied)| **applied) {
+    for (i, c) in completions.iter().enumerate().filter(|&(i, _)| applied[i]) {
         match c.outcome {
             Outcome::Succeeded { .. } => succeeded.push((c.lease.id, c.now)),
             Outcome::Failed { .. } => ended.push((c.lease.id, State::Failed, c.now)),
             Outcome::Cancelled { .. } => ended.push((c.lease.id, State::Cancelled, c.now)),
+            Outcome::Retry { .. } | Outcome::Released { .. } if cancelled_instead[i] => {
+                ended.push((c.lease.id, State::Cancelled, c.now));
+            }
             Outcome::Retry { .. } | Outcome::Released { .. } => {}
         }
     }

@@ -1164,6 +1164,110 @@ async fn workflow_rescue_cascades() {
     drop_tables(&store).await;
 }
 
+/// A `Retry` or `Released` completion of a command whose cancellation was requested
+/// ends it cancelled (due for its follow-ups), and its dependents with it.
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn cancel_request_wins_over_retry_and_release() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(27_000_000);
+    let w = WorkflowId::generate(t0);
+    let retried = step(w, "retried", t0, &[]); // cancel requested, then Retry
+    let retried_dep = step(w, "retried_dep", t0, &[&retried]);
+    let released = step(w, "released", t0, &[]); // cancel requested, then Released
+    let released_dep = step(w, "released_dep", t0, &[&released]);
+    let plain = step(w, "plain", t0, &[]); // no request: Retry goes back to pending
+    let plain_dep = step(w, "plain_dep", t0, &[&plain]);
+    store
+        .enqueue(vec![
+            retried.clone(),
+            retried_dep.clone(),
+            released.clone(),
+            released_dep.clone(),
+            plain.clone(),
+            plain_dep.clone(),
+        ])
+        .await
+        .unwrap();
+    let claimed = store.claim(claim_params(&["retried", "released", "plain"], t0, "w", 10)).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let lease_of = |id: CommandId| claimed.iter().find(|c| c.lease.id == id).unwrap().lease;
+    assert_eq!(store.cancel(retried.id, t0).await.unwrap(), CancelStatus::Requested);
+    assert_eq!(store.cancel(released.id, t0).await.unwrap(), CancelStatus::Requested);
+
+    let t1 = t0 + Duration::from_secs(1);
+    let retry_at = t1 + Duration::from_secs(30);
+    let failure = Failure::new(FailureKind::Error, "flaky");
+    let retry = Outcome::Retry { failure: failure.clone(), retry_at };
+    let statuses = store
+        .complete(vec![
+            completion(lease_of(retried.id), t1, retry.clone()),
+            completion(lease_of(released.id), t1, Outcome::Released { at: retry_at }),
+            completion(lease_of(plain.id), t1, retry),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(statuses, vec![CompletionStatus::Applied; 3]);
+
+    let r = store.get(retried.id).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.finished_at, r.follow_ups_due, r.scheduled_at, r.updated_at),
+        (State::Cancelled, Some(t1), true, t0, t1)
+    );
+    assert_eq!((r.error, r.lease_token, r.lease_expires_at), (Some(failure.clone()), None, None));
+    let journal = store.journal(retried.id).await.unwrap();
+    let tail: Vec<_> = journal[journal.len() - 2..].iter().map(|e| e.kind).collect();
+    assert_eq!(tail, vec![JournalKind::Failed, JournalKind::Cancelled]);
+    assert!(!journal.iter().any(|e| e.kind == JournalKind::RetryScheduled));
+    let last = journal.last().unwrap();
+    assert_eq!(
+        (last.at, last.attempt, last.worker.as_deref(), last.message.as_deref()),
+        (t1, 1, Some("w"), Some("cancel requested; not retried"))
+    );
+
+    let r = store.get(released.id).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.finished_at, r.follow_ups_due, r.scheduled_at, r.error),
+        (State::Cancelled, Some(t1), true, t0, None)
+    );
+    assert_eq!((r.lease_token, r.lease_expires_at), (None, None));
+    let journal = store.journal(released.id).await.unwrap();
+    assert!(!journal.iter().any(|e| e.kind == JournalKind::Released));
+    let last = journal.last().unwrap();
+    assert_eq!(
+        (last.kind, last.attempt, last.worker.as_deref(), last.message.as_deref()),
+        (JournalKind::Cancelled, 1, Some("w"), Some("cancel requested; not retried"))
+    );
+
+    // Their blocked dependents are cancelled as for an `Outcome::Cancelled`.
+    assert_dependency_cancelled(&store, retried_dep.id, t1, retried.id, State::Cancelled).await;
+    assert_dependency_cancelled(&store, released_dep.id, t1, released.id, State::Cancelled).await;
+
+    // Without a request, a retry is still a retry.
+    let r = store.get(plain.id).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.finished_at, r.follow_ups_due, r.scheduled_at, r.error),
+        (State::Pending, None, false, retry_at, Some(failure))
+    );
+    assert_eq!(
+        kinds(&store, plain.id).await,
+        vec![JournalKind::Enqueued, JournalKind::Claimed, JournalKind::Failed, JournalKind::RetryScheduled]
+    );
+    assert_eq!(state_of(&store, plain_dep.id).await, State::Blocked);
+
+    // The cancelled ones are due for their follow-ups and are never claimed again.
+    let names: Vec<String> = ["retried", "released", "plain"].iter().map(|n| n.to_string()).collect();
+    let mut due: Vec<_> = store.follow_ups_due(&names, 10).await.unwrap().iter().map(|r| r.id).collect();
+    due.sort();
+    let mut expected = vec![retried.id, released.id];
+    expected.sort();
+    assert_eq!(due, expected);
+    let again =
+        store.claim(claim_params(&["retried", "released", "plain"], retry_at, "w", 10)).await.unwrap();
+    assert_eq!(again.iter().map(|c| c.lease.id).collect::<Vec<_>>(), vec![plain.id]);
+    drop_tables(&store).await;
+}
+
 /// Two dependencies of one command completed at the same moment by two concurrent
 /// transactions: whichever commits second must see the first and unblock it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,8 @@ use orch::store::backend::{
 };
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome, Rescued,
+    CountRow, HeartbeatParams, InsertCommand, JournalKind, Lease, LeaseStatus, LeaseToken, ListParams,
+    Outcome, Rescued,
 };
 use orch::{FailureKind, State, Timestamp};
 
@@ -409,9 +410,25 @@ pub(crate) async fn heartbeat(
 struct Applied {
     #[diesel(sql_type = Integer)]
     attempts: i32,
+    /// The state the completion left the command in.
+    #[diesel(sql_type = Text)]
+    state: String,
     /// Whether other commands depend on this one.
     #[diesel(sql_type = Bool)]
     has_dependents: bool,
+}
+
+/// The SET of a retry or a release: back to pending, due at `scheduled_at`, unless
+/// cancellation was requested meanwhile: then cancelled at `now`, its follow-ups due and
+/// `scheduled_at` unchanged. Decided in the fenced UPDATE itself (every expression reads
+/// the row as it was), so no cancel request slips in between.
+fn back_to_pending(scheduled_at: String, now: &str) -> String {
+    format!(
+        "state = CASE WHEN c.cancel_requested THEN 'cancelled' ELSE 'pending' END, \
+         scheduled_at = CASE WHEN c.cancel_requested THEN c.scheduled_at ELSE {scheduled_at} END, \
+         finished_at = CASE WHEN c.cancel_requested THEN {now} ELSE c.finished_at END, \
+         follow_ups_due = c.follow_ups_due OR c.cancel_requested"
+    )
 }
 
 /// Applies one completion's state change, fenced on its lease; `None` when the lease is
@@ -427,10 +444,10 @@ async fn apply(conn: &mut AsyncPgConnection, tables: &Tables, c: &Completion) ->
             st.param(Bind::BigInt(now))
         ),
         Outcome::Retry { failure, retry_at } => format!(
-            "state = 'pending', error_kind = {}, error = {}, scheduled_at = {}",
+            "{}, error_kind = {}, error = {}",
+            back_to_pending(st.param(Bind::BigInt(retry_at.as_micros())), &st.param(Bind::BigInt(now))),
             st.param(Bind::Text(failure.kind.as_str().to_owned())),
             st.param(Bind::Text(failure.message.clone())),
-            st.param(Bind::BigInt(retry_at.as_micros()))
         ),
         Outcome::Failed { failure, .. } => format!(
             "state = 'failed', error_kind = {}, error = {}, finished_at = {}",
@@ -442,13 +459,13 @@ async fn apply(conn: &mut AsyncPgConnection, tables: &Tables, c: &Completion) ->
             format!("state = 'cancelled', finished_at = {}", st.param(Bind::BigInt(now)))
         }
         Outcome::Released { at } => {
-            format!("state = 'pending', scheduled_at = {}", st.param(Bind::BigInt(at.as_micros())))
+            back_to_pending(st.param(Bind::BigInt(at.as_micros())), &st.param(Bind::BigInt(now)))
         }
     };
     st.sql = format!(
         "UPDATE {t} AS c SET {set}, updated_at = {}, lease_token = NULL, lease_expires_at = NULL \
          WHERE c.id = {} AND c.lease_token = {} AND c.state = 'running' \
-         RETURNING c.attempts, EXISTS (SELECT 1 FROM {d} AS d WHERE d.depends_on = c.id) AS has_dependents",
+         RETURNING c.attempts, c.state, EXISTS (SELECT 1 FROM {d} AS d WHERE d.depends_on = c.id) AS has_dependents",
         st.param(Bind::BigInt(now)),
         st.param(Bind::Uuid(c.lease.id.as_uuid())),
         st.param(Bind::Uuid(c.lease.token.as_uuid())),
@@ -481,15 +498,33 @@ pub(crate) async fn complete(
         let c = &completions[i];
         match apply(conn, tables, c).await? {
             Some(applied) => {
+                let attempt = u32_of(i64::from(applied.attempts));
+                let state = State::parse(&applied.state)?;
                 if applied.has_dependents {
-                    match c.outcome {
-                        Outcome::Succeeded { .. } => succeeded.push((c.lease.id, c.now)),
-                        Outcome::Failed { .. } => ended.push((c.lease.id, State::Failed, c.now)),
-                        Outcome::Cancelled { .. } => ended.push((c.lease.id, State::Cancelled, c.now)),
-                        Outcome::Retry { .. } | Outcome::Released { .. } => {}
+                    match (&c.outcome, state) {
+                        (Outcome::Succeeded { .. }, _) => succeeded.push((c.lease.id, c.now)),
+                        (Outcome::Failed { .. }, _) => ended.push((c.lease.id, State::Failed, c.now)),
+                        (_, State::Cancelled) => ended.push((c.lease.id, State::Cancelled, c.now)),
+                        _ => {}
                     }
                 }
-                entries.extend(NewJournalEntry::completion(c, u32_of(i64::from(applied.attempts))));
+                let mut own = NewJournalEntry::completion(c, attempt);
+                // A retry or release of a command whose cancellation was requested ended
+                // it: its last entry (retry_scheduled or released) becomes `cancelled`.
+                if state == State::Cancelled
+                    && matches!(c.outcome, Outcome::Retry { .. } | Outcome::Released { .. })
+                {
+                    own.pop();
+                    own.push(NewJournalEntry {
+                        command_id: c.lease.id,
+                        at: c.now,
+                        kind: JournalKind::Cancelled,
+                        attempt,
+                        worker: Some(c.worker.clone()),
+                        message: Some("cancel requested; not retried".to_owned()),
+                    });
+                }
+                entries.extend(own);
                 let more = outcome_follow_ups(&c.outcome);
                 entries.extend(more.iter().map(NewJournalEntry::enqueued));
                 follow_ups.extend(more);

@@ -822,6 +822,111 @@ async fn failures_and_cancels_cascade_to_dependents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn a_requested_cancel_survives_a_retry_or_a_release() {
+    let Some(url) = server_url() else { return };
+    let store = store_at(&url, &fresh_prefix()).await;
+    let t0 = Timestamp::from_millis(25_000_000);
+    let (t1, t2, t9) =
+        (t0 + Duration::from_secs(1), t0 + Duration::from_secs(2), t0 + Duration::from_secs(60));
+    let (_, rows) = workflow_rows(
+        t0,
+        &[("r", &[]), ("rd", &["r"]), ("l", &[]), ("ld", &["l"]), ("plain", &[]), ("pd", &["plain"])],
+    );
+    let (r, rd, l, ld, plain, pd) = (rows[0].id, rows[1].id, rows[2].id, rows[3].id, rows[4].id, rows[5].id);
+    store.enqueue(rows).await.unwrap();
+    let cancelled_entry = |id: CommandId| {
+        entry(NewJournalEntry {
+            command_id: id,
+            at: t2,
+            kind: JournalKind::Cancelled,
+            attempt: 1,
+            worker: Some("w".into()),
+            message: Some("cancel requested; not retried".to_owned()),
+        })
+    };
+
+    // A retry of a command whose cancellation was requested cancels it instead, keeps
+    // the failure, and cascades to its dependents.
+    let claimed = claim_one(&store, "r", t0).await;
+    assert_eq!(store.cancel(r, t1).await.unwrap(), CancelStatus::Requested);
+    let retry = Outcome::Retry { failure: Failure::new(FailureKind::Error, "broken"), retry_at: t9 };
+    assert_eq!(
+        store.complete(vec![completion(&claimed, t2, retry)]).await.unwrap(),
+        vec![CompletionStatus::Applied]
+    );
+    let rec = store.get(r).await.unwrap().unwrap();
+    assert_eq!(rec.state, State::Cancelled);
+    assert_eq!((rec.finished_at, rec.updated_at, rec.scheduled_at), (Some(t2), t2, t0));
+    assert_eq!((rec.follow_ups_due, rec.lease_token, rec.lease_expires_at), (true, None, None));
+    assert_eq!(rec.error, Some(Failure::new(FailureKind::Error, "broken")));
+    let journal = store.journal(r).await.unwrap();
+    let kinds_r: Vec<JournalKind> = journal.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds_r,
+        vec![
+            JournalKind::Enqueued,
+            JournalKind::Claimed,
+            JournalKind::CancelRequested,
+            JournalKind::Failed,
+            JournalKind::Cancelled
+        ]
+    );
+    let last = journal.last().unwrap();
+    assert_eq!(*last, orch::JournalEntry { seq: last.seq, ..cancelled_entry(r) });
+    assert_cancelled_by(&store, rd, r, State::Cancelled, t2).await;
+    assert!(store.claim(claim_params(&["r", "rd"], t9, "w", 10)).await.unwrap().is_empty());
+
+    // A release likewise.
+    let claimed = claim_one(&store, "l", t0).await;
+    assert_eq!(store.cancel(l, t1).await.unwrap(), CancelStatus::Requested);
+    let released = completion(&claimed, t2, Outcome::Released { at: t9 });
+    assert_eq!(store.complete(vec![released]).await.unwrap(), vec![CompletionStatus::Applied]);
+    let rec = store.get(l).await.unwrap().unwrap();
+    assert_eq!(rec.state, State::Cancelled);
+    assert_eq!(
+        (rec.finished_at, rec.scheduled_at, rec.follow_ups_due, rec.error),
+        (Some(t2), t0, true, None)
+    );
+    let journal = store.journal(l).await.unwrap();
+    assert_eq!(
+        journal.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        vec![
+            JournalKind::Enqueued,
+            JournalKind::Claimed,
+            JournalKind::CancelRequested,
+            JournalKind::Cancelled
+        ]
+    );
+    let last = journal.last().unwrap();
+    assert_eq!(*last, orch::JournalEntry { seq: last.seq, ..cancelled_entry(l) });
+    assert_cancelled_by(&store, ld, l, State::Cancelled, t2).await;
+    let due = store.follow_ups_due(&["r".into(), "l".into()], 10).await.unwrap();
+    assert_eq!(due.iter().map(|c| c.id).collect::<Vec<_>>(), vec![r, l]);
+
+    // Without a cancel request, a retry still goes back to pending.
+    let claimed = claim_one(&store, "plain", t0).await;
+    let retry = Outcome::Retry { failure: Failure::new(FailureKind::Error, "broken"), retry_at: t9 };
+    assert_eq!(
+        store.complete(vec![completion(&claimed, t2, retry)]).await.unwrap(),
+        vec![CompletionStatus::Applied]
+    );
+    let rec = store.get(plain).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.scheduled_at, rec.finished_at, rec.follow_ups_due),
+        (State::Pending, t9, None, false)
+    );
+    assert_eq!(rec.error, Some(Failure::new(FailureKind::Error, "broken")));
+    assert_eq!(
+        kinds(&store, plain).await,
+        vec![JournalKind::Enqueued, JournalKind::Claimed, JournalKind::Failed, JournalKind::RetryScheduled]
+    );
+    assert_eq!(state_of(&store, pd).await, State::Blocked);
+    assert_eq!(claim_one(&store, "plain", t9).await.attempt, 2);
+    store.drop_tables().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
 async fn dependencies_finishing_at_once_never_miss_each_other() {
     let Some(url) = server_url() else { return };
     let store = store_at(&url, &fresh_prefix()).await;

@@ -237,6 +237,8 @@ async fn check(store: Arc<dyn Store>, ops: Vec<Op>) -> Result<(), TestCaseError>
                     m.expires = None;
                     match outcome {
                         Outcome::Succeeded { .. } => m.state = State::Succeeded,
+                        // A requested cancel wins over the retry.
+                        Outcome::Retry { .. } if m.cancel_requested => m.state = State::Cancelled,
                         Outcome::Retry { retry_at, .. } => {
                             m.state = State::Pending;
                             m.scheduled_at = retry_at;
