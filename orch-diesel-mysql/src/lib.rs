@@ -52,11 +52,15 @@
 //!   version = ?` decided by its matched-row count; the commands of a successful save
 //!   (dependencies included) are inserted in the same transaction, and on a conflict
 //!   nothing is written.
+//! - **Workers**: one row per worker process in `<prefix>workers`, for monitors.
+//!   [`Store::record_worker`] is an `INSERT … ON DUPLICATE KEY UPDATE` of every column
+//!   (`VALUES()`, which MariaDB and MySQL both accept); [`Store::prune_workers`]
+//!   deletes by the indexed `heartbeat_at`.
 //! - **Transactional push**: [`MysqlStore::push_in`] inserts commands on your own
 //!   connection, inside your transaction.
 //!
-//! Names, targets, workers, correlation ids, saga names and saga states are
-//! `VARCHAR(255)`; a longer value is refused by the database (the session runs in
+//! Names, targets, workers, correlation ids, saga names, saga states and the ids,
+//! instance keys and hosts of worker rows are `VARCHAR(255)`; a longer value is refused by the database (the session runs in
 //! strict mode).
 
 #![warn(missing_docs)]
@@ -66,6 +70,7 @@ mod dependencies;
 mod journal;
 mod migrations;
 mod sagas;
+mod workers;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -88,7 +93,7 @@ use orch::store::backend::{check_pool_options, redact_url};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Outcome, Rescued,
-    SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkflowId, WorkflowStepRecord,
+    SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId, WorkflowStepRecord,
 };
 use orch::{Error, NewCommand, Result, Store, TablePrefix, Timestamp};
 
@@ -246,6 +251,7 @@ pub(crate) struct Tables {
     pub(crate) journal: String,
     pub(crate) dependencies: String,
     pub(crate) sagas: String,
+    pub(crate) workers: String,
     pub(crate) migrations: String,
     /// Every command column, for `SELECT` lists.
     pub(crate) columns: String,
@@ -259,6 +265,7 @@ impl Tables {
             journal: format!("`{prefix}journal`"),
             dependencies: format!("`{prefix}dependencies`"),
             sagas: format!("`{prefix}sagas`"),
+            workers: format!("`{prefix}workers`"),
             migrations: format!("`{prefix}migrations`"),
             columns: COMMAND_COLUMNS.join(", "),
         }
@@ -756,6 +763,22 @@ impl Store for MysqlStore {
 
     async fn sagas(&self, query: SagaQuery) -> Result<Vec<SagaRecord>> {
         self.read(&query, |c, t, q| Box::pin(sagas::list(c, t, q))).await
+    }
+
+    async fn record_worker(&self, worker: WorkerRecord) -> Result<()> {
+        self.write("record_worker", &worker, |c, t, w| Box::pin(workers::record(c, t, w))).await
+    }
+
+    async fn remove_worker(&self, id: &str) -> Result<()> {
+        self.write("remove_worker", id, |c, t, id| Box::pin(workers::remove(c, t, id))).await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerRecord>> {
+        self.read(&(), |c, t, ()| Box::pin(workers::list(c, t))).await
+    }
+
+    async fn prune_workers(&self, before: Timestamp) -> Result<u64> {
+        self.write("prune_workers", &before, |c, t, &before| Box::pin(workers::prune(c, t, before))).await
     }
 
     fn wake_signal(&self) -> Option<Arc<Notify>> {

@@ -22,6 +22,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_commands_and_journal.sql")),
     (2, include_str!("../migrations/0002_workflows.sql")),
     (3, include_str!("../migrations/0003_sagas.sql")),
+    (4, include_str!("../migrations/0004_workers.sql")),
 ];
 
 /// How long `migrate` waits for another process's migration, in seconds.
@@ -193,6 +194,19 @@ mod tests {
             assert!(s.contains(&format!("KEY {index}")), "{s}");
         }
         assert!(s.contains("KEY sagas_timeout (saga, timeout_at)"), "{s}");
+        assert!(!s.contains("--") && !s.contains(';') && !s.contains("{prefix}"), "{s}");
+        assert!(s.ends_with("COLLATE = utf8mb4_bin"), "{s}");
+    }
+
+    #[test]
+    fn worker_migration_is_one_create_table() {
+        let prefix = TablePrefix::new("p_").unwrap();
+        let statements = statements(MIGRATIONS[3].1, &prefix);
+        assert_eq!(statements.len(), 1, "{statements:#?}");
+        let s = &statements[0];
+        assert!(s.starts_with("CREATE TABLE IF NOT EXISTS `p_workers` ("), "{s}");
+        assert!(s.contains("PRIMARY KEY (id)"), "{s}");
+        assert!(s.contains("KEY workers_heartbeat (heartbeat_at)"), "{s}");
         assert!(!s.contains("--") && !s.contains(';') && !s.contains("{prefix}"), "{s}");
         assert!(s.ends_with("COLLATE = utf8mb4_bin"), "{s}");
     }

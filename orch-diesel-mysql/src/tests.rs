@@ -55,8 +55,8 @@ async fn drop_tables(store: &MysqlStore) {
     let t = &store.inner.tables;
     let mut conn = store.conn().await.unwrap();
     conn.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {}, {}, {}, {}, {}",
-        t.commands, t.journal, t.dependencies, t.sagas, t.migrations
+        "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}",
+        t.commands, t.journal, t.dependencies, t.sagas, t.workers, t.migrations
     ))
     .await
     .unwrap();
@@ -187,7 +187,7 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     .load(&mut conn)
     .await
     .unwrap();
-    assert_eq!(versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec!["1", "2", "3"]);
+    assert_eq!(versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec!["1", "2", "3", "4"]);
     let tables: Vec<TableName> = diesel::sql_query(
         "SELECT CAST(table_name AS CHAR) AS name FROM information_schema.tables \
          WHERE table_schema = DATABASE() AND table_name LIKE ? ORDER BY table_name",
@@ -196,7 +196,7 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     .load(&mut conn)
     .await
     .unwrap();
-    let expected: Vec<String> = ["commands", "dependencies", "journal", "migrations", "sagas"]
+    let expected: Vec<String> = ["commands", "dependencies", "journal", "migrations", "sagas", "workers"]
         .iter()
         .map(|t| format!("{prefix}{t}"))
         .collect();
@@ -1398,7 +1398,7 @@ async fn migration_2_upgrades_a_version_1_database() {
     let started = stopwatch();
     store.migrate().await.unwrap();
     eprintln!("migration 1 → 2 of a half-migrated database: {:?}", started.elapsed());
-    assert_eq!(versions(&store).await, vec!["1", "2", "3"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4"]);
     let expected_schema = (
         vec![
             ("step".to_owned(), Some("utf8mb4_bin".to_owned())),
@@ -1417,7 +1417,7 @@ async fn migration_2_upgrades_a_version_1_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 2", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4"]);
     assert_eq!(workflow_schema(&store).await, expected_schema);
 
     // The upgraded tables run workflows.
@@ -1854,7 +1854,7 @@ async fn migration_3_upgrades_a_version_2_database() {
     let started = stopwatch();
     store.migrate().await.unwrap();
     eprintln!("migration 2 → 3: {:?}", started.elapsed());
-    assert_eq!(versions(&store).await, vec!["1", "2", "3"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4"]);
     let schema = || async {
         let mut conn = store.conn().await.unwrap();
         let table = format!("{}sagas", store.prefix());
@@ -1928,7 +1928,7 @@ async fn migration_3_upgrades_a_version_2_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 3", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4"]);
     assert_eq!(schema().await, expected);
     assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&first));
     assert_eq!(state_of(&store, cmd.id).await, State::Pending);
@@ -1988,5 +1988,176 @@ async fn saga_lookups_use_the_indexes() {
         .unwrap();
     assert_eq!(plan[0].key.as_deref(), Some("sagas_timeout"));
     drop(conn);
+    drop_tables(&store).await;
+}
+
+// ---------------------------------------------------------------------------
+// Workers.
+
+fn worker_record(id: &str, names: &[&str], at: Timestamp) -> WorkerRecord {
+    WorkerRecord {
+        id: id.into(),
+        instance_key: "orders-ü".into(),
+        host: "host-1.internal".into(),
+        pid: u32::MAX,
+        names: names.iter().map(|n| n.to_string()).collect(),
+        concurrency: 8,
+        running: 0,
+        started_at: at,
+        heartbeat_at: at,
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn workers_are_recorded_listed_pruned_and_removed() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(27_000_000);
+    let s = |n: u64| t0 + Duration::from_secs(n);
+    assert_eq!(store.workers().await.unwrap(), Vec::new());
+
+    // Recorded, then recorded again: one row, updated.
+    let b = worker_record("worker-b", &[], s(0));
+    store.record_worker(b.clone()).await.unwrap();
+    assert_eq!(store.workers().await.unwrap(), vec![b.clone()]);
+    let b = WorkerRecord { heartbeat_at: s(30), running: 5, ..b };
+    store.record_worker(b.clone()).await.unwrap();
+    assert_eq!(store.workers().await.unwrap(), vec![b.clone()]);
+
+    // A second worker, sorting first: every field round-trips, listed by id.
+    let a = WorkerRecord {
+        instance_key: "default".into(),
+        host: "other".into(),
+        pid: 1,
+        concurrency: 1,
+        running: 1,
+        heartbeat_at: s(10),
+        ..worker_record("worker-a", &["send_email", "charge card", "ü ✓ 🎉"], s(5))
+    };
+    store.record_worker(a.clone()).await.unwrap();
+    assert_eq!(store.workers().await.unwrap(), vec![a.clone(), b.clone()]);
+    assert_eq!(a.names.len(), 3);
+    assert!(b.names.is_empty());
+
+    // Pruning removes exactly the rows whose heartbeat is before the cutoff.
+    assert_eq!(store.prune_workers(s(10)).await.unwrap(), 0, "a heartbeat at the cutoff stays");
+    assert_eq!(store.prune_workers(s(11)).await.unwrap(), 1);
+    assert_eq!(store.workers().await.unwrap(), vec![b.clone()]);
+    assert_eq!(store.prune_workers(s(11)).await.unwrap(), 0);
+
+    // Removing a present and an absent worker.
+    store.record_worker(a.clone()).await.unwrap();
+    store.remove_worker("worker-b").await.unwrap();
+    assert_eq!(store.workers().await.unwrap(), vec![a.clone()]);
+    store.remove_worker("worker-b").await.unwrap();
+    store.remove_worker("nobody").await.unwrap();
+    assert_eq!(store.workers().await.unwrap(), vec![a.clone()]);
+    assert_eq!(store.prune_workers(s(1_000)).await.unwrap(), 1);
+    assert_eq!(store.workers().await.unwrap(), Vec::new());
+
+    // A corrupt row is an error, not a panic.
+    store.record_worker(a.clone()).await.unwrap();
+    let mut conn = store.conn().await.unwrap();
+    conn.batch_execute(&format!("UPDATE {} SET pid = -1", store.inner.tables.workers)).await.unwrap();
+    drop(conn);
+    let err = store.workers().await.unwrap_err();
+    assert!(matches!(&err, Error::Corrupt(m) if m.contains("pid")), "{err}");
+    drop_tables(&store).await;
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn migration_4_upgrades_a_version_3_database() {
+    let Some(url) = server_url() else { return };
+    let store = connect(&url, &fresh_prefix()).await;
+    let t = &store.inner.tables;
+    let t0 = Timestamp::from_millis(28_000_000);
+    {
+        // The schema as version 3 left it.
+        let mut conn = store.conn().await.unwrap();
+        conn.batch_execute(&format!(
+            "CREATE TABLE {} (version INT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE = InnoDB",
+            t.migrations
+        ))
+        .await
+        .unwrap();
+        for (version, sql) in &migrations::MIGRATIONS[..3] {
+            for statement in migrations::statements(sql, store.prefix()) {
+                conn.batch_execute(&statement).await.unwrap();
+            }
+            conn.batch_execute(&format!(
+                "INSERT INTO {} (version, applied_at) VALUES ({version}, 0)",
+                t.migrations
+            ))
+            .await
+            .unwrap();
+        }
+    }
+    let old = insert("job", t0);
+    store.enqueue(vec![old.clone()]).await.unwrap();
+    let saga = saga_record("order", "1", t0);
+    assert_eq!(store.save_saga(create_saga(&saga, Vec::new())).await.unwrap(), SagaWriteStatus::Saved);
+    assert!(store.workers().await.is_err(), "no workers table yet");
+
+    store.migrate().await.unwrap();
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4"]);
+    let schema = || async {
+        let mut conn = store.conn().await.unwrap();
+        let table = format!("{}workers", store.prefix());
+        let columns: Vec<ColumnInfo> = diesel::sql_query(
+            "SELECT CAST(column_name AS CHAR) AS name, CAST(collation_name AS CHAR) AS collation \
+             FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? \
+             ORDER BY ordinal_position",
+        )
+        .bind::<Text, _>(&table)
+        .load(&mut conn)
+        .await
+        .unwrap();
+        let indexes: Vec<IndexColumn> = diesel::sql_query(
+            "SELECT CAST(index_name AS CHAR) AS `index`, CAST(column_name AS CHAR) AS `column` \
+             FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? \
+             ORDER BY index_name, seq_in_index",
+        )
+        .bind::<Text, _>(&table)
+        .load(&mut conn)
+        .await
+        .unwrap();
+        (
+            columns.into_iter().map(|c| (c.name, c.collation)).collect::<Vec<_>>(),
+            indexes.into_iter().map(|i| format!("{}.{}", i.index, i.column)).collect::<Vec<_>>(),
+        )
+    };
+    let text = |c: &str| (c.to_owned(), Some("utf8mb4_bin".to_owned()));
+    let number = |c: &str| (c.to_owned(), None);
+    let expected = (
+        vec![
+            text("id"),
+            text("instance_key"),
+            text("host"),
+            number("pid"),
+            text("names"),
+            number("concurrency"),
+            number("running"),
+            number("started_at"),
+            number("heartbeat_at"),
+        ],
+        ["PRIMARY.id", "workers_heartbeat.heartbeat_at"].map(String::from).to_vec(),
+    );
+    assert_eq!(schema().await, expected);
+    assert_eq!(state_of(&store, old.id).await, State::Pending);
+    assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&saga));
+    let w = worker_record("w1", &["job"], t0);
+    store.record_worker(w.clone()).await.unwrap();
+
+    // Migration 4 again, as after a crash before its version was recorded: nothing
+    // changes, nothing fails, nothing is lost.
+    {
+        let mut conn = store.conn().await.unwrap();
+        conn.batch_execute(&format!("DELETE FROM {} WHERE version = 4", t.migrations)).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4"]);
+    assert_eq!(schema().await, expected);
+    assert_eq!(store.workers().await.unwrap(), vec![w]);
     drop_tables(&store).await;
 }

@@ -38,6 +38,9 @@
 //! second waits for the first to commit, finds the version moved on, and writes
 //! nothing.
 //!
+//! Worker processes record themselves in `<prefix>workers`, one row per worker id,
+//! replaced at every heartbeat and deleted when they stop, for monitors.
+//!
 //! [`PgStore::push_in`] pushes commands inside a transaction of the application's own,
 //! so they exist if and only if that transaction commits.
 //!
@@ -52,6 +55,7 @@ mod journal;
 mod listener;
 mod migrations;
 mod sagas;
+mod workers;
 
 use std::fmt;
 use std::sync::Arc;
@@ -76,7 +80,7 @@ use orch::store::backend::{check_pool_options, redact_url};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Rescued, SagaQuery,
-    SagaRecord, SagaWrite, SagaWriteStatus, WorkflowId, WorkflowStepRecord,
+    SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId, WorkflowStepRecord,
 };
 use orch::{Error, NewCommand, Result, Store, TablePrefix, Timestamp};
 
@@ -264,6 +268,7 @@ pub(crate) struct Tables {
     pub(crate) journal: String,
     pub(crate) dependencies: String,
     pub(crate) sagas: String,
+    pub(crate) workers: String,
     pub(crate) migrations: String,
     /// The `LISTEN`/`NOTIFY` channel of wake-ups.
     pub(crate) channel: String,
@@ -279,6 +284,7 @@ impl Tables {
             journal: format!("{p}journal"),
             dependencies: format!("{p}dependencies"),
             sagas: format!("{p}sagas"),
+            workers: format!("{p}workers"),
             migrations: format!("{p}migrations"),
             channel: format!("{p}wake"),
             prefix: p,
@@ -630,6 +636,26 @@ impl Store for PgStore {
     async fn sagas(&self, query: SagaQuery) -> Result<Vec<SagaRecord>> {
         let mut conn = self.conn().await?;
         Ok(sagas::list(&mut conn, &self.inner.tables, &query).await?)
+    }
+
+    async fn record_worker(&self, worker: WorkerRecord) -> Result<()> {
+        let mut conn = self.conn().await?;
+        Ok(workers::record(&mut conn, &self.inner.tables, &worker).await?)
+    }
+
+    async fn remove_worker(&self, id: &str) -> Result<()> {
+        let mut conn = self.conn().await?;
+        Ok(workers::remove(&mut conn, &self.inner.tables, id).await?)
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerRecord>> {
+        let mut conn = self.conn().await?;
+        Ok(workers::list(&mut conn, &self.inner.tables).await?)
+    }
+
+    async fn prune_workers(&self, before: Timestamp) -> Result<u64> {
+        let mut conn = self.conn().await?;
+        Ok(workers::prune(&mut conn, &self.inner.tables, before).await?)
     }
 
     fn wake_signal(&self) -> Option<Arc<Notify>> {

@@ -16,6 +16,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_commands_and_journal.sql")),
     (2, include_str!("../migrations/0002_workflows.sql")),
     (3, include_str!("../migrations/0003_sagas.sql")),
+    (4, include_str!("../migrations/0004_workers.sql")),
 ];
 
 #[derive(QueryableByName)]
@@ -77,8 +78,8 @@ pub(crate) async fn run(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResu
 pub(crate) async fn drop_all(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResult<()> {
     lock(conn, tables).await?;
     conn.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {}, {}, {}, {}, {}",
-        tables.commands, tables.journal, tables.dependencies, tables.sagas, tables.migrations
+        "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}",
+        tables.commands, tables.journal, tables.dependencies, tables.sagas, tables.workers, tables.migrations
     ))
     .await?;
     tracing::debug!(prefix = %tables.prefix, "dropped postgres tables");

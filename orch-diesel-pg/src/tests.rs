@@ -1667,7 +1667,8 @@ async fn a_version_2_database_migrates_to_sagas() {
         count(&url, &format!("SELECT COUNT(*) AS n FROM {prefix}migrations WHERE version IN (1, 2, 3)"))
             .await;
     assert_eq!(versions, 3);
-    assert_eq!(count(&url, &format!("SELECT COUNT(*) AS n FROM {prefix}migrations")).await, 3);
+    let all = i64::try_from(migrations::MIGRATIONS.len()).unwrap();
+    assert_eq!(count(&url, &format!("SELECT COUNT(*) AS n FROM {prefix}migrations")).await, all);
     let indexes =
         count(&url, &format!("SELECT COUNT(*) AS n FROM pg_indexes WHERE tablename = '{prefix}sagas'")).await;
     assert_eq!(indexes, 4, "the primary key and three indexes");
@@ -1689,5 +1690,151 @@ async fn a_version_2_database_migrates_to_sagas() {
         count(&url, &format!("SELECT COUNT(*) AS n FROM pg_tables WHERE tablename LIKE '{prefix}%'")).await,
         0,
         "drop_tables drops the sagas table too"
+    );
+}
+
+fn worker(id: &str, names: &[&str], heartbeat_at: Timestamp) -> WorkerRecord {
+    WorkerRecord {
+        id: id.into(),
+        instance_key: format!("instance-{id}"),
+        host: "host-1.internal".into(),
+        pid: 4_242,
+        names: names.iter().map(|n| n.to_string()).collect(),
+        concurrency: 8,
+        running: 0,
+        started_at: Timestamp::from_micros(1_700_000_000_000_001),
+        heartbeat_at,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn workers_are_recorded_listed_pruned_and_removed() {
+    let Some(url) = server_url() else { return };
+    let prefix = fresh_prefix();
+    let store = store_at(&url, &prefix).await;
+    assert_eq!(store.workers().await.unwrap(), Vec::new());
+
+    // Recorded, then recorded again at a heartbeat: one row, every column replaced.
+    let t = |micros: i64| Timestamp::from_micros(1_700_000_000_000_000 + micros);
+    let mut b = worker("worker-b", &["charge", "refund", "ship"], t(10));
+    store.record_worker(b.clone()).await.unwrap();
+    assert_eq!(store.workers().await.unwrap(), vec![b.clone()]);
+    b.heartbeat_at = t(20);
+    b.running = 5;
+    b.pid = u32::MAX;
+    store.record_worker(b.clone()).await.unwrap();
+    assert_eq!(store.workers().await.unwrap(), vec![b.clone()]);
+    assert_eq!(count(&url, &format!("SELECT COUNT(*) AS n FROM {prefix}workers")).await, 1);
+
+    // A second worker, with no names, sorts before it (byte-wise ids: `A` < `w`).
+    let a = worker("Worker-a", &[], t(30));
+    store.record_worker(a.clone()).await.unwrap();
+    let listed = store.workers().await.unwrap();
+    assert_eq!(listed, vec![a.clone(), b.clone()]);
+    assert_eq!((listed[0].names.len(), listed[1].names.len()), (0, 3));
+
+    // Pruning removes exactly the rows whose heartbeat is before the cutoff.
+    assert_eq!(store.prune_workers(t(20)).await.unwrap(), 0, "a heartbeat at the cutoff stays");
+    let c = worker("worker-c", &["x"], t(5));
+    store.record_worker(c).await.unwrap();
+    assert_eq!(store.prune_workers(t(21)).await.unwrap(), 2);
+    assert_eq!(store.workers().await.unwrap(), vec![a.clone()]);
+    assert_eq!(store.prune_workers(t(21)).await.unwrap(), 0);
+
+    // Removing a present worker, then an absent one.
+    store.remove_worker("Worker-a").await.unwrap();
+    assert_eq!(store.workers().await.unwrap(), Vec::new());
+    store.remove_worker("Worker-a").await.unwrap();
+    store.remove_worker("never-recorded").await.unwrap();
+
+    // A corrupt row is an error, never a panic.
+    let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+    for (pid, names) in [("-1", "[]"), ("4294967296", "[]"), ("1", "not json")] {
+        conn.batch_execute(&format!(
+            "DELETE FROM {prefix}workers; \
+             INSERT INTO {prefix}workers (id, instance_key, host, pid, names, concurrency, running, \
+               started_at, heartbeat_at) VALUES ('bad', 'k', 'h', {pid}, '{names}', 1, 0, 0, 0)"
+        ))
+        .await
+        .unwrap();
+        let err = store.workers().await.unwrap_err();
+        assert!(matches!(err, Error::Corrupt(_)), "pid {pid}, names {names}: {err}");
+    }
+    store.drop_tables().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn a_version_3_database_migrates_to_workers() {
+    let Some(url) = server_url() else { return };
+    let prefix = fresh_prefix();
+    // Version 3 as an older orch-diesel-pg left it, with a saga in it.
+    let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+    let schema: String = migrations::MIGRATIONS
+        .iter()
+        .filter(|(version, _)| *version <= 3)
+        .map(|(_, sql)| sql.replace("{prefix}", &prefix))
+        .collect::<Vec<_>>()
+        .join(";\n");
+    conn.batch_execute(&format!(
+        "CREATE TABLE {prefix}migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at BIGINT NOT NULL); \
+         {schema}; \
+         INSERT INTO {prefix}migrations (version, applied_at) VALUES (1, 0), (2, 0), (3, 0);"
+    ))
+    .await
+    .unwrap();
+    let now = Timestamp::from_millis(90_000_000);
+    let saga = saga_record("order", "1", now);
+    {
+        // Saved by the old schema's store (no workers table yet).
+        let old = PgStore::builder(&url).prefix(&prefix).listen(false).connect().await.unwrap();
+        assert_eq!(old.save_saga(create(&saga, Vec::new())).await.unwrap(), SagaWriteStatus::Saved);
+        let err = old.workers().await.unwrap_err();
+        assert!(matches!(err, Error::Backend { .. }), "no workers table before migrating: {err}");
+    }
+
+    // Several processes upgrade it at once.
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(PgStore::builder(&url).prefix(&prefix).listen(false).connect().await.unwrap());
+    }
+    let tasks: Vec<_> =
+        stores.iter().cloned().map(|s| tokio::spawn(async move { s.migrate().await })).collect();
+    for task in tasks {
+        task.await.unwrap().expect("every concurrent migrate succeeds");
+    }
+    stores[0].migrate().await.unwrap();
+    #[derive(QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = Integer)]
+        version: i32,
+    }
+    let versions: Vec<i32> =
+        diesel::sql_query(format!("SELECT version FROM {prefix}migrations ORDER BY version"))
+            .load::<Version>(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| v.version)
+            .collect();
+    assert_eq!(versions, migrations::MIGRATIONS.iter().map(|(v, _)| *v).collect::<Vec<_>>());
+    assert_eq!(versions.last(), Some(&4));
+    let indexes =
+        count(&url, &format!("SELECT COUNT(*) AS n FROM pg_indexes WHERE tablename = '{prefix}workers'"))
+            .await;
+    assert_eq!(indexes, 2, "the primary key and the heartbeat index");
+
+    // The old saga is intact; workers work on the upgraded schema.
+    let store = &stores[0];
+    assert_eq!(store.saga("order", "1").await.unwrap(), Some(saga));
+    let w = worker("worker-1", &["charge"], now);
+    store.record_worker(w.clone()).await.unwrap();
+    assert_eq!(store.workers().await.unwrap(), vec![w]);
+    store.drop_tables().await.unwrap();
+    assert_eq!(
+        count(&url, &format!("SELECT COUNT(*) AS n FROM pg_tables WHERE tablename LIKE '{prefix}%'")).await,
+        0,
+        "drop_tables drops the workers table too"
     );
 }

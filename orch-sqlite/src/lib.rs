@@ -22,6 +22,7 @@ mod dependencies;
 mod journal;
 mod migrations;
 mod sagas;
+mod workers;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -36,7 +37,7 @@ pub use orch;
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Rescued, SagaQuery,
-    SagaRecord, SagaWrite, SagaWriteStatus, WorkflowId, WorkflowStepRecord,
+    SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId, WorkflowStepRecord,
 };
 use orch::{Error, Result, Store, TablePrefix, Timestamp};
 
@@ -134,6 +135,7 @@ pub(crate) struct Tables {
     pub(crate) journal: String,
     pub(crate) dependencies: String,
     pub(crate) sagas: String,
+    pub(crate) workers: String,
     pub(crate) migrations: String,
 }
 
@@ -144,6 +146,7 @@ impl Tables {
             journal: format!("{prefix}journal"),
             dependencies: format!("{prefix}dependencies"),
             sagas: format!("{prefix}sagas"),
+            workers: format!("{prefix}workers"),
             migrations: format!("{prefix}migrations"),
         }
     }
@@ -378,6 +381,23 @@ impl Store for SqliteStore {
 
     async fn sagas(&self, query: SagaQuery) -> Result<Vec<SagaRecord>> {
         self.with_conn(move |conn, tables| sagas::list(conn, tables, &query)).await
+    }
+
+    async fn record_worker(&self, worker: WorkerRecord) -> Result<()> {
+        self.write(move |conn, tables| workers::record(conn, tables, &worker)).await
+    }
+
+    async fn remove_worker(&self, id: &str) -> Result<()> {
+        let id = id.to_owned();
+        self.write(move |conn, tables| workers::remove(conn, tables, &id)).await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerRecord>> {
+        self.with_conn(workers::list).await
+    }
+
+    async fn prune_workers(&self, before: Timestamp) -> Result<u64> {
+        self.write(move |conn, tables| workers::prune(conn, tables, before)).await
     }
 
     /// Fired after pushes through this store (any clone) in this process; SQLite has no

@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_commands_and_journal.sql")),
     (2, include_str!("../migrations/0002_workflows.sql")),
     (3, include_str!("../migrations/0003_sagas.sql")),
+    (4, include_str!("../migrations/0004_workers.sql")),
 ];
 
 #[derive(QueryableByName)]

@@ -60,9 +60,9 @@ pub use retry::RetryPolicy;
 pub use saga::{SagaData, SagaEvent, SagaInstance, SagaMachine, SagaStep};
 pub use store::{
     CancelStatus, CommandId, CommandRecord, JournalEntry, JournalKind, SagaStatus, State, StepOf, Store,
-    TablePrefix, WorkflowId,
+    TablePrefix, WorkerRecord, WorkflowId,
 };
-pub use worker::{Worker, WorkerConfig, WorkerHandle};
+pub use worker::{FORGET_DEAD_WORKERS_AFTER, Worker, WorkerConfig, WorkerHandle};
 pub use workflow::{Workflow, WorkflowError, WorkflowState, WorkflowStatus};
 
 /// Re-exported so handlers can take cancellation tokens without another dependency.

@@ -805,6 +805,31 @@ pub struct SagaQuery {
     pub limit: usize,
 }
 
+/// A worker process as recorded in the workers table, for monitors: registered when it
+/// starts, refreshed at every heartbeat, removed when it shuts down. A row whose
+/// heartbeat is old belongs to a worker that died.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRecord {
+    /// The worker id (the lease holder name of its claims).
+    pub id: String,
+    /// The instance key it serves.
+    pub instance_key: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// The command names it has handlers for.
+    pub names: Vec<String>,
+    /// How many handlers it runs at once.
+    pub concurrency: u32,
+    /// How many were running at its last heartbeat.
+    pub running: u32,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// Its last heartbeat.
+    pub heartbeat_at: Timestamp,
+}
+
 /// Storage for commands and their journal.
 ///
 /// Implementations must make each method atomic (one transaction), fence every change
@@ -893,6 +918,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Saga instances matching a query.
     async fn sagas(&self, query: SagaQuery) -> Result<Vec<SagaRecord>>;
+
+    /// Inserts or replaces a worker's row (by id).
+    async fn record_worker(&self, worker: WorkerRecord) -> Result<()>;
+
+    /// Removes a worker's row; removing one that is not there is not an error.
+    async fn remove_worker(&self, id: &str) -> Result<()>;
+
+    /// Every recorded worker, by id.
+    async fn workers(&self) -> Result<Vec<WorkerRecord>>;
+
+    /// Removes the rows of workers whose last heartbeat is before `before` (workers
+    /// that died long ago), returning how many.
+    async fn prune_workers(&self, before: Timestamp) -> Result<u64>;
 
     /// A signal that fires when commands may have become due, so an idle worker looks
     /// again before its poll interval is over. A backend with a cross-process channel

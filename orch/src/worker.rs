@@ -29,7 +29,7 @@ use crate::error::{Error, Failure, FailureKind, Result};
 use crate::handler::{Context, ErasedHandler, Registry, RunResult};
 use crate::store::{
     ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus, HeartbeatParams,
-    InsertCommand, Lease, LeaseStatus, Outcome, State,
+    InsertCommand, Lease, LeaseStatus, Outcome, State, WorkerRecord,
 };
 
 /// How a worker behaves. Every field has a default; [`WorkerConfig::validate`] checks them.
@@ -131,7 +131,31 @@ struct Shared {
     names: Vec<String>,
     config: WorkerConfig,
     worker_id: String,
+    host: String,
+    started_at: Timestamp,
     running: Mutex<HashMap<CommandId, Running>>,
+}
+
+/// How long the row of a worker that stopped heartbeating stays in the workers table,
+/// visible to monitors as stale, before any worker's maintainer removes it.
+pub const FORGET_DEAD_WORKERS_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+impl Shared {
+    /// This worker's row in the workers table, as of now.
+    fn record(&self) -> WorkerRecord {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner()).len();
+        WorkerRecord {
+            id: self.worker_id.clone(),
+            instance_key: self.config.instance_key.clone(),
+            host: self.host.clone(),
+            pid: std::process::id(),
+            names: self.names.clone(),
+            concurrency: u32::try_from(self.config.concurrency).unwrap_or(u32::MAX),
+            running: u32::try_from(running).unwrap_or(u32::MAX),
+            started_at: self.started_at,
+            heartbeat_at: self.orch.clock().now(),
+        }
+    }
 }
 
 struct Running {
@@ -159,8 +183,10 @@ impl Worker {
         if registry.is_empty() {
             return Err(Error::invalid_config("a worker needs at least one registered handler"));
         }
-        let worker_id = config.worker_id.clone().unwrap_or_else(default_worker_id);
+        let host = host_name();
+        let worker_id = config.worker_id.clone().unwrap_or_else(|| default_worker_id(&host));
         let names = registry.names();
+        let started_at = orch.clock().now();
         Ok(Worker {
             shared: Arc::new(Shared {
                 orch,
@@ -168,6 +194,8 @@ impl Worker {
                 names,
                 config,
                 worker_id,
+                host,
+                started_at,
                 running: Mutex::new(HashMap::new()),
             }),
         })
@@ -234,13 +262,16 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-fn default_worker_id() -> String {
-    let host = std::env::var("HOSTNAME")
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned());
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+fn default_worker_id(host: &str) -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!("{host}-{}-{}", std::process::id(), &suffix[..8])
 }
@@ -256,6 +287,9 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         concurrency = config.concurrency,
         "worker started"
     );
+    if let Err(e) = shared.orch.store().record_worker(shared.record()).await {
+        tracing::warn!(error = %e, "recording the worker failed; its heartbeat will retry");
+    }
 
     let (complete_tx, complete_rx) = mpsc::channel::<CompletionRequest>(config.concurrency * 2);
     let completer = AbortOnDrop(tokio::spawn(completer(Arc::clone(&shared), complete_rx)));
@@ -355,6 +389,9 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut completer = completer;
     let _ = (&mut completer.0).await;
     maintainer_stop.cancel();
+    if let Err(e) = shared.orch.store().remove_worker(&shared.worker_id).await {
+        tracing::warn!(error = %e, "removing the worker's row failed; it will look stale and be pruned");
+    }
     tracing::info!(worker = %shared.worker_id, "worker stopped");
 }
 
@@ -652,6 +689,13 @@ async fn maintainer(shared: Arc<Shared>, stop: CancellationToken) {
             {
                 tracing::warn!(error = %e, "publishing saga timeouts failed; will retry");
             }
+            let cutoff = Timestamp::from_micros(
+                now.as_micros()
+                    .saturating_sub(i64::try_from(FORGET_DEAD_WORKERS_AFTER.as_micros()).unwrap_or(0)),
+            );
+            if let Err(e) = shared.orch.store().prune_workers(cutoff).await {
+                tracing::warn!(error = %e, "pruning dead workers failed; will retry");
+            }
             next_rescue = now + config.rescue_interval;
         }
         let wake = (clock.now() + config.heartbeat_interval).min(next_rescue);
@@ -660,6 +704,9 @@ async fn maintainer(shared: Arc<Shared>, stop: CancellationToken) {
             _ = clock.sleep_until(wake) => {}
         }
         heartbeat(&shared).await;
+        if let Err(e) = shared.orch.store().record_worker(shared.record()).await {
+            tracing::warn!(error = %e, "recording the worker's heartbeat failed; will retry");
+        }
     }
 }
 

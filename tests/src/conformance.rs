@@ -1052,3 +1052,49 @@ pub async fn cancel_request_wins_over_retry(h: &dyn Harness) {
         );
     }
 }
+
+/// Workers record themselves in the workers table when they start, refresh their row
+/// at every heartbeat, and remove it when they shut down; rows of workers that died
+/// long ago are pruned.
+pub async fn workers_are_recorded(h: &dyn Harness) {
+    let store = h.store().await;
+    let at = |ms: i64| Timestamp::from_millis(1_900_000_000_000 + ms);
+    let row = |id: &str, names: &[&str], heartbeat: i64| orch::WorkerRecord {
+        id: id.into(),
+        instance_key: "edge".into(),
+        host: "host-a".into(),
+        pid: 4_242,
+        names: names.iter().map(|n| n.to_string()).collect(),
+        concurrency: 8,
+        running: 3,
+        started_at: at(0),
+        heartbeat_at: at(heartbeat),
+    };
+    store.record_worker(row("w1", &[], 1_000)).await.unwrap();
+    store.record_worker(row("w2", &["a", "b", "c"], 2_000)).await.unwrap();
+    let refreshed = orch::WorkerRecord { running: 5, ..row("w1", &[], 9_000) };
+    store.record_worker(refreshed.clone()).await.unwrap();
+    assert_eq!(store.workers().await.unwrap(), vec![refreshed.clone(), row("w2", &["a", "b", "c"], 2_000)]);
+    assert_eq!(store.prune_workers(at(5_000)).await.unwrap(), 1, "only w2 is older");
+    assert_eq!(store.workers().await.unwrap(), vec![refreshed]);
+    store.remove_worker("w1").await.unwrap();
+    store.remove_worker("nobody").await.unwrap();
+    assert!(store.workers().await.unwrap().is_empty());
+
+    // A real worker records itself, heartbeats, and removes its row at shutdown.
+    let worker =
+        Worker::new(Orch::new(Arc::clone(&store)), echo_registry(), fast_config("live")).unwrap().start();
+    let id = worker.id().to_owned();
+    let first = eventually("the worker to record itself", || async {
+        store.workers().await.unwrap().into_iter().find(|w| w.id == id)
+    })
+    .await;
+    assert_eq!((first.instance_key.as_str(), first.pid), ("live", std::process::id()));
+    assert_eq!(first.names, ["echo"]);
+    eventually("a later heartbeat", || async {
+        store.workers().await.unwrap().into_iter().find(|w| w.id == id && w.heartbeat_at > first.heartbeat_at)
+    })
+    .await;
+    worker.shutdown().await;
+    assert!(store.workers().await.unwrap().iter().all(|w| w.id != id), "a stopped worker removes its row");
+}

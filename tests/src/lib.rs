@@ -61,6 +61,7 @@ macro_rules! conformance_suite {
             shutdown_releases_unfinished,
             list_finds_unfinished,
             cancel_request_wins_over_retry,
+            workers_are_recorded,
             workflow_runs_in_dependency_order,
             workflow_steps_run_concurrently,
             workflow_failure_cancels_dependents,

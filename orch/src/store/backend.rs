@@ -324,6 +324,16 @@ pub fn pending_migrations<'a>(
     Ok(known.iter().filter(|(v, _)| !applied.contains(v)).collect())
 }
 
+/// A worker's command names as stored (JSON text).
+pub fn encode_names(names: &[String]) -> String {
+    serde_json::to_string(names).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// A worker's command names from their stored form.
+pub fn decode_names(json: &str) -> Result<Vec<String>> {
+    serde_json::from_str(json).map_err(|e| Error::Corrupt(format!("invalid worker names {json:?}: {e}")))
+}
+
 /// A command row as the SQL backends store it: ids and enums as text, times as
 /// microseconds since the epoch, flags as integers. [`RawCommand::into_record`]
 /// validates every column, so a corrupt row is an [`Error::Corrupt`], never a panic.
