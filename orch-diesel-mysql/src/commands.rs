@@ -17,12 +17,13 @@ use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 use orch::store::backend::{
-    NewJournalEntry, RawCommand, encode_policy, lease_expired_message, micros, millis, outcome_follow_ups,
-    u32_of,
+    NewJournalEntry, RawCommand, add_queue_count, encode_policy, finish_queue_stats, lease_expired_message,
+    micros, millis, outcome_follow_ups, u32_of,
 };
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome, Rescued,
+    CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome,
+    QueueStats, Rescued, RetryStatus,
 };
 use orch::{FailureKind, State, Timestamp};
 
@@ -812,4 +813,83 @@ pub(crate) async fn counts(conn: &mut AsyncMysqlConnection, tables: &Tables) -> 
             })
         })
         .collect()
+}
+
+#[derive(QueryableByName)]
+struct QueueStatsRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    target: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+    #[diesel(sql_type = BigInt)]
+    due: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    oldest: Option<i64>,
+}
+
+pub(crate) async fn queue_stats(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    now: Timestamp,
+) -> TxResult<Vec<QueueStats>> {
+    // `SUM` of integers is DECIMAL in MySQL, hence the cast; `MIN` of a BIGINT column
+    // stays BIGINT.
+    let rows: Vec<QueueStatsRow> = diesel::sql_query(format!(
+        "SELECT name, target, state, COUNT(*) AS n, \
+         CAST(SUM(CASE WHEN state = 'pending' AND scheduled_at <= ? THEN 1 ELSE 0 END) AS SIGNED) AS due, \
+         MIN(CASE WHEN state = 'pending' AND scheduled_at <= ? THEN scheduled_at END) AS oldest \
+         FROM {} GROUP BY name, target, state",
+        tables.commands
+    ))
+    .bind::<BigInt, _>(now.as_micros())
+    .bind::<BigInt, _>(now.as_micros())
+    .load(conn)
+    .await?;
+    let mut stats = Vec::new();
+    for r in rows {
+        add_queue_count(&mut stats, r.name, r.target, State::parse(&r.state)?, r.n, r.due, r.oldest);
+    }
+    Ok(finish_queue_stats(stats))
+}
+
+pub(crate) async fn retry(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    id: CommandId,
+    now: Timestamp,
+) -> TxResult<RetryStatus> {
+    let rows: Vec<StateRow> =
+        diesel::sql_query(format!("SELECT state, attempts FROM {} WHERE id = ? FOR UPDATE", tables.commands))
+            .bind::<Text, _>(id.to_string())
+            .load(conn)
+            .await?;
+    let Some(row) = rows.into_iter().next() else {
+        return Ok(RetryStatus::NotFound);
+    };
+    let state = State::parse(&row.state)?;
+    if !matches!(state, State::Failed | State::Cancelled) {
+        return Ok(RetryStatus::NotRetryable(state));
+    }
+    let now_us = now.as_micros();
+    // `max_attempts = attempts + 1` reads `attempts`, which this statement does not
+    // assign, so MySQL's left-to-right `SET` evaluation does not matter here.
+    diesel::sql_query(format!(
+        "UPDATE {} SET state = 'pending', scheduled_at = ?, max_attempts = attempts + 1, \
+         finished_at = NULL, follow_ups_due = 0, cancel_requested = 0, updated_at = ?, \
+         lease_token = NULL, lease_expires_at = NULL WHERE id = ? AND state = ?",
+        tables.commands
+    ))
+    .bind::<BigInt, _>(now_us)
+    .bind::<BigInt, _>(now_us)
+    .bind::<Text, _>(id.to_string())
+    .bind::<Text, _>(state.as_str())
+    .execute(conn)
+    .await?;
+    journal::append(conn, tables, &[NewJournalEntry::retry_requested(id, now, u32_of(row.attempts), state)])
+        .await?;
+    Ok(RetryStatus::Retried)
 }

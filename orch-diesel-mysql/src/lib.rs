@@ -92,8 +92,9 @@ use orch::store::backend::COMMAND_COLUMNS;
 use orch::store::backend::{check_pool_options, redact_url};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Outcome, Rescued,
-    SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId, WorkflowStepRecord,
+    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Outcome, QueueStats,
+    Rescued, RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId,
+    WorkflowStepRecord,
 };
 use orch::{Error, NewCommand, Result, Store, TablePrefix, Timestamp};
 
@@ -763,6 +764,20 @@ impl Store for MysqlStore {
 
     async fn sagas(&self, query: SagaQuery) -> Result<Vec<SagaRecord>> {
         self.read(&query, |c, t, q| Box::pin(sagas::list(c, t, q))).await
+    }
+
+    async fn queue_stats(&self, now: Timestamp) -> Result<Vec<QueueStats>> {
+        self.read(&now, |c, t, &now| Box::pin(commands::queue_stats(c, t, now))).await
+    }
+
+    async fn retry(&self, id: CommandId, now: Timestamp) -> Result<RetryStatus> {
+        let status = self
+            .write("retry", &(id, now), |c, t, &(id, now)| Box::pin(commands::retry(c, t, id, now)))
+            .await?;
+        if status == RetryStatus::Retried {
+            self.woken();
+        }
+        Ok(status)
     }
 
     async fn record_worker(&self, worker: WorkerRecord) -> Result<()> {

@@ -2161,3 +2161,143 @@ async fn migration_4_upgrades_a_version_3_database() {
     assert_eq!(store.workers().await.unwrap(), vec![w]);
     drop_tables(&store).await;
 }
+
+// ---------------------------------------------------------------------------
+// Monitoring and manual retries.
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn queue_stats_split_pending_by_due_time() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(11_000_000);
+    let now = t0 + Duration::from_secs(5);
+    assert!(store.queue_stats(now).await.unwrap().is_empty());
+
+    // b on the default target: one of each finished state, and one running.
+    let b: Vec<InsertCommand> = (0..4).map(|_| insert("b", t0)).collect();
+    store.enqueue(b.clone()).await.unwrap();
+    assert_eq!(store.cancel(b[3].id, t0).await.unwrap(), CancelStatus::Cancelled);
+    let claimed = store.claim(claim_params(&["b"], t0, "w", 3)).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let failed =
+        Outcome::Failed { failure: Failure::new(FailureKind::Error, "boom"), follow_ups: Vec::new() };
+    let statuses = store
+        .complete(vec![
+            completion(claimed[0].lease, t0, succeeded()),
+            completion(claimed[1].lease, t0, failed),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(statuses, vec![CompletionStatus::Applied; 2]);
+
+    // a on the default target: two due (the oldest at t0), one delayed past `now`.
+    let delayed = |name: &str, secs: u64, target: &str| {
+        NewCommand::raw(name, serde_json::json!({}))
+            .delay(Duration::from_secs(secs))
+            .target(target)
+            .resolve(t0)
+            .unwrap()
+    };
+    let later = delayed("a", 60, orch::DEFAULT_TARGET);
+    // a on `eu`: due exactly at `now` (due counts `scheduled_at <= now`).
+    // b on `eu`: blocked on the delayed one.
+    let blocked = InsertCommand { target: "eu".into(), ..step(WorkflowId::generate(t0), "b", t0, &[&later]) };
+    store
+        .enqueue(vec![
+            delayed("a", 2, orch::DEFAULT_TARGET),
+            insert("a", t0),
+            later,
+            delayed("a", 5, "eu"),
+            blocked,
+        ])
+        .await
+        .unwrap();
+
+    let expected = vec![
+        QueueStats {
+            name: "a".into(),
+            target: orch::DEFAULT_TARGET.into(),
+            due: 2,
+            scheduled: 1,
+            oldest_due: Some(t0),
+            ..Default::default()
+        },
+        QueueStats {
+            name: "a".into(),
+            target: "eu".into(),
+            due: 1,
+            oldest_due: Some(now),
+            ..Default::default()
+        },
+        QueueStats {
+            name: "b".into(),
+            target: orch::DEFAULT_TARGET.into(),
+            running: 1,
+            succeeded: 1,
+            failed: 1,
+            cancelled: 1,
+            ..Default::default()
+        },
+        QueueStats { name: "b".into(), target: "eu".into(), blocked: 1, ..Default::default() },
+    ];
+    assert_eq!(store.queue_stats(now).await.unwrap(), expected);
+    // A moment earlier, the `eu` command is not due yet.
+    let before = store.queue_stats(now - Duration::from_millis(1)).await.unwrap();
+    assert_eq!((before[1].due, before[1].scheduled, before[1].oldest_due), (0, 1, None));
+    drop_tables(&store).await;
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn retry_reruns_failed_and_cancelled_commands() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(12_000_000);
+    let t1 = t0 + Duration::from_secs(10);
+    let (failing, cancelled, pending, done) =
+        (insert("f", t0), insert("c", t0), insert("p", t0), insert("s", t0));
+    store.enqueue(vec![failing.clone(), cancelled.clone(), pending.clone(), done.clone()]).await.unwrap();
+    run_step(&store, "s", t0, succeeded()).await;
+    let failure = Failure::new(FailureKind::Error, "boom");
+    run_step(&store, "f", t0, Outcome::Failed { failure: failure.clone(), follow_ups: Vec::new() }).await;
+    assert_eq!(store.cancel(cancelled.id, t0).await.unwrap(), CancelStatus::Cancelled);
+    let before = store.get(failing.id).await.unwrap().unwrap();
+    assert_eq!((before.state, before.attempts), (State::Failed, 1));
+    // Cancelled by `cancel`: its follow-ups are due (and dropped by the retry).
+    assert!(store.get(cancelled.id).await.unwrap().unwrap().follow_ups_due);
+
+    let signal = store.clone().wake_signal().unwrap();
+    let notified = signal.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    assert_eq!(store.retry(failing.id, t1).await.unwrap(), RetryStatus::Retried);
+    tokio::time::timeout(Duration::from_secs(1), notified).await.expect("a retry fires the wake signal");
+    let r = store.get(failing.id).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.scheduled_at, r.updated_at, r.attempts, r.max_attempts, r.finished_at),
+        (State::Pending, t1, t1, 1, 2, None)
+    );
+    assert_eq!(
+        (r.follow_ups_due, r.cancel_requested, r.lease_token, r.lease_expires_at, r.error),
+        (false, false, None, None, Some(failure))
+    );
+    let last = store.journal(failing.id).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.kind, last.at, last.attempt, last.message),
+        (JournalKind::RetryRequested, t1, 1, Some(format!("retried by request after it failed; due {t1}")))
+    );
+    let claimed = store.claim(claim_params(&["f"], t1, "w", 10)).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| (c.lease.id, c.attempt)).collect::<Vec<_>>(), vec![(failing.id, 2)]);
+
+    assert_eq!(store.retry(cancelled.id, t1).await.unwrap(), RetryStatus::Retried);
+    let r = store.get(cancelled.id).await.unwrap().unwrap();
+    assert_eq!((r.state, r.scheduled_at, r.max_attempts, r.follow_ups_due), (State::Pending, t1, 1, false));
+    assert_eq!(kinds(&store, cancelled.id).await.pop(), Some(JournalKind::RetryRequested));
+    assert!(store.follow_ups_due(&["c".into()], 10).await.unwrap().is_empty());
+
+    assert_eq!(store.retry(pending.id, t1).await.unwrap(), RetryStatus::NotRetryable(State::Pending));
+    assert_eq!(store.retry(done.id, t1).await.unwrap(), RetryStatus::NotRetryable(State::Succeeded));
+    assert_eq!(store.retry(failing.id, t1).await.unwrap(), RetryStatus::NotRetryable(State::Running));
+    assert_eq!(store.retry(CommandId::generate(t1), t1).await.unwrap(), RetryStatus::NotFound);
+    assert_eq!(kinds(&store, pending.id).await, vec![JournalKind::Enqueued]);
+    drop_tables(&store).await;
+}

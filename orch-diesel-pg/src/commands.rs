@@ -15,12 +15,13 @@ use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Uuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use orch::store::backend::{
-    COMMAND_COLUMNS, NewJournalEntry, RawCommand, encode_policy, micros, millis, outcome_follow_ups, u32_of,
+    COMMAND_COLUMNS, NewJournalEntry, RawCommand, add_queue_count, encode_policy, finish_queue_stats, micros,
+    millis, outcome_follow_ups, u32_of,
 };
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, JournalKind, Lease, LeaseStatus, LeaseToken, ListParams,
-    Outcome, Rescued,
+    Outcome, QueueStats, Rescued, RetryStatus,
 };
 use orch::{FailureKind, State, Timestamp};
 
@@ -831,4 +832,93 @@ pub(crate) async fn counts(conn: &mut AsyncPgConnection, tables: &Tables) -> TxR
             })
         })
         .collect()
+}
+
+#[derive(QueryableByName)]
+struct StatsSqlRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    target: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+    #[diesel(sql_type = BigInt)]
+    due: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    oldest: Option<i64>,
+}
+
+/// Command counts per (name, target), pending split into due and scheduled by `now`,
+/// with the oldest due time; one grouped query.
+pub(crate) async fn queue_stats(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    now: Timestamp,
+) -> TxResult<Vec<QueueStats>> {
+    // SUM over integers is NUMERIC in PostgreSQL: cast back to BIGINT.
+    let rows: Vec<StatsSqlRow> = diesel::sql_query(format!(
+        "SELECT name, target, state, COUNT(*) AS n, \
+         SUM(CASE WHEN state = 'pending' AND scheduled_at <= $1 THEN 1 ELSE 0 END)::BIGINT AS due, \
+         MIN(CASE WHEN state = 'pending' AND scheduled_at <= $1 THEN scheduled_at END) AS oldest \
+         FROM {} GROUP BY name, target, state",
+        tables.commands
+    ))
+    .bind::<BigInt, _>(now.as_micros())
+    .load(conn)
+    .await?;
+    let mut stats = Vec::new();
+    for r in rows {
+        add_queue_count(&mut stats, r.name, r.target, State::parse(&r.state)?, r.n, r.due, r.oldest);
+    }
+    Ok(finish_queue_stats(stats))
+}
+
+#[derive(QueryableByName)]
+struct RetryRow {
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+}
+
+/// Makes a failed or cancelled command pending again, due at `now`, with one more
+/// attempt; its last error is kept and its unpushed follow-ups dropped. The caller
+/// sends the wake-up.
+pub(crate) async fn retry(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    id: CommandId,
+    now: Timestamp,
+) -> TxResult<RetryStatus> {
+    // Locked on its own, as claims, completions and cancels lock a command that is
+    // not blocked; a failed or cancelled command has no blocked dependents left.
+    let rows: Vec<RetryRow> = diesel::sql_query(format!(
+        "SELECT state, attempts FROM {} WHERE id = $1 FOR UPDATE",
+        tables.commands
+    ))
+    .bind::<Uuid, _>(id.as_uuid())
+    .load(conn)
+    .await?;
+    let Some(row) = rows.into_iter().next() else {
+        return Ok(RetryStatus::NotFound);
+    };
+    let state = State::parse(&row.state)?;
+    if !matches!(state, State::Failed | State::Cancelled) {
+        return Ok(RetryStatus::NotRetryable(state));
+    }
+    diesel::sql_query(format!(
+        "UPDATE {} SET state = 'pending', scheduled_at = $1, max_attempts = attempts + 1, finished_at = NULL, \
+         follow_ups_due = FALSE, cancel_requested = FALSE, updated_at = $1, lease_token = NULL, \
+         lease_expires_at = NULL WHERE id = $2",
+        tables.commands
+    ))
+    .bind::<BigInt, _>(now.as_micros())
+    .bind::<Uuid, _>(id.as_uuid())
+    .execute(conn)
+    .await?;
+    let entry = NewJournalEntry::retry_requested(id, now, u32_of(i64::from(row.attempts)), state);
+    journal::append(conn, tables, &[entry]).await?;
+    Ok(RetryStatus::Retried)
 }

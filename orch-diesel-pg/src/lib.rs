@@ -79,8 +79,9 @@ pub use orch;
 use orch::store::backend::{check_pool_options, redact_url};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Rescued, SagaQuery,
-    SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId, WorkflowStepRecord,
+    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, QueueStats, Rescued,
+    RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId,
+    WorkflowStepRecord,
 };
 use orch::{Error, NewCommand, Result, Store, TablePrefix, Timestamp};
 
@@ -636,6 +637,29 @@ impl Store for PgStore {
     async fn sagas(&self, query: SagaQuery) -> Result<Vec<SagaRecord>> {
         let mut conn = self.conn().await?;
         Ok(sagas::list(&mut conn, &self.inner.tables, &query).await?)
+    }
+
+    async fn queue_stats(&self, now: Timestamp) -> Result<Vec<QueueStats>> {
+        let mut conn = self.conn().await?;
+        Ok(commands::queue_stats(&mut conn, &self.inner.tables, now).await?)
+    }
+
+    async fn retry(&self, id: CommandId, now: Timestamp) -> Result<RetryStatus> {
+        let tables = &self.inner.tables;
+        let mut conn = self.conn().await?;
+        let status = conn
+            .transaction::<_, TxError, _>(async |conn| {
+                let status = commands::retry(conn, tables, id, now).await?;
+                if status == RetryStatus::Retried {
+                    notify(conn, tables).await?;
+                }
+                Ok(status)
+            })
+            .await?;
+        if status == RetryStatus::Retried {
+            self.inner.wake.notify_waiters();
+        }
+        Ok(status)
     }
 
     async fn record_worker(&self, worker: WorkerRecord) -> Result<()> {

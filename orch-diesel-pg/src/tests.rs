@@ -15,7 +15,7 @@ use orch::store::{
     ClaimParams, Completion, CompletionStatus, HeartbeatParams, InsertCommand, LeaseStatus, ListParams,
     Outcome, SagaQuery, SagaRecord, SagaStatus, SagaWrite, SagaWriteStatus, StepOf, WorkflowId,
 };
-use orch::{CancelStatus, Failure, FailureKind, JournalKind, NewCommand, State};
+use orch::{CancelStatus, Failure, FailureKind, JournalKind, NewCommand, QueueStats, RetryStatus, State};
 
 use super::*;
 
@@ -1837,4 +1837,137 @@ async fn a_version_3_database_migrates_to_workers() {
         0,
         "drop_tables drops the workers table too"
     );
+}
+
+/// A command of `name` for `target`, due at `at`.
+fn row_for(name: &str, target: &str, at: Timestamp, created: Timestamp) -> InsertCommand {
+    let mut r = row(name, created);
+    r.target = target.to_owned();
+    r.scheduled_at = at;
+    r
+}
+
+async fn claim_for(store: &PgStore, name: &str, target: &str, now: Timestamp) -> orch::store::ClaimedCommand {
+    let params = ClaimParams { target: target.into(), ..claim_params(&[name], now, "w", 1) };
+    let mut claimed = store.claim(params).await.unwrap();
+    assert_eq!(claimed.len(), 1, "{name}@{target} is claimable");
+    claimed.remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn queue_stats_split_pending_by_due_time() {
+    let Some(url) = server_url() else { return };
+    let store = store_at(&url, &fresh_prefix()).await;
+    let t0 = Timestamp::from_millis(60_000_000);
+    let (early, now, later) = (t0, t0 + Duration::from_secs(5), t0 + Duration::from_secs(60));
+    assert_eq!(store.queue_stats(now).await.unwrap(), vec![]);
+
+    // a@t1: two due (one due exactly now), one delayed, one blocked on the first.
+    let (_, mut steps) = workflow_rows(t0, &[("a", &[]), ("blocked", &["a"])]);
+    for s in &mut steps {
+        s.name = "a".into();
+        s.target = "t1".into();
+    }
+    steps[0].scheduled_at = early;
+    steps[1].scheduled_at = early;
+    store.enqueue(steps).await.unwrap();
+    store.enqueue(vec![row_for("a", "t1", now, t0), row_for("a", "t1", later, t0)]).await.unwrap();
+    // a@t2: one running, one succeeded (claimed from a first due batch).
+    store.enqueue(vec![row_for("a", "t2", early, t0), row_for("a", "t2", early, t0)]).await.unwrap();
+    let _running = claim_for(&store, "a", "t2", now).await;
+    let done = claim_for(&store, "a", "t2", now).await;
+    store.complete(vec![success(&done, now)]).await.unwrap();
+    // b@t1: one failed, one cancelled.
+    let mut failing = row_for("b", "t1", early, t0);
+    failing.max_attempts = 1;
+    let cancelled = row_for("b", "t1", later, t0);
+    let cancelled_id = cancelled.id;
+    store.enqueue(vec![failing, cancelled]).await.unwrap();
+    let claimed = claim_for(&store, "b", "t1", now).await;
+    store.complete(vec![failure(&claimed, now)]).await.unwrap();
+    assert_eq!(store.cancel(cancelled_id, now).await.unwrap(), CancelStatus::Cancelled);
+    // b@t2: only delayed.
+    store.enqueue(vec![row_for("b", "t2", later, t0)]).await.unwrap();
+
+    let stats = |name: &str, target: &str| QueueStats {
+        name: name.into(),
+        target: target.into(),
+        ..Default::default()
+    };
+    let expected = vec![
+        QueueStats { blocked: 1, due: 2, scheduled: 1, oldest_due: Some(early), ..stats("a", "t1") },
+        QueueStats { running: 1, succeeded: 1, ..stats("a", "t2") },
+        QueueStats { failed: 1, cancelled: 1, ..stats("b", "t1") },
+        QueueStats { scheduled: 1, ..stats("b", "t2") },
+    ];
+    assert_eq!(store.queue_stats(now).await.unwrap(), expected);
+    // Later, everything pending is due; the oldest due time stays the earliest.
+    let expected_later = vec![
+        QueueStats { blocked: 1, due: 3, oldest_due: Some(early), ..stats("a", "t1") },
+        QueueStats { running: 1, succeeded: 1, ..stats("a", "t2") },
+        QueueStats { failed: 1, cancelled: 1, ..stats("b", "t1") },
+        QueueStats { due: 1, oldest_due: Some(later), ..stats("b", "t2") },
+    ];
+    assert_eq!(store.queue_stats(later).await.unwrap(), expected_later);
+    store.drop_tables().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn retry_runs_a_failed_or_cancelled_command_again() {
+    let Some(url) = server_url() else { return };
+    let store = store_at(&url, &fresh_prefix()).await;
+    let t0 = Timestamp::from_millis(70_000_000);
+    let (t1, t2, t3) =
+        (t0 + Duration::from_secs(1), t0 + Duration::from_secs(2), t0 + Duration::from_secs(3));
+
+    // Failed for good after its only attempt.
+    let mut failing = row("f", t0);
+    failing.max_attempts = 1;
+    let id = failing.id;
+    store.enqueue(vec![failing]).await.unwrap();
+    let claimed = claim_one(&store, "f", t0).await;
+    store.complete(vec![failure(&claimed, t1)]).await.unwrap();
+    let before = store.get(id).await.unwrap().unwrap();
+    assert_eq!((before.state, before.attempts), (State::Failed, 1));
+
+    assert_eq!(store.retry(id, t2).await.unwrap(), RetryStatus::Retried);
+    let r = store.get(id).await.unwrap().unwrap();
+    assert_eq!(r.state, State::Pending);
+    assert_eq!((r.scheduled_at, r.updated_at, r.finished_at), (t2, t2, None));
+    assert_eq!((r.attempts, r.max_attempts), (1, 2));
+    assert_eq!(r.error, before.error, "the last error is kept");
+    assert!(!r.follow_ups_due && !r.cancel_requested);
+    assert_eq!((r.lease_token, r.lease_expires_at), (None, None));
+    let journal = store.journal(id).await.unwrap();
+    let last = journal.last().unwrap();
+    assert_eq!(last.kind, JournalKind::RetryRequested);
+    let want = NewJournalEntry::retry_requested(id, t2, 1, State::Failed);
+    assert_eq!(*last, orch::JournalEntry { seq: last.seq, ..entry(want) });
+    // Due now: it runs as its second attempt and can succeed.
+    let claimed = claim_one(&store, "f", t2).await;
+    assert_eq!((claimed.lease.id, claimed.attempt, claimed.max_attempts), (id, 2, 2));
+    store.complete(vec![success(&claimed, t3)]).await.unwrap();
+    assert_eq!(state_of(&store, id).await, State::Succeeded);
+    assert_eq!(store.retry(id, t3).await.unwrap(), RetryStatus::NotRetryable(State::Succeeded));
+
+    // Cancelled while pending (follow-ups due): retried, the follow-ups dropped.
+    let cancelled = row("c", t0);
+    let cid = cancelled.id;
+    store.enqueue(vec![cancelled]).await.unwrap();
+    assert_eq!(store.cancel(cid, t1).await.unwrap(), CancelStatus::Cancelled);
+    assert!(store.get(cid).await.unwrap().unwrap().follow_ups_due);
+    assert_eq!(store.retry(cid, t2).await.unwrap(), RetryStatus::Retried);
+    let r = store.get(cid).await.unwrap().unwrap();
+    assert_eq!((r.state, r.scheduled_at, r.max_attempts, r.follow_ups_due), (State::Pending, t2, 1, false));
+    assert_eq!(kinds(&store, cid).await.last(), Some(&JournalKind::RetryRequested));
+    assert_eq!(store.follow_ups_due(&["c".to_owned()], 10).await.unwrap(), vec![]);
+
+    // Pending (the retried one) is not retryable; an unknown id is not found.
+    assert_eq!(store.retry(cid, t3).await.unwrap(), RetryStatus::NotRetryable(State::Pending));
+    let unknown = CommandId::generate(t0);
+    assert_eq!(store.retry(unknown, t3).await.unwrap(), RetryStatus::NotFound);
+    assert_eq!(kinds(&store, cid).await.iter().filter(|k| **k == JournalKind::RetryRequested).count(), 1);
+    store.drop_tables().await.unwrap();
 }

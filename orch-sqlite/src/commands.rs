@@ -7,11 +7,13 @@ use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel::sqlite::Sqlite;
 use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
 use orch::store::backend::{
-    NewJournalEntry, RawCommand, encode_policy, micros, millis, outcome_follow_ups, u32_of,
+    NewJournalEntry, RawCommand, add_queue_count, encode_policy, finish_queue_stats, micros, millis,
+    outcome_follow_ups, u32_of,
 };
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome, Rescued,
+    CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome,
+    QueueStats, Rescued, RetryStatus,
 };
 use orch::{Error, State, Timestamp};
 
@@ -611,4 +613,73 @@ pub(crate) fn counts(conn: &mut SqliteConnection, tables: &Tables) -> TxResult<V
             })
         })
         .collect()
+}
+
+#[derive(QueryableByName)]
+struct StatsSqlRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    target: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+    #[diesel(sql_type = BigInt)]
+    due: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    oldest: Option<i64>,
+}
+
+pub(crate) fn queue_stats(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    now: Timestamp,
+) -> TxResult<Vec<QueueStats>> {
+    // Numbered parameters: `now` is bound once and read twice.
+    let rows: Vec<StatsSqlRow> = diesel::sql_query(format!(
+        "SELECT name, target, state, COUNT(*) AS count, \
+         SUM(CASE WHEN state = 'pending' AND scheduled_at <= ?1 THEN 1 ELSE 0 END) AS due, \
+         MIN(CASE WHEN state = 'pending' AND scheduled_at <= ?1 THEN scheduled_at END) AS oldest \
+         FROM {} GROUP BY name, target, state",
+        tables.commands
+    ))
+    .bind::<BigInt, _>(now.as_micros())
+    .load(conn)?;
+    let mut stats = Vec::new();
+    for r in rows {
+        add_queue_count(&mut stats, r.name, r.target, State::parse(&r.state)?, r.count, r.due, r.oldest);
+    }
+    Ok(finish_queue_stats(stats))
+}
+
+pub(crate) fn retry(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    id: CommandId,
+    now: Timestamp,
+) -> TxResult<RetryStatus> {
+    let rows: Vec<StateRow> =
+        diesel::sql_query(format!("SELECT state, attempts FROM {} WHERE id = ?", tables.commands))
+            .bind::<Text, _>(id.to_string())
+            .load(conn)?;
+    let Some(row) = rows.first() else {
+        return Ok(RetryStatus::NotFound);
+    };
+    let state = State::parse(&row.state)?;
+    if !matches!(state, State::Failed | State::Cancelled) {
+        return Ok(RetryStatus::NotRetryable(state));
+    }
+    diesel::sql_query(format!(
+        "UPDATE {} SET state = 'pending', scheduled_at = ?1, max_attempts = attempts + 1, finished_at = NULL, \
+         follow_ups_due = 0, cancel_requested = 0, updated_at = ?1, lease_token = NULL, lease_expires_at = NULL \
+         WHERE id = ?2",
+        tables.commands
+    ))
+    .bind::<BigInt, _>(now.as_micros())
+    .bind::<Text, _>(id.to_string())
+    .execute(conn)?;
+    let entry = NewJournalEntry::retry_requested(id, now, u32_of(row.attempts.into()), state);
+    journal::append(conn, tables, &[entry])?;
+    Ok(RetryStatus::Retried)
 }

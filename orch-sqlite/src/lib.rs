@@ -36,8 +36,9 @@ use tokio::sync::Notify;
 pub use orch;
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Rescued, SagaQuery,
-    SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId, WorkflowStepRecord,
+    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, QueueStats, Rescued,
+    RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId,
+    WorkflowStepRecord,
 };
 use orch::{Error, Result, Store, TablePrefix, Timestamp};
 
@@ -381,6 +382,18 @@ impl Store for SqliteStore {
 
     async fn sagas(&self, query: SagaQuery) -> Result<Vec<SagaRecord>> {
         self.with_conn(move |conn, tables| sagas::list(conn, tables, &query)).await
+    }
+
+    async fn queue_stats(&self, now: Timestamp) -> Result<Vec<QueueStats>> {
+        self.with_conn(move |conn, tables| commands::queue_stats(conn, tables, now)).await
+    }
+
+    async fn retry(&self, id: CommandId, now: Timestamp) -> Result<RetryStatus> {
+        let status = self.write(move |conn, tables| commands::retry(conn, tables, id, now)).await?;
+        if status == RetryStatus::Retried {
+            self.inner.wake.notify_waiters();
+        }
+        Ok(status)
     }
 
     async fn record_worker(&self, worker: WorkerRecord) -> Result<()> {

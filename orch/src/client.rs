@@ -11,8 +11,8 @@ use crate::command::{Command, NewCommand};
 use crate::error::{Error, Failure, FailureKind, Result};
 use crate::saga::{SagaData, SagaEvent, SagaInstance, decode_instance, event_for};
 use crate::store::{
-    CancelStatus, CommandId, CommandRecord, JournalEntry, ListParams, SagaQuery, SagaRecord, SagaStatus,
-    State, Store, WorkflowId,
+    CancelStatus, CommandId, CommandRecord, JournalEntry, ListParams, RetryStatus, SagaQuery, SagaRecord,
+    SagaStatus, State, Store, WorkflowId,
 };
 use crate::workflow::{Workflow, WorkflowState, WorkflowStatus};
 
@@ -205,6 +205,16 @@ impl Orch {
         tracing::debug!(%id, ?status, "cancel");
         if status == CancelStatus::Cancelled {
             self.signals.finished.notify_waiters();
+        }
+        Ok(status)
+    }
+
+    /// Runs a failed or cancelled command again (see [`Store::retry`]).
+    pub async fn retry(&self, id: CommandId) -> Result<RetryStatus> {
+        let status = self.store.retry(id, self.clock.now()).await?;
+        tracing::info!(%id, ?status, "retry requested");
+        if status == RetryStatus::Retried {
+            self.signals.pushed.notify_waiters();
         }
         Ok(status)
     }

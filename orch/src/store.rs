@@ -605,6 +605,8 @@ pub enum JournalKind {
     FollowUpsEnqueued,
     /// Every dependency succeeded; the command went from blocked to pending.
     Unblocked,
+    /// A failed or cancelled command was made pending again on request.
+    RetryRequested,
 }
 
 impl JournalKind {
@@ -624,6 +626,7 @@ impl JournalKind {
             JournalKind::Released => "released",
             JournalKind::FollowUpsEnqueued => "follow_ups_enqueued",
             JournalKind::Unblocked => "unblocked",
+            JournalKind::RetryRequested => "retry_requested",
         }
     }
 
@@ -643,6 +646,7 @@ impl JournalKind {
             "released" => JournalKind::Released,
             "follow_ups_enqueued" => JournalKind::FollowUpsEnqueued,
             "unblocked" => JournalKind::Unblocked,
+            "retry_requested" => JournalKind::RetryRequested,
             other => return Err(Error::Corrupt(format!("unknown journal kind {other:?}"))),
         })
     }
@@ -830,6 +834,42 @@ pub struct WorkerRecord {
     pub heartbeat_at: Timestamp,
 }
 
+/// How many commands of one (name, target) are in each state, for monitors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// The command name.
+    pub name: String,
+    /// The target.
+    pub target: String,
+    /// Waiting on dependencies.
+    pub blocked: u64,
+    /// Pending and due.
+    pub due: u64,
+    /// Pending, due later (delayed or waiting out a retry backoff).
+    pub scheduled: u64,
+    /// Running.
+    pub running: u64,
+    /// Succeeded.
+    pub succeeded: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+    /// The due time of the oldest due pending command (how long the queue lags).
+    pub oldest_due: Option<Timestamp>,
+}
+
+/// The result of [`Store::retry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryStatus {
+    /// The failed or cancelled command is pending again, due now, with one more attempt.
+    Retried,
+    /// The command has not finished (blocked, pending or running), or succeeded.
+    NotRetryable(State),
+    /// No such command.
+    NotFound,
+}
+
 /// Storage for commands and their journal.
 ///
 /// Implementations must make each method atomic (one transaction), fence every change
@@ -918,6 +958,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Saga instances matching a query.
     async fn sagas(&self, query: SagaQuery) -> Result<Vec<SagaRecord>>;
+
+    /// Command counts per (name, target) with pending split into due and scheduled by
+    /// `now`, and the oldest due time; by name, then target; pairs with no commands
+    /// are omitted.
+    async fn queue_stats(&self, now: Timestamp) -> Result<Vec<QueueStats>>;
+
+    /// Runs a failed or cancelled command again: it becomes pending, due at `now`, with
+    /// one more attempt allowed (`max_attempts = attempts + 1`), its last error kept,
+    /// its unpushed failure or cancel follow-ups dropped (it has not ended after all),
+    /// journaled [`JournalKind::RetryRequested`]. Dependents already cancelled because
+    /// it ended stay cancelled.
+    async fn retry(&self, id: CommandId, now: Timestamp) -> Result<RetryStatus>;
 
     /// Inserts or replaces a worker's row (by id).
     async fn record_worker(&self, worker: WorkerRecord) -> Result<()>;

@@ -1098,3 +1098,113 @@ pub async fn workers_are_recorded(h: &dyn Harness) {
     worker.shutdown().await;
     assert!(store.workers().await.unwrap().iter().all(|w| w.id != id), "a stopped worker removes its row");
 }
+
+/// Queue stats count every state per (name, target), split pending into due and
+/// scheduled at the given time, and report the oldest due time.
+pub async fn queue_stats_count_by_state(h: &dyn Harness) {
+    let store = h.store().await;
+    let t0 = Timestamp::from_millis(1_900_000_000_000);
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let push = |name: &str, target: &str, delay: u64| {
+        NewCommand::raw(name, serde_json::json!({}))
+            .target(target)
+            .delay(Duration::from_secs(delay))
+            .resolve(t0)
+            .unwrap()
+    };
+    // job@a: three due at t0, one due at t0+5, one at t0+100; job@b: one; mail@a: one,
+    // and one blocked on it.
+    let rows = [
+        push("job", "a", 0),
+        push("job", "a", 5),
+        push("job", "a", 100),
+        push("job", "a", 0),
+        push("job", "a", 0),
+        push("job", "b", 0),
+        push("mail", "a", 0),
+    ];
+    let mut blocked = push("mail", "a", 0);
+    blocked.depends_on = vec![rows[6].id];
+    blocked.workflow = Some(orch::StepOf { workflow_id: orch::WorkflowId::generate(t0), step: "b".into() });
+    store.enqueue(rows.iter().cloned().chain([blocked]).collect()).await.unwrap();
+    let claim = |target: &str, ids: usize| ClaimParams {
+        target: target.into(),
+        limit: ids,
+        ..claim_params(&["job"], t0, "w", ids)
+    };
+    // The three jobs of `a` due at t0: one succeeds, one fails, one is retried (due
+    // again at t0); the job of `b` runs; the mail is cancelled, and its dependent with it.
+    let claimed = store.claim(claim("a", 3)).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let ok = Outcome::Succeeded { output: "null".into(), follow_ups: Vec::new() };
+    let failed = Outcome::Failed { failure: Failure::new(FailureKind::Error, "x"), follow_ups: Vec::new() };
+    let retry = Outcome::Retry { failure: Failure::new(FailureKind::Error, "x"), retry_at: t0 };
+    let complete = |lease, outcome| Completion { lease, now: t0, worker: "w".into(), outcome };
+    let done = store
+        .complete(vec![
+            complete(claimed[0].lease, ok),
+            complete(claimed[1].lease, failed),
+            complete(claimed[2].lease, retry),
+        ])
+        .await
+        .unwrap();
+    assert!(done.iter().all(|s| *s == CompletionStatus::Applied));
+    store.claim(claim("b", 1)).await.unwrap();
+    assert_eq!(store.cancel(rows[6].id, t0).await.unwrap(), CancelStatus::Cancelled);
+
+    let stats = store.queue_stats(at(10)).await.unwrap();
+    let expected = vec![
+        orch::QueueStats {
+            name: "job".into(),
+            target: "a".into(),
+            due: 2,
+            scheduled: 1,
+            succeeded: 1,
+            failed: 1,
+            oldest_due: Some(t0),
+            ..Default::default()
+        },
+        orch::QueueStats { name: "job".into(), target: "b".into(), running: 1, ..Default::default() },
+        orch::QueueStats { name: "mail".into(), target: "a".into(), cancelled: 2, ..Default::default() },
+    ];
+    assert_eq!(stats, expected);
+    // Earlier, the job due at t0+5 is still scheduled.
+    let early = store.queue_stats(at(1)).await.unwrap();
+    assert_eq!((early[0].due, early[0].scheduled), (1, 2));
+}
+
+/// A failed or cancelled command can be run again: pending, due now, with one more
+/// attempt; anything else is refused with its state.
+pub async fn retry_runs_failed_commands_again(h: &dyn Harness) {
+    let store = h.store().await;
+    let clock = ManualClock::starting_2030();
+    let orch = Orch::new(Arc::clone(&store)).with_clock(Arc::new(clock.clone()));
+    let now = clock.now();
+    let failing = orch.push_new(NewCommand::raw("job", serde_json::json!({})).retries(0)).await.unwrap();
+    let claimed = claim_one(&store, "job", now, "w").await;
+    let failure = Failure::new(FailureKind::Error, "boom");
+    let outcome = Outcome::Failed { failure: failure.clone(), follow_ups: Vec::new() };
+    store
+        .complete(vec![Completion { lease: claimed.lease, now, worker: "w".into(), outcome }])
+        .await
+        .unwrap();
+
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(orch.retry(failing).await.unwrap(), orch::RetryStatus::Retried);
+    let r = record(&store, failing).await;
+    assert_eq!((r.state, r.attempts, r.max_attempts), (State::Pending, 1, 2));
+    assert_eq!((r.scheduled_at, r.finished_at, r.follow_ups_due), (clock.now(), None, false));
+    assert_eq!(r.error, Some(failure), "the last error stays visible");
+    assert_eq!(kinds(&store, failing).await.last(), Some(&JournalKind::RetryRequested));
+    let again = claim_one(&store, "job", clock.now(), "w").await;
+    assert_eq!(again.attempt, 2);
+    assert_eq!(orch.retry(failing).await.unwrap(), orch::RetryStatus::NotRetryable(State::Running));
+
+    let cancelled = orch.push_new(NewCommand::raw("other", serde_json::json!({}))).await.unwrap();
+    orch.cancel(cancelled).await.unwrap();
+    assert_eq!(orch.retry(cancelled).await.unwrap(), orch::RetryStatus::Retried);
+    assert_eq!(record(&store, cancelled).await.state, State::Pending);
+    assert_eq!(orch.retry(cancelled).await.unwrap(), orch::RetryStatus::NotRetryable(State::Pending));
+    let unknown = CommandId::generate(now);
+    assert_eq!(orch.retry(unknown).await.unwrap(), orch::RetryStatus::NotFound);
+}

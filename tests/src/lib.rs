@@ -62,6 +62,8 @@ macro_rules! conformance_suite {
             list_finds_unfinished,
             cancel_request_wins_over_retry,
             workers_are_recorded,
+            queue_stats_count_by_state,
+            retry_runs_failed_commands_again,
             workflow_runs_in_dependency_order,
             workflow_steps_run_concurrently,
             workflow_failure_cancels_dependents,

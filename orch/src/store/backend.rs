@@ -183,6 +183,18 @@ impl NewJournalEntry {
         }
     }
 
+    /// The entry of [`Store::retry`](crate::Store::retry) on a command that was `state`.
+    pub fn retry_requested(id: CommandId, at: Timestamp, attempt: u32, state: State) -> Self {
+        NewJournalEntry {
+            command_id: id,
+            at,
+            kind: JournalKind::RetryRequested,
+            attempt,
+            worker: None,
+            message: Some(format!("retried by request after it {state}; due {at}")),
+        }
+    }
+
     /// The entry of [`Store::resolve_follow_ups`](crate::Store::resolve_follow_ups).
     pub fn follow_ups_enqueued(
         id: CommandId,
@@ -322,6 +334,49 @@ pub fn pending_migrations<'a>(
         )));
     }
     Ok(known.iter().filter(|(v, _)| !applied.contains(v)).collect())
+}
+
+/// Adds one grouped count row (name, target, state, count, due pending count, oldest
+/// due time) to per-(name, target) stats; backends group by name, target and state
+/// and fold their rows with this, then call [`finish_queue_stats`].
+pub fn add_queue_count(
+    stats: &mut Vec<crate::store::QueueStats>,
+    name: String,
+    target: String,
+    state: State,
+    count: i64,
+    due: i64,
+    oldest_due: Option<i64>,
+) {
+    let count = u64::try_from(count).unwrap_or(0);
+    let due = u64::try_from(due).unwrap_or(0).min(count);
+    let entry = match stats.iter_mut().position(|s| s.name == name && s.target == target) {
+        Some(i) => &mut stats[i],
+        None => {
+            stats.push(crate::store::QueueStats { name, target, ..Default::default() });
+            stats.last_mut().expect("just pushed")
+        }
+    };
+    match state {
+        State::Blocked => entry.blocked += count,
+        State::Pending => {
+            entry.due += due;
+            entry.scheduled += count - due;
+            if let Some(oldest) = oldest_due.map(Timestamp::from_micros) {
+                entry.oldest_due = Some(entry.oldest_due.map_or(oldest, |o| o.min(oldest)));
+            }
+        }
+        State::Running => entry.running += count,
+        State::Succeeded => entry.succeeded += count,
+        State::Failed => entry.failed += count,
+        State::Cancelled => entry.cancelled += count,
+    }
+}
+
+/// Sorts folded stats by name, then target.
+pub fn finish_queue_stats(mut stats: Vec<crate::store::QueueStats>) -> Vec<crate::store::QueueStats> {
+    stats.sort_by(|a, b| (&a.name, &a.target).cmp(&(&b.name, &b.target)));
+    stats
 }
 
 /// A worker's command names as stored (JSON text).
