@@ -874,15 +874,29 @@ pub(crate) async fn retry(
     if !matches!(state, State::Failed | State::Cancelled) {
         return Ok(RetryStatus::NotRetryable(state));
     }
+    // A command with a dependency that has not succeeded goes back to waiting on it.
+    // A locking read waits for a dependency completing at this moment and reads it
+    // committed, so its unblocking cannot miss this command.
+    let unmet: Vec<UnmetRow> = diesel::sql_query(format!(
+        "SELECT p.id AS id FROM {d} d JOIN {c} p ON p.id = d.depends_on \
+         WHERE d.command_id = ? AND p.state <> 'succeeded' LOCK IN SHARE MODE",
+        d = tables.dependencies,
+        c = tables.commands
+    ))
+    .bind::<Text, _>(id.to_string())
+    .load(conn)
+    .await?;
+    let next = if unmet.is_empty() { "pending" } else { "blocked" };
     let now_us = now.as_micros();
     // `max_attempts = attempts + 1` reads `attempts`, which this statement does not
     // assign, so MySQL's left-to-right `SET` evaluation does not matter here.
     diesel::sql_query(format!(
-        "UPDATE {} SET state = 'pending', scheduled_at = ?, max_attempts = attempts + 1, \
+        "UPDATE {} SET state = ?, scheduled_at = ?, max_attempts = attempts + 1, \
          finished_at = NULL, follow_ups_due = 0, cancel_requested = 0, updated_at = ?, \
          lease_token = NULL, lease_expires_at = NULL WHERE id = ? AND state = ?",
         tables.commands
     ))
+    .bind::<Text, _>(next)
     .bind::<BigInt, _>(now_us)
     .bind::<BigInt, _>(now_us)
     .bind::<Text, _>(id.to_string())
@@ -892,4 +906,11 @@ pub(crate) async fn retry(
     journal::append(conn, tables, &[NewJournalEntry::retry_requested(id, now, u32_of(row.attempts), state)])
         .await?;
     Ok(RetryStatus::Retried)
+}
+
+#[derive(QueryableByName)]
+struct UnmetRow {
+    #[diesel(sql_type = Text)]
+    #[allow(dead_code, reason = "only the number of rows matters")]
+    id: String,
 }

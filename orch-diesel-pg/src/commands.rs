@@ -908,17 +908,38 @@ pub(crate) async fn retry(
     if !matches!(state, State::Failed | State::Cancelled) {
         return Ok(RetryStatus::NotRetryable(state));
     }
+    // A command with a dependency that has not succeeded goes back to waiting on it.
+    // The dependencies are read under a share lock: one completing at this moment is
+    // waited for and seen committed, so its unblocking cannot miss this command.
+    let unmet: Vec<UnmetRow> = diesel::sql_query(format!(
+        "SELECT p.id::text AS id FROM {d} d JOIN {c} p ON p.id = d.depends_on \
+         WHERE d.command_id = $1 AND p.state <> 'succeeded' FOR SHARE OF p",
+        d = tables.dependencies,
+        c = tables.commands
+    ))
+    .bind::<Uuid, _>(id.as_uuid())
+    .load(conn)
+    .await?;
+    let next = if unmet.is_empty() { "pending" } else { "blocked" };
     diesel::sql_query(format!(
-        "UPDATE {} SET state = 'pending', scheduled_at = $1, max_attempts = attempts + 1, finished_at = NULL, \
+        "UPDATE {} SET state = $3, scheduled_at = $1, max_attempts = attempts + 1, finished_at = NULL, \
          follow_ups_due = FALSE, cancel_requested = FALSE, updated_at = $1, lease_token = NULL, \
          lease_expires_at = NULL WHERE id = $2",
         tables.commands
     ))
     .bind::<BigInt, _>(now.as_micros())
     .bind::<Uuid, _>(id.as_uuid())
+    .bind::<Text, _>(next)
     .execute(conn)
     .await?;
     let entry = NewJournalEntry::retry_requested(id, now, u32_of(i64::from(row.attempts)), state);
     journal::append(conn, tables, &[entry]).await?;
     Ok(RetryStatus::Retried)
+}
+
+#[derive(QueryableByName)]
+struct UnmetRow {
+    #[diesel(sql_type = Text)]
+    #[allow(dead_code, reason = "only the number of rows matters")]
+    id: String,
 }

@@ -670,16 +670,34 @@ pub(crate) fn retry(
     if !matches!(state, State::Failed | State::Cancelled) {
         return Ok(RetryStatus::NotRetryable(state));
     }
+    // A command with a dependency that has not succeeded goes back to waiting on it.
+    let unmet: Vec<IdRow> = diesel::sql_query(format!(
+        "SELECT p.id AS id FROM {d} d JOIN {c} p ON p.id = d.depends_on \
+         WHERE d.command_id = ? AND p.state <> 'succeeded'",
+        d = tables.dependencies,
+        c = tables.commands
+    ))
+    .bind::<Text, _>(id.to_string())
+    .load(conn)?;
+    let next = if unmet.is_empty() { "pending" } else { "blocked" };
     diesel::sql_query(format!(
-        "UPDATE {} SET state = 'pending', scheduled_at = ?1, max_attempts = attempts + 1, finished_at = NULL, \
+        "UPDATE {} SET state = ?3, scheduled_at = ?1, max_attempts = attempts + 1, finished_at = NULL, \
          follow_ups_due = 0, cancel_requested = 0, updated_at = ?1, lease_token = NULL, lease_expires_at = NULL \
          WHERE id = ?2",
         tables.commands
     ))
     .bind::<BigInt, _>(now.as_micros())
     .bind::<Text, _>(id.to_string())
+    .bind::<Text, _>(next)
     .execute(conn)?;
     let entry = NewJournalEntry::retry_requested(id, now, u32_of(row.attempts.into()), state);
     journal::append(conn, tables, &[entry])?;
     Ok(RetryStatus::Retried)
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = Text)]
+    #[allow(dead_code, reason = "only the number of rows matters")]
+    id: String,
 }

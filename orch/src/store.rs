@@ -967,8 +967,10 @@ pub trait Store: Send + Sync + 'static {
     /// Runs a failed or cancelled command again: it becomes pending, due at `now`, with
     /// one more attempt allowed (`max_attempts = attempts + 1`), its last error kept,
     /// its unpushed failure or cancel follow-ups dropped (it has not ended after all),
-    /// journaled [`JournalKind::RetryRequested`]. Dependents already cancelled because
-    /// it ended stay cancelled.
+    /// journaled [`JournalKind::RetryRequested`]. A command with a dependency that has
+    /// not succeeded becomes `blocked` instead, and waits for it (read under a lock, so
+    /// a dependency succeeding at the same moment is not missed). Dependents already
+    /// cancelled because it ended stay cancelled; retry them too to resume a workflow.
     async fn retry(&self, id: CommandId, now: Timestamp) -> Result<RetryStatus>;
 
     /// Inserts or replaces a worker's row (by id).

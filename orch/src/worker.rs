@@ -294,7 +294,7 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let (complete_tx, complete_rx) = mpsc::channel::<CompletionRequest>(config.concurrency * 2);
     let completer = AbortOnDrop(tokio::spawn(completer(Arc::clone(&shared), complete_rx)));
     let maintainer_stop = CancellationToken::new();
-    let _maintainer = AbortOnDrop(tokio::spawn(maintainer(Arc::clone(&shared), maintainer_stop.clone())));
+    let mut maintainer = AbortOnDrop(tokio::spawn(maintainer(Arc::clone(&shared), maintainer_stop.clone())));
 
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut tasks = JoinSet::new();
@@ -389,6 +389,8 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut completer = completer;
     let _ = (&mut completer.0).await;
     maintainer_stop.cancel();
+    // Waited for, so a heartbeat under way cannot write the row back after it is removed.
+    let _ = (&mut maintainer.0).await;
     if let Err(e) = shared.orch.store().remove_worker(&shared.worker_id).await {
         tracing::warn!(error = %e, "removing the worker's row failed; it will look stale and be pruned");
     }

@@ -1022,7 +1022,7 @@ pub async fn cancel_request_wins_over_retry(h: &dyn Harness) {
         assert_eq!(store.cancel(parent.id, now).await.unwrap(), CancelStatus::Requested);
         let failure = Failure::new(FailureKind::Error, "boom");
         let outcome = if released {
-            Outcome::Released { at: now }
+            Outcome::Released { at: now + Duration::from_secs(1) }
         } else {
             Outcome::Retry { failure: failure.clone(), retry_at: now + Duration::from_secs(1) }
         };
@@ -1030,7 +1030,7 @@ pub async fn cancel_request_wins_over_retry(h: &dyn Harness) {
         assert_eq!(store.complete(vec![completion]).await.unwrap(), [CompletionStatus::Applied]);
         let r = record(&store, parent.id).await;
         assert_eq!((r.state, r.follow_ups_due), (State::Cancelled, true), "released: {released}");
-        assert_eq!(r.finished_at, Some(now));
+        assert_eq!((r.finished_at, r.scheduled_at), (Some(now), now), "due time unchanged");
         assert!(r.lease_token.is_none());
         if !released {
             assert_eq!(r.error, Some(failure));
@@ -1170,7 +1170,7 @@ pub async fn queue_stats_count_by_state(h: &dyn Harness) {
     assert_eq!(stats, expected);
     // Earlier, the job due at t0+5 is still scheduled.
     let early = store.queue_stats(at(1)).await.unwrap();
-    assert_eq!((early[0].due, early[0].scheduled), (1, 2));
+    assert_eq!((early[0].due, early[0].scheduled, early[0].oldest_due), (1, 2, Some(t0)));
 }
 
 /// A failed or cancelled command can be run again: pending, due now, with one more
@@ -1207,4 +1207,37 @@ pub async fn retry_runs_failed_commands_again(h: &dyn Harness) {
     assert_eq!(orch.retry(cancelled).await.unwrap(), orch::RetryStatus::NotRetryable(State::Pending));
     let unknown = CommandId::generate(now);
     assert_eq!(orch.retry(unknown).await.unwrap(), orch::RetryStatus::NotFound);
+}
+
+/// Retrying a step whose dependency has not succeeded makes it wait again (blocked);
+/// retrying the dependency and letting it succeed unblocks it.
+pub async fn retry_waits_for_dependencies(h: &dyn Harness) {
+    let store = h.store().await;
+    let now = Timestamp::from_millis(1_000);
+    let workflow = orch::WorkflowId::generate(now);
+    let mut a = NewCommand::raw("job", serde_json::json!({})).retries(0).resolve(now).unwrap();
+    let mut b = insert("later", now);
+    a.workflow = Some(orch::StepOf { workflow_id: workflow, step: "a".into() });
+    b.workflow = Some(orch::StepOf { workflow_id: workflow, step: "b".into() });
+    b.depends_on = vec![a.id];
+    store.enqueue(vec![a.clone(), b.clone()]).await.unwrap();
+    let claimed = claim_one(&store, "job", now, "w").await;
+    let failed = Outcome::Failed { failure: Failure::new(FailureKind::Error, "x"), follow_ups: Vec::new() };
+    store
+        .complete(vec![Completion { lease: claimed.lease, now, worker: "w".into(), outcome: failed }])
+        .await
+        .unwrap();
+    assert_eq!(record(&store, b.id).await.state, State::Cancelled, "cancelled with its dependency");
+
+    assert_eq!(store.retry(b.id, now).await.unwrap(), orch::RetryStatus::Retried);
+    assert_eq!(record(&store, b.id).await.state, State::Blocked, "its dependency has not succeeded");
+    assert!(store.claim(claim_params(&["later"], now, "w", 10)).await.unwrap().is_empty());
+    assert_eq!(store.retry(a.id, now).await.unwrap(), orch::RetryStatus::Retried);
+    let again = claim_one(&store, "job", now, "w").await;
+    let ok = Outcome::Succeeded { output: "null".into(), follow_ups: Vec::new() };
+    store
+        .complete(vec![Completion { lease: again.lease, now, worker: "w".into(), outcome: ok }])
+        .await
+        .unwrap();
+    assert_eq!(record(&store, b.id).await.state, State::Pending, "unblocked when its dependency succeeded");
 }

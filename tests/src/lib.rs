@@ -64,6 +64,7 @@ macro_rules! conformance_suite {
             workers_are_recorded,
             queue_stats_count_by_state,
             retry_runs_failed_commands_again,
+            retry_waits_for_dependencies,
             workflow_runs_in_dependency_order,
             workflow_steps_run_concurrently,
             workflow_failure_cancels_dependents,
