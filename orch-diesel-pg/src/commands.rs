@@ -20,8 +20,8 @@ use orch::store::backend::{
 };
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, JournalKind, Lease, LeaseStatus, LeaseToken, ListParams,
-    Outcome, QueueStats, Rescued, RetryStatus,
+    CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome,
+    QueueStats, Rescued, RetryStatus,
 };
 use orch::{FailureKind, State, Timestamp};
 
@@ -509,23 +509,15 @@ pub(crate) async fn complete(
                         _ => {}
                     }
                 }
-                let mut own = NewJournalEntry::completion(c, attempt);
                 // A retry or release of a command whose cancellation was requested ended
-                // it: its last entry (retry_scheduled or released) becomes `cancelled`.
-                if state == State::Cancelled
-                    && matches!(c.outcome, Outcome::Retry { .. } | Outcome::Released { .. })
-                {
-                    own.pop();
-                    own.push(NewJournalEntry {
-                        command_id: c.lease.id,
-                        at: c.now,
-                        kind: JournalKind::Cancelled,
-                        attempt,
-                        worker: Some(c.worker.clone()),
-                        message: Some("cancel requested; not retried".to_owned()),
-                    });
-                }
-                entries.extend(own);
+                // it cancelled.
+                let cancelled_instead = state == State::Cancelled
+                    && matches!(c.outcome, Outcome::Retry { .. } | Outcome::Released { .. });
+                entries.extend(if cancelled_instead {
+                    NewJournalEntry::completion_cancelled_instead(c, attempt)
+                } else {
+                    NewJournalEntry::completion(c, attempt)
+                });
                 let more = outcome_follow_ups(&c.outcome);
                 entries.extend(more.iter().map(NewJournalEntry::enqueued));
                 follow_ups.extend(more);

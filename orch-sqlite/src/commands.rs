@@ -316,7 +316,8 @@ pub(crate) fn complete(
         // sees the old `cancel_requested` and `scheduled_at`.
         Outcome::Retry { failure, retry_at } => (
             "state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END, \
-             finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END, follow_ups_due = cancel_requested, \
+             finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE finished_at END, \
+             follow_ups_due = CASE WHEN cancel_requested = 1 THEN 1 ELSE follow_ups_due END, \
              error_kind = ?, error = ?, scheduled_at = CASE WHEN cancel_requested = 1 THEN scheduled_at ELSE ? END",
             vec![
                 Bind::Int(now),
@@ -336,7 +337,8 @@ pub(crate) fn complete(
         Outcome::Cancelled { .. } => ("state = 'cancelled', finished_at = ?", vec![Bind::Int(now)]),
         Outcome::Released { at } => (
             "state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END, \
-             finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END, follow_ups_due = cancel_requested, \
+             finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE finished_at END, \
+             follow_ups_due = CASE WHEN cancel_requested = 1 THEN 1 ELSE follow_ups_due END, \
              scheduled_at = CASE WHEN cancel_requested = 1 THEN scheduled_at ELSE ? END",
             vec![Bind::Int(now), Bind::Int(at.as_micros())],
         ),
