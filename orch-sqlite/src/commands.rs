@@ -4,6 +4,7 @@
 //! `BEGIN IMMEDIATE`, for anything that changes rows).
 
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sqlite::Sqlite;
 use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
 use orch::store::backend::{
@@ -13,8 +14,9 @@ use orch::store::backend::{
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome,
-    QueueStats, Rescued, RetryStatus,
+    QueueStats, Rescued, RetryStatus, WorkflowQuery, WorkflowSummary,
 };
+use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::{Error, State, Timestamp};
 
 use crate::{Tables, TxResult};
@@ -554,37 +556,76 @@ pub(crate) fn get(
 }
 
 /// The most rows one `list` call returns.
-const LIST_MAX: usize = 10_000;
-
 pub(crate) fn list(
     conn: &mut SqliteConnection,
     tables: &Tables,
     p: &ListParams,
 ) -> TxResult<Vec<CommandRecord>> {
-    let mut sql = format!("SELECT {COLUMNS} FROM {} WHERE 1 = 1", tables.commands);
-    if p.unfinished {
-        sql.push_str(" AND state IN ('blocked', 'pending', 'running')");
-    }
-    let mut binds: Vec<String> = Vec::new();
-    let mut filter = |column: &str, value: Option<String>| {
-        if let Some(v) = value {
-            sql.push_str(&format!(" AND {column} ?"));
-            binds.push(v);
-        }
-    };
-    filter("state =", p.state.map(|s| s.as_str().to_owned()));
-    filter("name =", p.name.clone());
-    filter("target =", p.target.clone());
-    filter("correlation_id =", p.correlation_id.clone());
-    filter("id >", p.after.map(|a| a.to_string()));
-    sql.push_str(" ORDER BY id LIMIT ?");
-    let mut query = diesel::sql_query(sql).into_boxed::<Sqlite>();
-    for b in binds {
-        query = query.bind::<Text, _>(b);
-    }
-    let limit = if p.limit == 0 { LIST_MAX } else { p.limit.min(LIST_MAX) };
-    let rows: Vec<CommandRow> = query.bind::<BigInt, _>(limit as i64).load(conn)?;
+    let statement = sql::list(Placeholders::Question, COLUMNS, &tables.commands, p);
+    let rows: Vec<CommandRow> = bind(statement).load(conn)?;
     Ok(rows.into_iter().map(CommandRow::into_record).collect::<Result<_, _>>()?)
+}
+
+/// A shared statement with its values bound as SQLite stores them (ids as text).
+pub(crate) fn bind(statement: SqlStatement) -> BoxedSqlQuery<'static, Sqlite, SqlQuery> {
+    let mut query = diesel::sql_query(statement.sql).into_boxed::<Sqlite>();
+    for value in statement.binds {
+        query = match value {
+            SqlValue::Text(s) => query.bind::<Text, _>(s),
+            SqlValue::Int(i) => query.bind::<BigInt, _>(i),
+            SqlValue::Id(id) => query.bind::<Text, _>(id.to_string()),
+            SqlValue::Workflow(id) => query.bind::<Text, _>(id.to_string()),
+        };
+    }
+    query
+}
+
+#[derive(QueryableByName)]
+struct WorkflowSqlRow {
+    #[diesel(sql_type = Text)]
+    workflow_id: String,
+    #[diesel(sql_type = BigInt)]
+    blocked: i64,
+    #[diesel(sql_type = BigInt)]
+    pending: i64,
+    #[diesel(sql_type = BigInt)]
+    running: i64,
+    #[diesel(sql_type = BigInt)]
+    succeeded: i64,
+    #[diesel(sql_type = BigInt)]
+    failed: i64,
+    #[diesel(sql_type = BigInt)]
+    cancelled: i64,
+    #[diesel(sql_type = BigInt)]
+    created_at: i64,
+    #[diesel(sql_type = BigInt)]
+    updated_at: i64,
+}
+
+/// Workflows newest first, with their step counts.
+pub(crate) fn workflows(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    q: &WorkflowQuery,
+) -> TxResult<Vec<WorkflowSummary>> {
+    let rows: Vec<WorkflowSqlRow> = bind(sql::workflows(Placeholders::Question, &tables.commands, q)).load(conn)?;
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            Ok(WorkflowSummary {
+                id: r.workflow_id.parse()?,
+                blocked: count(r.blocked),
+                pending: count(r.pending),
+                running: count(r.running),
+                succeeded: count(r.succeeded),
+                failed: count(r.failed),
+                cancelled: count(r.cancelled),
+                created_at: Timestamp::from_micros(r.created_at),
+                updated_at: Timestamp::from_micros(r.updated_at),
+            })
+        })
+        .collect::<Result<_, Error>>()?)
 }
 
 #[derive(QueryableByName)]

@@ -38,7 +38,7 @@ use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, QueueStats, Rescued,
     RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId,
-    WorkflowStepRecord,
+    WorkflowQuery, WorkflowStepRecord, WorkflowSummary,
 };
 use orch::{Error, Result, Store, TablePrefix, Timestamp};
 
@@ -394,6 +394,10 @@ impl Store for SqliteStore {
             self.inner.wake.notify_waiters();
         }
         Ok(status)
+    }
+
+    async fn workflows(&self, query: WorkflowQuery) -> Result<Vec<WorkflowSummary>> {
+        self.with_conn(move |conn, tables| commands::workflows(conn, tables, &query)).await
     }
 
     async fn record_worker(&self, worker: WorkerRecord) -> Result<()> {

@@ -60,7 +60,8 @@ pub use retry::RetryPolicy;
 pub use saga::{SagaData, SagaEvent, SagaInstance, SagaMachine, SagaStep};
 pub use store::{
     CancelStatus, CommandId, CommandRecord, JournalEntry, JournalKind, QueueStats, RetryStatus, SagaStatus,
-    State, StepOf, Store, TablePrefix, WorkerRecord, WorkflowId,
+    ListCursor, ListOrder, ListParams, State, StepOf, Store, TablePrefix, WorkerRecord, WorkflowId,
+    WorkflowQuery, WorkflowSummary,
 };
 pub use worker::{FORGET_DEAD_WORKERS_AFTER, Worker, WorkerConfig, WorkerHandle};
 pub use workflow::{Workflow, WorkflowError, WorkflowState, WorkflowStatus};

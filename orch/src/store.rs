@@ -7,6 +7,7 @@
 //! that started it.
 
 pub mod backend;
+pub mod sql;
 
 use std::fmt;
 use std::str::FromStr;
@@ -541,7 +542,10 @@ pub struct Rescued {
     pub state: State,
 }
 
-/// What [`Store::list`] returns, and in what order.
+/// What [`Store::list`] returns, and in what order: every filter given must hold.
+///
+/// Pages are read by keyset: pass the [`ListCursor`] of the last record of a page as
+/// `after` to read the next one, so each page costs the same however deep it is.
 #[derive(Debug, Clone, Default)]
 pub struct ListParams {
     /// Only this state.
@@ -555,10 +559,124 @@ pub struct ListParams {
     /// Only commands not finished (blocked, pending or running), read in one statement
     /// so a command moving between those states is never missed.
     pub unfinished: bool,
-    /// Keyset pagination: only ids greater than this one.
-    pub after: Option<CommandId>,
+    /// Only commands claimed at least this many times.
+    pub min_attempts: Option<u32>,
+    /// Only commands created before this time.
+    pub created_before: Option<Timestamp>,
+    /// Only commands created at or after this time.
+    pub created_after: Option<Timestamp>,
+    /// Only commands whose last error contains this text (ASCII case-insensitive).
+    pub error_contains: Option<String>,
+    /// Only the follow-ups of this command.
+    pub parent: Option<CommandId>,
+    /// Only the steps of this workflow.
+    pub workflow: Option<WorkflowId>,
+    /// The sort key (ties broken by id).
+    pub order: ListOrder,
+    /// Largest first instead of smallest first.
+    pub descending: bool,
+    /// Keyset pagination: only records after this one in the chosen order.
+    pub after: Option<ListCursor>,
     /// At most this many (the store may cap it).
     pub limit: usize,
+}
+
+/// The sort key of [`Store::list`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListOrder {
+    /// Creation order: ids are time-ordered, so this is id order.
+    #[default]
+    Created,
+    /// Due time, then id.
+    Scheduled,
+    /// Attempts so far, then id.
+    Attempts,
+}
+
+impl ListOrder {
+    /// The sort key of `record` in this order.
+    pub fn key_of(self, record: &CommandRecord) -> i64 {
+        match self {
+            ListOrder::Created => 0,
+            ListOrder::Scheduled => record.scheduled_at.as_micros(),
+            ListOrder::Attempts => i64::from(record.attempts),
+        }
+    }
+}
+
+/// A position in a [`Store::list`] order: the sort key and id of one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListCursor {
+    /// The record's sort key ([`ListOrder::key_of`]); unused for [`ListOrder::Created`].
+    pub key: i64,
+    /// The record's id.
+    pub id: CommandId,
+}
+
+impl ListCursor {
+    /// The position of `record` in `order`.
+    pub fn of(record: &CommandRecord, order: ListOrder) -> Self {
+        ListCursor { key: order.key_of(record), id: record.id }
+    }
+
+    /// The position of id `id` in creation order.
+    pub fn id(id: CommandId) -> Self {
+        ListCursor { key: 0, id }
+    }
+}
+
+/// What [`Store::workflows`] returns: workflows, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct WorkflowQuery {
+    /// Only workflows in this state.
+    pub state: Option<crate::workflow::WorkflowState>,
+    /// Keyset pagination: only workflows older than this one.
+    pub before: Option<WorkflowId>,
+    /// At most this many (the store may cap it; 0 means the cap).
+    pub limit: usize,
+}
+
+/// One workflow as [`Store::workflows`] summarizes it: how many steps are in each state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowSummary {
+    /// The workflow.
+    pub id: WorkflowId,
+    /// Steps waiting on dependencies.
+    pub blocked: u64,
+    /// Steps pending.
+    pub pending: u64,
+    /// Steps running.
+    pub running: u64,
+    /// Steps succeeded.
+    pub succeeded: u64,
+    /// Steps failed.
+    pub failed: u64,
+    /// Steps cancelled.
+    pub cancelled: u64,
+    /// When its first step was created.
+    pub created_at: Timestamp,
+    /// When a step last changed.
+    pub updated_at: Timestamp,
+}
+
+impl WorkflowSummary {
+    /// How many steps it has.
+    pub fn steps(&self) -> u64 {
+        self.blocked + self.pending + self.running + self.succeeded + self.failed + self.cancelled
+    }
+
+    /// Running until every step finished; then succeeded or failed.
+    pub fn state(&self) -> crate::workflow::WorkflowState {
+        use crate::workflow::WorkflowState;
+        if self.blocked + self.pending + self.running > 0 {
+            WorkflowState::Running
+        } else if self.failed + self.cancelled > 0 {
+            WorkflowState::Failed
+        } else {
+            WorkflowState::Succeeded
+        }
+    }
 }
 
 /// The number of commands with one (name, target, state).
@@ -972,6 +1090,9 @@ pub trait Store: Send + Sync + 'static {
     /// a dependency succeeding at the same moment is not missed). Dependents already
     /// cancelled because it ended stay cancelled; retry them too to resume a workflow.
     async fn retry(&self, id: CommandId, now: Timestamp) -> Result<RetryStatus>;
+
+    /// Workflows matching `query`, newest first, each with its step counts by state.
+    async fn workflows(&self, query: WorkflowQuery) -> Result<Vec<WorkflowSummary>>;
 
     /// Inserts or replaces a worker's row (by id).
     async fn record_worker(&self, worker: WorkerRecord) -> Result<()>;
