@@ -142,6 +142,11 @@ impl WorkflowId {
         WorkflowId(CommandId::generate(now).as_uuid())
     }
 
+    /// Wraps a UUID read from storage.
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        WorkflowId(uuid)
+    }
+
     /// The id as a UUID.
     pub fn as_uuid(&self) -> Uuid {
         self.0

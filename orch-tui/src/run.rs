@@ -1,0 +1,179 @@
+//! The live monitor on a terminal: a loader task reads snapshots in the background
+//! and sends them over a channel, a thread reads keys, and the loop in between only
+//! draws and handles keys, so a slow or dead database never freezes the screen.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch::{CancelStatus, Clock, Orch, RetryStatus, Store, SystemClock};
+use ratatui::crossterm::event::{self, Event};
+use tokio::sync::{mpsc, watch};
+
+use crate::app::{App, Effect, Level, Write};
+use crate::data::{Query, Snapshot, load};
+use crate::source::Source;
+
+/// What the loader needs to know from the UI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Control {
+    query: Query,
+    refresh: Duration,
+    paused: bool,
+}
+
+enum Request {
+    Reload,
+    Write(Write),
+}
+
+enum Update {
+    Snapshot(Box<Snapshot>),
+    Failed(String),
+    Wrote(Level, String),
+}
+
+/// Runs the monitor until the user quits; the terminal is restored on every exit path
+/// (including panics).
+pub async fn run(source: Source, refresh: Duration, allow_writes: bool) -> Result<(), String> {
+    let backend = source.backend().map_err(|e| e.to_string())?;
+    let mut app = App::new(backend.name(), source.redacted(), refresh, allow_writes);
+    let (control_tx, control_rx) = watch::channel(Control { query: app.query(), refresh, paused: false });
+    let (request_tx, request_rx) = mpsc::unbounded_channel();
+    let (update_tx, mut updates) = mpsc::unbounded_channel();
+    let loader = tokio::spawn(loader(source, allow_writes, control_rx, request_rx, update_tx));
+
+    let (key_tx, mut keys) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        while let Ok(ev) = event::read() {
+            if key_tx.send(ev).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut terminal = ratatui::init();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let result = loop {
+        if let Err(e) = terminal.draw(|f| crate::ui::draw(f, &app, SystemClock.now())) {
+            break Err(format!("cannot draw: {e}"));
+        }
+        tokio::select! {
+            ev = keys.recv() => {
+                let Some(ev) = ev else { break Ok(()) };
+                if let Event::Key(key) = ev {
+                    match app.on_key(key) {
+                        Effect::Quit => break Ok(()),
+                        Effect::Reload => {
+                            let _ = request_tx.send(Request::Reload);
+                        }
+                        Effect::Write(write) => {
+                            let _ = request_tx.send(Request::Write(write));
+                        }
+                        Effect::None => {}
+                    }
+                    control_tx.send_if_modified(|c| {
+                        let next = Control { query: app.query(), refresh: app.refresh, paused: app.paused };
+                        let changed = *c != next;
+                        *c = next;
+                        changed
+                    });
+                }
+            }
+            update = updates.recv() => match update {
+                Some(Update::Snapshot(s)) => {
+                    if !app.paused {
+                        app.on_snapshot(*s);
+                    }
+                }
+                Some(Update::Failed(e)) => app.on_error(e),
+                Some(Update::Wrote(level, message)) => app.message = Some((level, message)),
+                None => break Err("the loader stopped".to_owned()),
+            },
+            _ = tick.tick() => {}
+        }
+    };
+    ratatui::restore();
+    loader.abort();
+    result
+}
+
+/// Opens the store (again after a failure), then reads a snapshot at every interval,
+/// when asked, or when the query changes.
+async fn loader(
+    source: Source,
+    allow_writes: bool,
+    mut control: watch::Receiver<Control>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    updates: mpsc::UnboundedSender<Update>,
+) {
+    let mut store: Option<Arc<dyn Store>> = None;
+    let mut forced = true;
+    loop {
+        let Control { query, refresh, paused } = control.borrow_and_update().clone();
+        if forced || !paused {
+            if store.is_none() {
+                match source.open().await {
+                    Ok(s) => store = Some(s),
+                    Err(e) => {
+                        if updates.send(Update::Failed(e.to_string())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            if let Some(s) = &store {
+                let update = match load(s.as_ref(), &query, SystemClock.now()).await {
+                    Ok(snapshot) => Update::Snapshot(Box::new(snapshot)),
+                    Err(e) => Update::Failed(e.to_string()),
+                };
+                if updates.send(update).is_err() {
+                    return;
+                }
+            }
+        }
+        forced = false;
+        tokio::select! {
+            _ = tokio::time::sleep(refresh) => {}
+            changed = control.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                forced = true;
+            }
+            request = requests.recv() => match request {
+                None => return,
+                Some(Request::Reload) => forced = true,
+                Some(Request::Write(write)) => {
+                    let (level, message) = match (&store, allow_writes) {
+                        (Some(s), true) => perform(Arc::clone(s), write).await,
+                        (None, _) => (Level::Error, "not connected; nothing was changed".to_owned()),
+                        (_, false) => (Level::Error, "read-only monitor; nothing was changed".to_owned()),
+                    };
+                    if updates.send(Update::Wrote(level, message)).is_err() {
+                        return;
+                    }
+                    forced = true;
+                }
+            },
+        }
+    }
+}
+
+/// Carries out a confirmed write through the library's client.
+pub async fn perform(store: Arc<dyn Store>, write: Write) -> (Level, String) {
+    let orch = Orch::new(store);
+    match write {
+        Write::Retry(id) => match orch.retry(id).await {
+            Ok(RetryStatus::Retried) => (Level::Info, format!("{id} will run again")),
+            Ok(RetryStatus::NotRetryable(state)) => (Level::Error, format!("{id} is {state}; not retried")),
+            Ok(RetryStatus::NotFound) => (Level::Error, format!("{id} no longer exists")),
+            Err(e) => (Level::Error, format!("retry failed: {e}")),
+        },
+        Write::Cancel(id) => match orch.cancel(id).await {
+            Ok(CancelStatus::Cancelled) => (Level::Info, format!("{id} cancelled")),
+            Ok(CancelStatus::Requested) => (Level::Info, format!("cancellation of running {id} requested")),
+            Ok(other) => (Level::Error, format!("{id} not cancelled: {other:?}")),
+            Err(e) => (Level::Error, format!("cancel failed: {e}")),
+        },
+    }
+}
