@@ -20,10 +20,11 @@ use orch::store::backend::{
     NewJournalEntry, RawCommand, add_queue_count, encode_policy, finish_queue_stats, lease_expired_message,
     micros, millis, outcome_follow_ups, u32_of,
 };
+use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome,
-    QueueStats, Rescued, RetryStatus,
+    QueueStats, Rescued, RetryStatus, WorkflowQuery, WorkflowSummary,
 };
 use orch::{FailureKind, State, Timestamp};
 
@@ -37,9 +38,6 @@ const INSERT_CHUNK: usize = 500;
 
 /// Ids per `IN (…)` list.
 pub(crate) const ID_CHUNK: usize = 1_000;
-
-/// The most rows one `list` call returns.
-const LIST_MAX: usize = 10_000;
 
 pub(crate) type Query = BoxedSqlQuery<'static, Mysql, SqlQuery>;
 
@@ -758,30 +756,73 @@ pub(crate) async fn list(
     tables: &Tables,
     p: &ListParams,
 ) -> TxResult<Vec<CommandRecord>> {
-    let mut sql = format!("SELECT {} FROM {} WHERE 1 = 1", tables.columns, tables.commands);
-    if p.unfinished {
-        sql.push_str(" AND state IN ('blocked', 'pending', 'running')");
+    let statement = sql::list(Placeholders::Question, &tables.columns, &tables.commands, p);
+    records(bind(statement).load(conn).await?)
+}
+
+/// A shared statement with its values bound as MySQL stores them (ids as text).
+pub(crate) fn bind(statement: SqlStatement) -> Query {
+    let mut q = query(statement.sql);
+    for value in statement.binds {
+        q = match value {
+            SqlValue::Text(s) => q.bind::<Text, _>(s),
+            SqlValue::Int(i) => q.bind::<BigInt, _>(i),
+            SqlValue::Id(id) => q.bind::<Text, _>(id.to_string()),
+            SqlValue::Workflow(id) => q.bind::<Text, _>(id.to_string()),
+        };
     }
-    let mut binds: Vec<String> = Vec::new();
-    let mut filter = |condition: &str, value: Option<String>| {
-        if let Some(v) = value {
-            sql.push_str(" AND ");
-            sql.push_str(condition);
-            binds.push(v);
-        }
-    };
-    filter("state = ?", p.state.map(|s| s.as_str().to_owned()));
-    filter("name = ?", p.name.clone());
-    filter("target = ?", p.target.clone());
-    filter("correlation_id = ?", p.correlation_id.clone());
-    filter("id > ?", p.after.map(|a| a.to_string()));
-    sql.push_str(" ORDER BY id LIMIT ?");
-    let mut q = query(sql);
-    for b in binds {
-        q = q.bind::<Text, _>(b);
-    }
-    let limit = if p.limit == 0 { LIST_MAX } else { p.limit.min(LIST_MAX) };
-    records(q.bind::<BigInt, _>(limit_of(limit)).load(conn).await?)
+    q
+}
+
+#[derive(QueryableByName)]
+struct WorkflowSqlRow {
+    #[diesel(sql_type = Text)]
+    workflow_id: String,
+    #[diesel(sql_type = BigInt)]
+    blocked: i64,
+    #[diesel(sql_type = BigInt)]
+    pending: i64,
+    #[diesel(sql_type = BigInt)]
+    running: i64,
+    #[diesel(sql_type = BigInt)]
+    succeeded: i64,
+    #[diesel(sql_type = BigInt)]
+    failed: i64,
+    #[diesel(sql_type = BigInt)]
+    cancelled: i64,
+    #[diesel(sql_type = BigInt)]
+    created_at: i64,
+    #[diesel(sql_type = BigInt)]
+    updated_at: i64,
+}
+
+/// Workflows newest first, with their step counts (`COUNT` is BIGINT, and `MIN`/`MAX`
+/// of a BIGINT column stay BIGINT).
+pub(crate) async fn workflows(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    q: &WorkflowQuery,
+) -> TxResult<Vec<WorkflowSummary>> {
+    let rows: Vec<WorkflowSqlRow> =
+        bind(sql::workflows(Placeholders::Question, &tables.commands, q)).load(conn).await?;
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    let summaries = rows
+        .into_iter()
+        .map(|r| {
+            Ok(WorkflowSummary {
+                id: r.workflow_id.parse()?,
+                blocked: count(r.blocked),
+                pending: count(r.pending),
+                running: count(r.running),
+                succeeded: count(r.succeeded),
+                failed: count(r.failed),
+                cancelled: count(r.cancelled),
+                created_at: Timestamp::from_micros(r.created_at),
+                updated_at: Timestamp::from_micros(r.updated_at),
+            })
+        })
+        .collect::<orch::Result<_>>()?;
+    Ok(summaries)
 }
 
 #[derive(QueryableByName)]

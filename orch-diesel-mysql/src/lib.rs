@@ -94,7 +94,7 @@ use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Outcome, QueueStats,
     Rescued, RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId,
-    WorkflowStepRecord,
+    WorkflowQuery, WorkflowStepRecord, WorkflowSummary,
 };
 use orch::{Error, NewCommand, Result, Store, TablePrefix, Timestamp};
 
@@ -778,6 +778,10 @@ impl Store for MysqlStore {
             self.woken();
         }
         Ok(status)
+    }
+
+    async fn workflows(&self, query: WorkflowQuery) -> Result<Vec<WorkflowSummary>> {
+        self.read(&query, |c, t, q| Box::pin(commands::workflows(c, t, q))).await
     }
 
     async fn record_worker(&self, worker: WorkerRecord) -> Result<()> {

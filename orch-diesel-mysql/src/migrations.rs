@@ -23,6 +23,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../migrations/0002_workflows.sql")),
     (3, include_str!("../migrations/0003_sagas.sql")),
     (4, include_str!("../migrations/0004_workers.sql")),
+    (5, include_str!("../migrations/0005_monitor_indexes.sql")),
 ];
 
 /// How long `migrate` waits for another process's migration, in seconds.
@@ -209,6 +210,26 @@ mod tests {
         assert!(s.contains("KEY workers_heartbeat (heartbeat_at)"), "{s}");
         assert!(!s.contains("--") && !s.contains(';') && !s.contains("{prefix}"), "{s}");
         assert!(s.ends_with("COLLATE = utf8mb4_bin"), "{s}");
+    }
+
+    #[test]
+    fn monitor_index_migration_guards_its_alter() {
+        let prefix = TablePrefix::new("p_").unwrap();
+        let statements = statements(MIGRATIONS[4].1, &prefix);
+        assert_eq!(statements.len(), 5, "{statements:#?}");
+        assert!(statements[0].starts_with("SET @orch_missing = CONCAT_WS("), "{}", statements[0]);
+        assert!(statements[0].contains("table_name = 'p_commands'"));
+        for index in ["commands_scheduled (scheduled_at, id)", "commands_attempts (attempts, id)"] {
+            assert!(statements[0].contains(&format!("'ADD KEY {index}'")), "{}", statements[0]);
+        }
+        assert!(statements[1].contains("'ALTER TABLE `p_commands` '"), "{}", statements[1]);
+        assert_eq!(
+            statements[2..],
+            ["PREPARE orch_ddl FROM @orch_ddl", "EXECUTE orch_ddl", "DEALLOCATE PREPARE orch_ddl"]
+        );
+        for s in &statements {
+            assert!(!s.contains("--") && !s.contains(';') && !s.contains("{prefix}"), "{s}");
+        }
     }
 
     #[test]

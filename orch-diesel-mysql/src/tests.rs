@@ -10,9 +10,11 @@ use diesel::QueryableByName;
 use diesel::sql_types::{Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
 use orch::store::backend::dependency_failure_message;
+use orch::store::sql::{self, Placeholders};
 use orch::store::{
     CancelStatus, ClaimParams, Completion, CompletionStatus, HeartbeatParams, InsertCommand, JournalKind,
-    Lease, LeaseStatus, ListParams, Outcome, SagaStatus, StepOf, WorkflowId,
+    Lease, LeaseStatus, ListCursor, ListOrder, ListParams, Outcome, SagaStatus, StepOf, WorkflowId,
+    WorkflowQuery, WorkflowSummary,
 };
 use orch::{Error, Failure, FailureKind, NewCommand, State, Store, Timestamp};
 
@@ -187,7 +189,7 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     .load(&mut conn)
     .await
     .unwrap();
-    assert_eq!(versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec!["1", "2", "3", "4"]);
+    assert_eq!(versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec!["1", "2", "3", "4", "5"]);
     let tables: Vec<TableName> = diesel::sql_query(
         "SELECT CAST(table_name AS CHAR) AS name FROM information_schema.tables \
          WHERE table_schema = DATABASE() AND table_name LIKE ? ORDER BY table_name",
@@ -625,8 +627,10 @@ async fn cancel_list_counts_and_text() {
     // Keyset pagination by id.
     let all = store.list(ListParams::default()).await.unwrap();
     assert!(all.windows(2).all(|w| w[0].id < w[1].id));
-    let page =
-        store.list(ListParams { after: Some(all[0].id), limit: 1, ..Default::default() }).await.unwrap();
+    let page = store
+        .list(ListParams { after: Some(ListCursor::id(all[0].id)), limit: 1, ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), vec![all[1].id]);
     let running = store.list(ListParams { state: Some(State::Running), ..Default::default() }).await.unwrap();
     assert!(running.is_empty());
@@ -708,6 +712,20 @@ async fn lookups_use_the_indexes() {
         }
         let plan: Vec<ExplainRow> =
             q.bind::<diesel::sql_types::BigInt, _>(t0.as_micros()).load(&mut conn).await.unwrap();
+        assert_eq!(plan[0].key.as_deref(), Some(index));
+        let extra = plan[0].extra.as_deref().unwrap_or_default();
+        assert!(!extra.contains("filesort"), "{index}: {extra}");
+    }
+    // A page of a sorted listing, after a cursor, reads its index range in order.
+    for (order, index, descending) in [
+        (ListOrder::Scheduled, "commands_scheduled", false),
+        (ListOrder::Attempts, "commands_attempts", true),
+    ] {
+        let after = Some(ListCursor { key: 0, id: rows[7].id });
+        let params = ListParams { order, descending, after, limit: 20, ..Default::default() };
+        let mut statement = sql::list(Placeholders::Question, &t.columns, &t.commands, &params);
+        statement.sql.insert_str(0, "EXPLAIN ");
+        let plan: Vec<ExplainRow> = commands::bind(statement).load(&mut conn).await.unwrap();
         assert_eq!(plan[0].key.as_deref(), Some(index));
         let extra = plan[0].extra.as_deref().unwrap_or_default();
         assert!(!extra.contains("filesort"), "{index}: {extra}");
@@ -1024,7 +1042,7 @@ async fn workflow_dependencies_succeeding_in_one_batch_unblock_once() {
     store.enqueue(vec![b.clone(), c.clone(), d.clone()]).await.unwrap();
     let claimed = store.claim(claim_params(&["b", "c"], t0, "w", 2)).await.unwrap();
     // Completions of one batch may carry different times: the latest one counts.
-    let completions = claimed
+    let completions: Vec<Completion> = claimed
         .iter()
         .enumerate()
         .map(|(i, cl)| completion(cl.lease, t0 + Duration::from_secs(5 - i as u64), succeeded()))
@@ -1398,7 +1416,7 @@ async fn migration_2_upgrades_a_version_1_database() {
     let started = stopwatch();
     store.migrate().await.unwrap();
     eprintln!("migration 1 → 2 of a half-migrated database: {:?}", started.elapsed());
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
     let expected_schema = (
         vec![
             ("step".to_owned(), Some("utf8mb4_bin".to_owned())),
@@ -1417,7 +1435,7 @@ async fn migration_2_upgrades_a_version_1_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 2", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
     assert_eq!(workflow_schema(&store).await, expected_schema);
 
     // The upgraded tables run workflows.
@@ -1854,7 +1872,7 @@ async fn migration_3_upgrades_a_version_2_database() {
     let started = stopwatch();
     store.migrate().await.unwrap();
     eprintln!("migration 2 → 3: {:?}", started.elapsed());
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
     let schema = || async {
         let mut conn = store.conn().await.unwrap();
         let table = format!("{}sagas", store.prefix());
@@ -1928,7 +1946,7 @@ async fn migration_3_upgrades_a_version_2_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 3", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
     assert_eq!(schema().await, expected);
     assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&first));
     assert_eq!(state_of(&store, cmd.id).await, State::Pending);
@@ -2100,7 +2118,7 @@ async fn migration_4_upgrades_a_version_3_database() {
     assert!(store.workers().await.is_err(), "no workers table yet");
 
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
     let schema = || async {
         let mut conn = store.conn().await.unwrap();
         let table = format!("{}workers", store.prefix());
@@ -2156,7 +2174,7 @@ async fn migration_4_upgrades_a_version_3_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 4", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
     assert_eq!(schema().await, expected);
     assert_eq!(store.workers().await.unwrap(), vec![w]);
     drop_tables(&store).await;
@@ -2299,5 +2317,309 @@ async fn retry_reruns_failed_and_cancelled_commands() {
     assert_eq!(store.retry(failing.id, t1).await.unwrap(), RetryStatus::NotRetryable(State::Running));
     assert_eq!(store.retry(CommandId::generate(t1), t1).await.unwrap(), RetryStatus::NotFound);
     assert_eq!(kinds(&store, pending.id).await, vec![JournalKind::Enqueued]);
+    drop_tables(&store).await;
+}
+
+/// Reads a whole listing a page of `params.limit` at a time, each page after the
+/// cursor of the last record of the one before.
+async fn list_pages(store: &MysqlStore, params: ListParams) -> Vec<CommandRecord> {
+    let mut all: Vec<CommandRecord> = Vec::new();
+    loop {
+        let after = all.last().map(|r| ListCursor::of(r, params.order));
+        let page = store.list(ListParams { after, ..params.clone() }).await.unwrap();
+        assert!(page.len() <= params.limit, "{} rows in a page of {}", page.len(), params.limit);
+        let last = page.len() < params.limit;
+        all.extend(page);
+        if last {
+            return all;
+        }
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn list_sorts_pages_and_filters() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(13_000_000);
+    // Few distinct keys, so that most pages end inside a run of ties broken by id.
+    let rows: Vec<InsertCommand> = (0..23u64)
+        .map(|i| {
+            NewCommand::raw("job", serde_json::json!({}))
+                .delay(Duration::from_secs(i % 5))
+                .resolve(t0)
+                .unwrap()
+        })
+        .collect();
+    store.enqueue(rows.clone()).await.unwrap();
+    let attempts = |i: usize| u32::try_from(i % 4).unwrap();
+    {
+        let mut conn = store.conn().await.unwrap();
+        for (i, r) in rows.iter().enumerate() {
+            conn.batch_execute(&format!(
+                "UPDATE {} SET attempts = {} WHERE id = '{}'",
+                store.inner.tables.commands,
+                attempts(i),
+                r.id
+            ))
+            .await
+            .unwrap();
+        }
+    }
+
+    // Most attempts first, ties by id descending: every page size reads every row once.
+    let mut by_attempts: Vec<(u32, CommandId)> =
+        rows.iter().enumerate().map(|(i, r)| (attempts(i), r.id)).collect();
+    by_attempts.sort_by(|a, b| b.cmp(a));
+    for limit in [1, 3, 4, 23, 100] {
+        let params = ListParams { order: ListOrder::Attempts, descending: true, limit, ..Default::default() };
+        let listed = list_pages(&store, params).await;
+        assert_eq!(
+            listed.iter().map(|r| (r.attempts, r.id)).collect::<Vec<_>>(),
+            by_attempts,
+            "pages of {limit}"
+        );
+    }
+    // One page after a cursor in the middle of a run of ties.
+    let all =
+        store.list(ListParams { order: ListOrder::Attempts, descending: true, ..Default::default() }).await;
+    let all = all.unwrap();
+    let after = Some(ListCursor::of(&all[8], ListOrder::Attempts));
+    let page = store
+        .list(ListParams {
+            order: ListOrder::Attempts,
+            descending: true,
+            after,
+            limit: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|r| (r.attempts, r.id)).collect::<Vec<_>>(), by_attempts[9..13]);
+    // With a filter, and ascending by due time.
+    let params = ListParams {
+        order: ListOrder::Attempts,
+        descending: true,
+        min_attempts: Some(2),
+        limit: 2,
+        ..Default::default()
+    };
+    let listed = list_pages(&store, params).await;
+    let expected: Vec<_> = by_attempts.iter().copied().filter(|&(a, _)| a >= 2).collect();
+    assert_eq!(listed.iter().map(|r| (r.attempts, r.id)).collect::<Vec<_>>(), expected);
+    let mut by_due: Vec<(Timestamp, CommandId)> = rows.iter().map(|r| (r.scheduled_at, r.id)).collect();
+    by_due.sort();
+    let listed =
+        list_pages(&store, ListParams { order: ListOrder::Scheduled, limit: 5, ..Default::default() });
+    assert_eq!(listed.await.iter().map(|r| (r.scheduled_at, r.id)).collect::<Vec<_>>(), by_due);
+    // Creation order, newest first.
+    let listed = list_pages(&store, ListParams { descending: true, limit: 7, ..Default::default() }).await;
+    let mut by_id: Vec<CommandId> = rows.iter().map(|r| r.id).collect();
+    by_id.sort_by(|a, b| b.cmp(a));
+    assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), by_id);
+
+    // Error text: ASCII case-insensitive, `%`, `_`, `!` and `\` taken literally.
+    let messages = [
+        "Timeout after 100% of the budget",
+        "TIMEOUT_X reached",
+        "timeoutAx reached",
+        "1000 retries",
+        r"wow! C:\temp\x",
+    ];
+    let failing: Vec<InsertCommand> = messages.iter().map(|_| insert("e", t0)).collect();
+    store.enqueue(failing.clone()).await.unwrap();
+    let claimed = store.claim(claim_params(&["e"], t0, "w", messages.len())).await.unwrap();
+    assert_eq!(claimed.len(), messages.len());
+    let mut by_message = HashMap::new();
+    let completions: Vec<Completion> = claimed
+        .iter()
+        .zip(messages)
+        .map(|(c, m)| {
+            by_message.insert(m, c.lease.id);
+            let failure = Failure::new(FailureKind::Error, m);
+            completion(c.lease, t0, Outcome::Failed { failure, follow_ups: Vec::new() })
+        })
+        .collect();
+    let statuses = store.complete(completions).await.unwrap();
+    assert_eq!(statuses, vec![CompletionStatus::Applied; messages.len()]);
+    let cases: [(&str, &[&str]); 9] = [
+        ("timeout", &messages[..3]),
+        ("TIMEOUT_x", &messages[1..2]),
+        ("0%", &messages[..1]),
+        ("%", &messages[..1]),
+        ("_", &messages[1..2]),
+        ("w!", &messages[4..]),
+        (r"\t", &messages[4..]),
+        ("", &messages[..]),
+        ("timeout%x", &[]),
+    ];
+    for (needle, expected) in cases {
+        let params = ListParams { error_contains: Some(needle.to_owned()), ..Default::default() };
+        let mut found: Vec<CommandId> = store.list(params).await.unwrap().iter().map(|r| r.id).collect();
+        found.sort();
+        let mut expected: Vec<CommandId> = expected.iter().map(|m| by_message[m]).collect();
+        expected.sort();
+        assert_eq!(found, expected, "error containing {needle:?}");
+    }
+    let params = ListParams {
+        error_contains: Some("REACHED".into()),
+        state: Some(State::Failed),
+        min_attempts: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(store.list(params).await.unwrap().len(), 2);
+    drop_tables(&store).await;
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn list_filters_by_time_parent_and_workflow() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(14_000_000);
+    let s = |n: u64| t0 + Duration::from_secs(n);
+    let (old, mid, new) = (insert("job", s(0)), insert("job", s(1)), insert("job", s(2)));
+    let child = InsertCommand { parent_id: Some(mid.id), ..insert("child", s(3)) };
+    let w = WorkflowId::generate(s(4));
+    let a = step(w, "a", s(4), &[]);
+    store.enqueue(vec![old.clone(), mid.clone(), new.clone(), child.clone(), a.clone()]).await.unwrap();
+    let ids = |params: ListParams| {
+        let store = &store;
+        async move { store.list(params).await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>() }
+    };
+    assert_eq!(ids(ListParams { created_before: Some(s(1)), ..Default::default() }).await, vec![old.id]);
+    assert_eq!(
+        ids(ListParams { created_after: Some(s(1)), created_before: Some(s(3)), ..Default::default() }).await,
+        vec![mid.id, new.id]
+    );
+    assert_eq!(ids(ListParams { parent: Some(mid.id), ..Default::default() }).await, vec![child.id]);
+    assert_eq!(ids(ListParams { workflow: Some(w), ..Default::default() }).await, vec![a.id]);
+    assert!(
+        ids(ListParams { workflow: Some(WorkflowId::generate(t0)), ..Default::default() }).await.is_empty()
+    );
+    drop_tables(&store).await;
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn workflows_are_summarized_newest_first() {
+    let Some(store) = fresh().await else { return };
+    let t0 = Timestamp::from_millis(15_000_000);
+    let s = |n: u64| t0 + Duration::from_secs(n);
+    assert!(store.workflows(WorkflowQuery::default()).await.unwrap().is_empty());
+    // w1 succeeded, w2 failed (its second step cancelled), w3 still running.
+    let (w1, w2, w3) = (WorkflowId::generate(s(0)), WorkflowId::generate(s(1)), WorkflowId::generate(s(2)));
+    let w1a = step(w1, "w1a", s(0), &[]);
+    let w1b = step(w1, "w1b", s(0), &[&w1a]);
+    let w2a = step(w2, "w2a", s(1), &[]);
+    let w2b = step(w2, "w2b", s(1), &[&w2a]);
+    let w3a = step(w3, "w3a", s(2), &[]);
+    let w3b = step(w3, "w3b", s(2), &[&w3a]);
+    let plain = insert("plain", s(3));
+    store.enqueue(vec![w1a, w1b, w2a, w2b, w3a, w3b, plain]).await.unwrap();
+    run_step(&store, "w1a", s(10), succeeded()).await;
+    run_step(&store, "w1b", s(11), succeeded()).await;
+    let failure = Failure::new(FailureKind::Error, "boom");
+    run_step(&store, "w2a", s(12), Outcome::Failed { failure, follow_ups: Vec::new() }).await;
+
+    let summary =
+        |id, [blocked, pending, running, succeeded, failed, cancelled]: [u64; 6], created, updated| {
+            WorkflowSummary {
+                id,
+                blocked,
+                pending,
+                running,
+                succeeded,
+                failed,
+                cancelled,
+                created_at: created,
+                updated_at: updated,
+            }
+        };
+    let s1 = summary(w1, [0, 0, 0, 2, 0, 0], s(0), s(11));
+    let s2 = summary(w2, [0, 0, 0, 0, 1, 1], s(1), s(12));
+    let s3 = summary(w3, [1, 1, 0, 0, 0, 0], s(2), s(2));
+    let query = |state, before, limit| store.workflows(WorkflowQuery { state, before, limit });
+    assert_eq!(query(None, None, 0).await.unwrap(), vec![s3.clone(), s2.clone(), s1.clone()]);
+    assert_eq!(
+        [s1.state(), s2.state(), s3.state()],
+        [orch::WorkflowState::Succeeded, orch::WorkflowState::Failed, orch::WorkflowState::Running]
+    );
+    assert_eq!(query(Some(orch::WorkflowState::Running), None, 0).await.unwrap(), vec![s3.clone()]);
+    assert_eq!(query(Some(orch::WorkflowState::Succeeded), None, 0).await.unwrap(), vec![s1.clone()]);
+    assert_eq!(query(Some(orch::WorkflowState::Failed), None, 0).await.unwrap(), vec![s2.clone()]);
+    // Keyset pages, newest first.
+    assert_eq!(query(None, None, 2).await.unwrap(), vec![s3.clone(), s2.clone()]);
+    assert_eq!(query(None, Some(w2), 2).await.unwrap(), vec![s1.clone()]);
+    assert_eq!(query(Some(orch::WorkflowState::Failed), Some(w2), 0).await.unwrap(), vec![]);
+    drop_tables(&store).await;
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn migration_5_upgrades_a_version_4_database() {
+    let Some(url) = server_url() else { return };
+    let store = connect(&url, &fresh_prefix()).await;
+    let t = &store.inner.tables;
+    let t0 = Timestamp::from_millis(29_000_000);
+    {
+        // The schema as version 4 left it, and a first run of migration 5 that stopped
+        // after one index.
+        let mut conn = store.conn().await.unwrap();
+        conn.batch_execute(&format!(
+            "CREATE TABLE {} (version INT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE = InnoDB",
+            t.migrations
+        ))
+        .await
+        .unwrap();
+        for (version, sql) in &migrations::MIGRATIONS[..4] {
+            for statement in migrations::statements(sql, store.prefix()) {
+                conn.batch_execute(&statement).await.unwrap();
+            }
+            conn.batch_execute(&format!(
+                "INSERT INTO {} (version, applied_at) VALUES ({version}, 0)",
+                t.migrations
+            ))
+            .await
+            .unwrap();
+        }
+        conn.batch_execute(&format!("ALTER TABLE {} ADD KEY commands_attempts (attempts, id)", t.commands))
+            .await
+            .unwrap();
+    }
+    let old = insert("job", t0);
+    store.enqueue(vec![old.clone()]).await.unwrap();
+    let indexes = || async {
+        let mut conn = store.conn().await.unwrap();
+        let rows: Vec<IndexColumn> = diesel::sql_query(
+            "SELECT CAST(index_name AS CHAR) AS `index`, CAST(column_name AS CHAR) AS `column` \
+             FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? \
+             AND index_name IN ('commands_scheduled', 'commands_attempts') ORDER BY index_name, seq_in_index",
+        )
+        .bind::<Text, _>(format!("{}commands", store.prefix()))
+        .load(&mut conn)
+        .await
+        .unwrap();
+        rows.into_iter().map(|r| format!("{}.{}", r.index, r.column)).collect::<Vec<_>>()
+    };
+    let expected = [
+        "commands_attempts.attempts",
+        "commands_attempts.id",
+        "commands_scheduled.scheduled_at",
+        "commands_scheduled.id",
+    ]
+    .map(String::from)
+    .to_vec();
+
+    store.migrate().await.unwrap();
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
+    assert_eq!(indexes().await, expected);
+    // Migration 5 again, as after a crash before its version was recorded.
+    {
+        let mut conn = store.conn().await.unwrap();
+        conn.batch_execute(&format!("DELETE FROM {} WHERE version = 5", t.migrations)).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
+    assert_eq!(indexes().await, expected);
+    assert_eq!(state_of(&store, old.id).await, State::Pending);
     drop_tables(&store).await;
 }
