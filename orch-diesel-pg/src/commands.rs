@@ -18,10 +18,11 @@ use orch::store::backend::{
     COMMAND_COLUMNS, NewJournalEntry, RawCommand, add_queue_count, encode_policy, finish_queue_stats, micros,
     millis, outcome_follow_ups, u32_of,
 };
+use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome,
-    QueueStats, Rescued, RetryStatus,
+    QueueStats, Rescued, RetryStatus, WorkflowId, WorkflowQuery, WorkflowSummary,
 };
 use orch::{FailureKind, State, Timestamp};
 
@@ -29,16 +30,13 @@ use crate::{Tables, TxResult};
 use crate::{dependencies, journal};
 
 /// Every column, in [`RawCommand`]'s order.
-static COLUMNS: LazyLock<String> = LazyLock::new(|| COMMAND_COLUMNS.join(", "));
+pub(crate) static COLUMNS: LazyLock<String> = LazyLock::new(|| COMMAND_COLUMNS.join(", "));
 /// Every column qualified by the alias `c`, for statements that join.
 pub(crate) static C_COLUMNS: LazyLock<String> =
     LazyLock::new(|| COMMAND_COLUMNS.iter().map(|c| format!("c.{c}")).collect::<Vec<_>>().join(", "));
 
 /// Rows per INSERT: 14 binds each, far below PostgreSQL's 65,535 bind parameters.
 const INSERT_CHUNK: usize = 1_000;
-
-/// The most rows one `list` call returns.
-const LIST_MAX: usize = 10_000;
 
 #[derive(QueryableByName)]
 pub(crate) struct CommandRow {
@@ -760,37 +758,80 @@ pub(crate) async fn get(
     Ok(rows.into_iter().next().map(CommandRow::into_record).transpose()?)
 }
 
-/// Commands matching the filters, by id, keyset-paginated on id.
+/// Commands matching the filters in the chosen order, keyset-paginated: the shared
+/// statement.
 pub(crate) async fn list(
     conn: &mut AsyncPgConnection,
     tables: &Tables,
     p: &ListParams,
 ) -> TxResult<Vec<CommandRecord>> {
-    let mut st = Statement::new(String::new());
-    let mut sql = format!("SELECT {} FROM {} WHERE TRUE", *COLUMNS, tables.commands);
-    if let Some(state) = p.state {
-        sql.push_str(&format!(" AND state = {}", st.param(Bind::Text(state.as_str().to_owned()))));
-    }
-    if let Some(name) = &p.name {
-        sql.push_str(&format!(" AND name = {}", st.param(Bind::Text(name.clone()))));
-    }
-    if let Some(target) = &p.target {
-        sql.push_str(&format!(" AND target = {}", st.param(Bind::Text(target.clone()))));
-    }
-    if let Some(correlation_id) = &p.correlation_id {
-        sql.push_str(&format!(" AND correlation_id = {}", st.param(Bind::Text(correlation_id.clone()))));
-    }
-    if p.unfinished {
-        sql.push_str(" AND state IN ('blocked', 'pending', 'running')");
-    }
-    if let Some(after) = p.after {
-        sql.push_str(&format!(" AND id > {}", st.param(Bind::Uuid(after.as_uuid()))));
-    }
-    let limit = if p.limit == 0 { LIST_MAX } else { p.limit.min(LIST_MAX) };
-    sql.push_str(&format!(" ORDER BY id LIMIT {}", st.param(Bind::BigInt(i64_of(limit)))));
-    st.sql = sql;
-    let rows: Vec<CommandRow> = st.query().load(conn).await?;
+    let statement = sql::list(Placeholders::Numbered, &COLUMNS, &tables.commands, p);
+    let rows: Vec<CommandRow> = bind(statement).load(conn).await?;
     records(rows)
+}
+
+/// A shared statement with its values bound as PostgreSQL stores them (ids as UUID).
+pub(crate) fn bind(statement: SqlStatement) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
+    let mut query = diesel::sql_query(statement.sql).into_boxed::<Pg>();
+    for value in statement.binds {
+        query = match value {
+            SqlValue::Text(s) => query.bind::<Text, _>(s),
+            SqlValue::Int(i) => query.bind::<BigInt, _>(i),
+            SqlValue::Id(id) => query.bind::<Uuid, _>(id.as_uuid()),
+            SqlValue::Workflow(id) => query.bind::<Uuid, _>(id.as_uuid()),
+        };
+    }
+    query
+}
+
+/// A row of [`sql::workflows`], in [`sql::WORKFLOW_COLUMNS`]' order.
+#[derive(QueryableByName)]
+struct WorkflowSqlRow {
+    #[diesel(sql_type = Uuid)]
+    workflow_id: uuid::Uuid,
+    #[diesel(sql_type = BigInt)]
+    blocked: i64,
+    #[diesel(sql_type = BigInt)]
+    pending: i64,
+    #[diesel(sql_type = BigInt)]
+    running: i64,
+    #[diesel(sql_type = BigInt)]
+    succeeded: i64,
+    #[diesel(sql_type = BigInt)]
+    failed: i64,
+    #[diesel(sql_type = BigInt)]
+    cancelled: i64,
+    #[diesel(sql_type = BigInt)]
+    created_at: i64,
+    #[diesel(sql_type = BigInt)]
+    updated_at: i64,
+}
+
+/// Workflows newest first, with their step counts by state.
+pub(crate) async fn workflows(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    q: &WorkflowQuery,
+) -> TxResult<Vec<WorkflowSummary>> {
+    let rows: Vec<WorkflowSqlRow> =
+        bind(sql::workflows(Placeholders::Numbered, &tables.commands, q)).load(conn).await?;
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            Ok(WorkflowSummary {
+                id: WorkflowId::from_uuid(r.workflow_id),
+                blocked: count(r.blocked),
+                pending: count(r.pending),
+                running: count(r.running),
+                succeeded: count(r.succeeded),
+                failed: count(r.failed),
+                cancelled: count(r.cancelled),
+                created_at: Timestamp::from_micros(r.created_at),
+                updated_at: Timestamp::from_micros(r.updated_at),
+            })
+        })
+        .collect::<orch::Result<_>>()?)
 }
 
 #[derive(QueryableByName)]

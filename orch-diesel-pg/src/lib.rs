@@ -80,8 +80,8 @@ use orch::store::backend::{check_pool_options, redact_url};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, QueueStats, Rescued,
-    RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId,
-    WorkflowStepRecord,
+    RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId, WorkflowQuery,
+    WorkflowStepRecord, WorkflowSummary,
 };
 use orch::{Error, NewCommand, Result, Store, TablePrefix, Timestamp};
 
@@ -660,6 +660,11 @@ impl Store for PgStore {
             self.inner.wake.notify_waiters();
         }
         Ok(status)
+    }
+
+    async fn workflows(&self, query: WorkflowQuery) -> Result<Vec<WorkflowSummary>> {
+        let mut conn = self.conn().await?;
+        Ok(commands::workflows(&mut conn, &self.inner.tables, &query).await?)
     }
 
     async fn record_worker(&self, worker: WorkerRecord) -> Result<()> {

@@ -17,6 +17,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../migrations/0002_workflows.sql")),
     (3, include_str!("../migrations/0003_sagas.sql")),
     (4, include_str!("../migrations/0004_workers.sql")),
+    (5, include_str!("../migrations/0005_monitor_indexes.sql")),
 ];
 
 #[derive(QueryableByName)]

@@ -8,13 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Integer};
+use diesel::sql_types::{BigInt, Integer, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use orch::store::backend::{NewJournalEntry, dependency_failure_message};
+use orch::store::sql::{self, Placeholders};
 use orch::store::{
-    ClaimParams, Completion, CompletionStatus, HeartbeatParams, InsertCommand, LeaseStatus, ListParams,
-    Outcome, SagaQuery, SagaRecord, SagaStatus, SagaWrite, SagaWriteStatus, StepOf, WorkflowId,
+    ClaimParams, Completion, CompletionStatus, HeartbeatParams, InsertCommand, LeaseStatus, ListCursor,
+    ListOrder, ListParams, Outcome, SagaQuery, SagaRecord, SagaStatus, SagaWrite, SagaWriteStatus, StepOf,
+    WorkflowId, WorkflowQuery,
 };
+use orch::workflow::WorkflowState;
 use orch::{CancelStatus, Failure, FailureKind, JournalKind, NewCommand, QueueStats, RetryStatus, State};
 
 use super::*;
@@ -295,8 +298,10 @@ async fn lifecycle_matches_the_contract() {
     let all = store.list(ListParams::default()).await.unwrap();
     assert_eq!(all.len(), 6);
     assert!(all.windows(2).all(|w| w[0].id < w[1].id));
-    let page =
-        store.list(ListParams { after: Some(all[1].id), limit: 2, ..Default::default() }).await.unwrap();
+    let page = store
+        .list(ListParams { after: Some(ListCursor::id(all[1].id)), limit: 2, ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), vec![all[2].id, all[3].id]);
     let jobs = store
         .list(ListParams { name: Some("job".into()), state: Some(State::Succeeded), ..Default::default() })
@@ -1819,7 +1824,7 @@ async fn a_version_3_database_migrates_to_workers() {
             .map(|v| v.version)
             .collect();
     assert_eq!(versions, migrations::MIGRATIONS.iter().map(|(v, _)| *v).collect::<Vec<_>>());
-    assert_eq!(versions.last(), Some(&4));
+    assert!(versions.contains(&4), "the workers migration is applied");
     let indexes =
         count(&url, &format!("SELECT COUNT(*) AS n FROM pg_indexes WHERE tablename = '{prefix}workers'"))
             .await;
@@ -1969,5 +1974,140 @@ async fn retry_runs_a_failed_or_cancelled_command_again() {
     let unknown = CommandId::generate(t0);
     assert_eq!(store.retry(unknown, t3).await.unwrap(), RetryStatus::NotFound);
     assert_eq!(kinds(&store, cid).await.iter().filter(|k| **k == JournalKind::RetryRequested).count(), 1);
+    store.drop_tables().await.unwrap();
+}
+
+#[derive(QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+    line: String,
+}
+
+/// The plan PostgreSQL picks for the list statement of `params`, with its values bound.
+async fn list_plan(url: &str, prefix: &str, params: &ListParams) -> String {
+    let mut statement =
+        sql::list(Placeholders::Numbered, &commands::COLUMNS, &format!("{prefix}commands"), params);
+    statement.sql.insert_str(0, "EXPLAIN ");
+    let mut conn = AsyncPgConnection::establish(url).await.unwrap();
+    let lines: Vec<PlanLine> = commands::bind(statement).load(&mut conn).await.unwrap();
+    lines.into_iter().map(|l| l.line).collect::<Vec<_>>().join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn list_pages_by_due_time_descending_through_the_index() {
+    let Some(url) = server_url() else { return };
+    let prefix = fresh_prefix();
+    let store = store_at(&url, &prefix).await;
+    let t0 = Timestamp::from_millis(30_000_000);
+    // 3,000 commands over 500 due times: six share each, so ties cross page boundaries.
+    let rows: Vec<InsertCommand> = (0..3_000i64)
+        .map(|i| {
+            let mut r = row("job", t0);
+            r.scheduled_at = Timestamp::from_micros(t0.as_micros() + (i * 7_919 % 500) * 1_000);
+            r
+        })
+        .collect();
+    let mut expected: Vec<(i64, CommandId)> =
+        rows.iter().map(|r| (r.scheduled_at.as_micros(), r.id)).collect();
+    expected.sort_unstable_by(|a, b| b.cmp(a));
+    store.enqueue(rows).await.unwrap();
+
+    let order = ListOrder::Scheduled;
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let params = ListParams { order, descending: true, after, limit: 64, ..Default::default() };
+        let page = store.list(params).await.unwrap();
+        assert!(page.len() <= 64);
+        let Some(last) = page.last() else { break };
+        after = Some(ListCursor::of(last, order));
+        seen.extend(page.iter().map(|r| (r.scheduled_at.as_micros(), r.id)));
+    }
+    assert_eq!(seen.len(), expected.len(), "no duplicates, no gaps");
+    assert_eq!(seen, expected, "due time, then id, both descending");
+    assert_eq!(seen.iter().map(|(_, id)| *id).collect::<HashSet<_>>().len(), 3_000);
+
+    // Every page, the first and the deep ones, is an index range, not a sort.
+    diesel::sql_query(format!("ANALYZE {prefix}commands"))
+        .execute(&mut AsyncPgConnection::establish(&url).await.unwrap())
+        .await
+        .unwrap();
+    let cursor = ListCursor { key: expected[1_500].0, id: expected[1_500].1 };
+    for after in [None, Some(cursor)] {
+        let params = ListParams { order, descending: true, after, limit: 64, ..Default::default() };
+        let plan = list_plan(&url, &prefix, &params).await;
+        assert!(plan.contains(&format!("Index Scan Backward using {prefix}commands_scheduled")), "{plan}");
+        assert!(!plan.contains("Sort"), "{plan}");
+    }
+    store.drop_tables().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn workflows_are_summarized_newest_first() {
+    let Some(url) = server_url() else { return };
+    let store = store_at(&url, &fresh_prefix()).await;
+    let t0 = Timestamp::from_millis(40_000_000);
+    let (t1, t2, t3) =
+        (t0 + Duration::from_secs(1), t0 + Duration::from_secs(2), t0 + Duration::from_secs(3));
+    // Oldest: failed (its first step failed, the second was cancelled).
+    let (failed, mut rows) = workflow_rows(t0, &[("fa", &[]), ("fb", &["fa"])]);
+    rows[0].max_attempts = 1;
+    let failed_step = rows[0].id;
+    store.enqueue(rows).await.unwrap();
+    let claimed = claim_one(&store, "fa", t3).await;
+    store.complete(vec![failure(&claimed, t3)]).await.unwrap();
+    // Then running: one step pending, one blocked.
+    let (running, rows) = workflow_rows(t1, &[("ra", &[]), ("rb", &["ra"])]);
+    store.enqueue(rows).await.unwrap();
+    // Newest: succeeded.
+    let (succeeded, rows) = workflow_rows(t2, &[("sa", &[])]);
+    store.enqueue(rows).await.unwrap();
+    let claimed = claim_one(&store, "sa", t3).await;
+    store.complete(vec![success(&claimed, t3)]).await.unwrap();
+    // A command outside any workflow is not one.
+    store.enqueue(vec![row("loose", t0)]).await.unwrap();
+
+    let all = store.workflows(WorkflowQuery::default()).await.unwrap();
+    assert_eq!(all.iter().map(|w| w.id).collect::<Vec<_>>(), vec![succeeded, running, failed]);
+    let counts =
+        |w: &orch::WorkflowSummary| (w.blocked, w.pending, w.running, w.succeeded, w.failed, w.cancelled);
+    assert_eq!(counts(&all[0]), (0, 0, 0, 1, 0, 0));
+    assert_eq!(counts(&all[1]), (1, 1, 0, 0, 0, 0));
+    assert_eq!(counts(&all[2]), (0, 0, 0, 0, 1, 1));
+    assert_eq!((all[2].created_at, all[2].updated_at), (t0, t3));
+    assert_eq!(store.get(failed_step).await.unwrap().unwrap().state, State::Failed);
+    for (state, id) in [
+        (WorkflowState::Succeeded, succeeded),
+        (WorkflowState::Running, running),
+        (WorkflowState::Failed, failed),
+    ] {
+        let query = WorkflowQuery { state: Some(state), ..Default::default() };
+        let found = store.workflows(query).await.unwrap();
+        assert_eq!(found.iter().map(|w| w.id).collect::<Vec<_>>(), vec![id], "{state:?}");
+        assert_eq!(found[0].state(), state);
+    }
+    let page =
+        store.workflows(WorkflowQuery { before: Some(succeeded), limit: 1, ..Default::default() }).await;
+    assert_eq!(page.unwrap().iter().map(|w| w.id).collect::<Vec<_>>(), vec![running]);
+
+    // The new list filters, on PostgreSQL's column types.
+    let steps = store.list(ListParams { workflow: Some(running), ..Default::default() }).await.unwrap();
+    assert_eq!(steps.len(), 2);
+    let errors =
+        ListParams { error_contains: Some("BROK".into()), min_attempts: Some(1), ..Default::default() };
+    let broken = store.list(errors).await.unwrap();
+    assert_eq!(broken.iter().map(|r| r.id).collect::<Vec<_>>(), vec![failed_step]);
+    let wildcard = ListParams { error_contains: Some("bro%".into()), ..Default::default() };
+    assert!(store.list(wildcard).await.unwrap().is_empty(), "% matches itself only");
+    let early = ListParams { created_before: Some(t1), created_after: Some(t0), ..Default::default() };
+    assert_eq!(
+        store.list(early).await.unwrap().len(),
+        3,
+        "the failed workflow's steps and the loose command"
+    );
+    let children = ListParams { parent: Some(failed_step), ..Default::default() };
+    assert!(store.list(children).await.unwrap().is_empty());
     store.drop_tables().await.unwrap();
 }

@@ -3,20 +3,20 @@
 //! Every function here runs inside the caller's transaction (a write transaction,
 //! `BEGIN IMMEDIATE`, for anything that changes rows).
 
-use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel::sqlite::Sqlite;
 use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
 use orch::store::backend::{
     NewJournalEntry, RawCommand, add_queue_count, encode_policy, finish_queue_stats, micros, millis,
     outcome_follow_ups, u32_of,
 };
+use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome,
     QueueStats, Rescued, RetryStatus, WorkflowQuery, WorkflowSummary,
 };
-use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::{Error, State, Timestamp};
 
 use crate::{Tables, TxResult};
@@ -608,7 +608,8 @@ pub(crate) fn workflows(
     tables: &Tables,
     q: &WorkflowQuery,
 ) -> TxResult<Vec<WorkflowSummary>> {
-    let rows: Vec<WorkflowSqlRow> = bind(sql::workflows(Placeholders::Question, &tables.commands, q)).load(conn)?;
+    let rows: Vec<WorkflowSqlRow> =
+        bind(sql::workflows(Placeholders::Question, &tables.commands, q)).load(conn)?;
     let count = |n: i64| u64::try_from(n).unwrap_or(0);
     Ok(rows
         .into_iter()

@@ -37,8 +37,8 @@ pub use orch;
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
     CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, QueueStats, Rescued,
-    RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId,
-    WorkflowQuery, WorkflowStepRecord, WorkflowSummary,
+    RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId, WorkflowQuery,
+    WorkflowStepRecord, WorkflowSummary,
 };
 use orch::{Error, Result, Store, TablePrefix, Timestamp};
 

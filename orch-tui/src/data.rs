@@ -229,6 +229,7 @@ impl Counter<'_> {
 
 /// Reads one snapshot.
 pub async fn load(store: &dyn Store, query: &Query, now: Timestamp) -> Result<Snapshot, Error> {
+    #[allow(clippy::disallowed_methods, reason = "measuring how long a refresh takes, not scheduling")]
     let started = Instant::now();
     let mut s = Counter { store, queries: 0 };
     let stats = s.count().queue_stats(now).await?;
@@ -312,9 +313,9 @@ pub fn summarize(stats: &[QueueStats], workers: &[WorkerRow]) -> (Overview, Vec<
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let served = workers.iter().any(|w| {
-            !w.stale && w.record.instance_key == st.target && w.record.names.iter().any(|n| *n == st.name)
-        });
+        let served = workers
+            .iter()
+            .any(|w| !w.stale && w.record.instance_key == st.target && w.record.names.contains(&st.name));
         rows.push(NameRow {
             name: st.name.clone(),
             target: st.target.clone(),

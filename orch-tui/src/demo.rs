@@ -333,13 +333,13 @@ pub async fn trickle(orch: Orch, every: Duration) -> Result<(), Error> {
             NewCommand::of(&SendEmail { to: format!("live{i}@example.com"), subject: "Hello".into() }),
             NewCommand::of(&ResizeImage { image: format!("live/{i}.jpg"), width: 640 }),
         ];
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             batch.push(NewCommand::of(&ChargeCard {
                 order: i,
-                cents: if i % 8 == 0 { 99_000 } else { 4_500 },
+                cents: if i.is_multiple_of(8) { 99_000 } else { 4_500 },
             }));
         }
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             batch.push(NewCommand::of(&SendEmail {
                 to: format!("live{i}@bounce.example"),
                 subject: "Oops".into(),

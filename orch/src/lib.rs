@@ -59,8 +59,8 @@ pub use handler::{Context, Handler, Registry};
 pub use retry::RetryPolicy;
 pub use saga::{SagaData, SagaEvent, SagaInstance, SagaMachine, SagaStep};
 pub use store::{
-    CancelStatus, CommandId, CommandRecord, JournalEntry, JournalKind, QueueStats, RetryStatus, SagaStatus,
-    ListCursor, ListOrder, ListParams, State, StepOf, Store, TablePrefix, WorkerRecord, WorkflowId,
+    CancelStatus, CommandId, CommandRecord, JournalEntry, JournalKind, ListCursor, ListOrder, ListParams,
+    QueueStats, RetryStatus, SagaStatus, State, StepOf, Store, TablePrefix, WorkerRecord, WorkflowId,
     WorkflowQuery, WorkflowSummary,
 };
 pub use worker::{FORGET_DEAD_WORKERS_AFTER, Worker, WorkerConfig, WorkerHandle};

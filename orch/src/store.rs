@@ -570,7 +570,8 @@ pub struct ListParams {
     pub created_before: Option<Timestamp>,
     /// Only commands created at or after this time.
     pub created_after: Option<Timestamp>,
-    /// Only commands whose last error contains this text (ASCII case-insensitive).
+    /// Only commands whose last error contains this text, ignoring the case of ASCII
+    /// letters (and of other letters where the database's `LOWER` folds them).
     pub error_contains: Option<String>,
     /// Only the follow-ups of this command.
     pub parent: Option<CommandId>,

@@ -20,6 +20,9 @@ use orch::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use crate::conformance_monitor::{
+    list_filters_sort_and_page, monitor_counts_match_sql, workflows_are_summarized,
+};
 pub use crate::conformance_sagas::{
     saga_compensations_run_last_first, saga_concurrent_events_apply_in_order,
     saga_events_reach_only_their_saga, saga_failed_compensation_is_visible, saga_order_completes,

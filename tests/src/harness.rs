@@ -1,5 +1,6 @@
 //! Harnesses: each hands out stores of one backend, isolated from each other.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,6 +18,33 @@ pub trait Harness: Send + Sync + 'static {
     /// A store in this harness's shared database with the given table prefix (not yet
     /// migrated); errors as the backend reports them.
     async fn store_with_prefix(&self, prefix: &str) -> Result<Arc<dyn Store>, Error>;
+
+    /// A fresh, migrated store and where it lives: its URL and table prefix, for
+    /// tools that open a store by URL (the monitor).
+    async fn located_store(&self) -> (Arc<dyn Store>, StoreLocation);
+
+    /// The commands of the store at `location` counted by state with plain SQL,
+    /// independently of the library's queries.
+    async fn sql_state_counts(&self, location: &StoreLocation) -> BTreeMap<String, i64>;
+}
+
+/// Where a store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreLocation {
+    /// `sqlite://path`, `postgres://…` or `mysql://…`.
+    pub url: String,
+    /// The table prefix.
+    pub prefix: String,
+}
+
+const STATE_COUNTS_SQL: &str = "SELECT state, COUNT(*) AS n FROM {commands} GROUP BY state";
+
+#[derive(diesel::QueryableByName)]
+struct StateCount {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    state: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
 }
 
 /// SQLite files in a temporary directory, one per store (one shared file for
@@ -63,6 +91,23 @@ impl Harness for SqliteHarness {
     async fn store_with_prefix(&self, prefix: &str) -> Result<Arc<dyn Store>, Error> {
         let path = self.dir.path().join("shared.db");
         Ok(Arc::new(sqlite(&path, prefix)?))
+    }
+
+    async fn located_store(&self) -> (Arc<dyn Store>, StoreLocation) {
+        let path = self.dir.path().join(format!("{}.db", uuid::Uuid::new_v4().simple()));
+        let store = sqlite(&path, "orch_").expect("open sqlite store");
+        store.migrate().await.expect("migrate sqlite store");
+        let location = StoreLocation { url: format!("sqlite://{}", path.display()), prefix: "orch_".into() };
+        (Arc::new(store), location)
+    }
+
+    async fn sql_state_counts(&self, location: &StoreLocation) -> BTreeMap<String, i64> {
+        use diesel::{Connection, RunQueryDsl, SqliteConnection};
+        let path = location.url.trim_start_matches("sqlite://");
+        let mut conn = SqliteConnection::establish(path).expect("open the SQLite file");
+        let sql = STATE_COUNTS_SQL.replace("{commands}", &format!("{}commands", location.prefix));
+        let rows: Vec<StateCount> = diesel::sql_query(sql).load(&mut conn).expect("count by state");
+        rows.into_iter().map(|r| (r.state, r.n)).collect()
     }
 }
 
@@ -210,6 +255,37 @@ impl Harness for ServerHarness {
 
     async fn store_with_prefix(&self, prefix: &str) -> Result<Arc<dyn Store>, Error> {
         self.open(prefix, 4).await
+    }
+
+    async fn located_store(&self) -> (Arc<dyn Store>, StoreLocation) {
+        let prefix = Self::fresh_prefix();
+        let store = self.open(&prefix, 4).await.expect("connect to the test database");
+        store.migrate().await.expect("migrate the test store");
+        (store, StoreLocation { url: self.url.clone(), prefix })
+    }
+
+    async fn sql_state_counts(&self, location: &StoreLocation) -> BTreeMap<String, i64> {
+        use orch_diesel_mysql::diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+        use orch_diesel_pg::diesel_async::AsyncPgConnection;
+        let rows: Vec<StateCount> = match self.server {
+            Server::Postgres => {
+                let mut conn = AsyncPgConnection::establish(&location.url).await.expect("connect");
+                let table = format!("\"{}commands\"", location.prefix);
+                diesel::sql_query(STATE_COUNTS_SQL.replace("{commands}", &table))
+                    .load(&mut conn)
+                    .await
+                    .expect("count by state")
+            }
+            Server::Mysql => {
+                let mut conn = AsyncMysqlConnection::establish(&location.url).await.expect("connect");
+                let table = format!("`{}commands`", location.prefix);
+                diesel::sql_query(STATE_COUNTS_SQL.replace("{commands}", &table))
+                    .load(&mut conn)
+                    .await
+                    .expect("count by state")
+            }
+        };
+        rows.into_iter().map(|r| (r.state, r.n)).collect()
     }
 }
 

@@ -17,6 +17,7 @@
 //! which produces tests named `sqlite::claim_is_exclusive` and so on.
 
 pub mod conformance;
+pub mod conformance_monitor;
 pub mod conformance_sagas;
 pub mod conformance_workflows;
 pub mod crash;
@@ -77,6 +78,9 @@ macro_rules! conformance_suite {
             saga_concurrent_events_apply_in_order,
             saga_timeout_compensates,
             saga_events_reach_only_their_saga,
+            list_filters_sort_and_page,
+            workflows_are_summarized,
+            monitor_counts_match_sql,
         );
 
         #[test]

@@ -5,8 +5,11 @@
 //! - `test [--backend sqlite|pg|mysql|all]`: the conformance suite, property test and
 //!   backend tests per backend, with a summary of which backends ran and which were
 //!   skipped (a server backend runs when `ORCH_PG_URL` / `ORCH_MYSQL_URL` is set).
+//! - `demo [--url …]`: fills a store with demo work and keeps workers running, to
+//!   watch with `orch-tui`.
 
 mod ci;
+mod demo;
 mod test;
 
 use std::process::{Command, ExitCode};
@@ -16,6 +19,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
+        Some("demo") => demo::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print_help();
             Ok(())
@@ -36,6 +40,8 @@ fn print_help() {
         ("ci", "fmt check, clippy -D warnings, all tests, the quick start"),
         ("test [--backend sqlite|pg|mysql|all]", "the suite per backend, with a summary of what ran;"),
         ("", "pg and mysql run when ORCH_PG_URL / ORCH_MYSQL_URL are set"),
+        ("demo [--url U] [--scale N] [--once]", "fill a store (default sqlite://target/demo.db) with demo"),
+        ("", "work and keep workers running; watch it with orch-tui"),
         ("help", "this text"),
     ];
     println!("cargo xtask <command>\n\ncommands:");

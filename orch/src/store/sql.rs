@@ -36,10 +36,8 @@ pub struct SqlStatement {
     pub binds: Vec<SqlValue>,
 }
 
-impl SqlStatement {
-    fn new(placeholders: Placeholders, sql: String) -> Builder {
-        Builder { placeholders, statement: SqlStatement { sql, binds: Vec::new() } }
-    }
+fn builder(placeholders: Placeholders, sql: String) -> Builder {
+    Builder { placeholders, statement: SqlStatement { sql, binds: Vec::new() } }
 }
 
 struct Builder {
@@ -77,7 +75,7 @@ pub const LIST_MAX: usize = 10_000;
 /// The keyset comparison is written out (`key > k OR (key = k AND id > i)`) rather
 /// than as a row value, which MySQL's optimizer does not turn into an index range.
 pub fn list(placeholders: Placeholders, columns: &str, commands: &str, p: &ListParams) -> SqlStatement {
-    let mut b = SqlStatement::new(placeholders, format!("SELECT {columns} FROM {commands} WHERE 1 = 1"));
+    let mut b = builder(placeholders, format!("SELECT {columns} FROM {commands} WHERE 1 = 1"));
     if p.unfinished {
         b.push(" AND state IN ('blocked', 'pending', 'running')");
     }
@@ -138,11 +136,13 @@ pub fn list(placeholders: Placeholders, columns: &str, commands: &str, p: &ListP
     b.statement
 }
 
-/// `%text%` for `LIKE … ESCAPE '!'`, lower-cased, with `%`, `_` and `!` escaped.
+/// `%text%` for `LOWER(column) LIKE … ESCAPE '!'`, lower-cased, with `%`, `_` and `!`
+/// escaped. ASCII letters match in any case on every backend; other letters where
+/// the database's `LOWER` folds them (PostgreSQL and MySQL do, SQLite does not).
 fn like_pattern(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('%');
-    for c in text.to_ascii_lowercase().chars() {
+    for c in text.to_lowercase().chars() {
         if matches!(c, '%' | '_' | '!') {
             out.push('!');
         }
@@ -155,8 +155,17 @@ fn like_pattern(text: &str) -> String {
 /// The columns [`workflows`] selects, in order: `workflow_id`, the six step counts
 /// (blocked, pending, running, succeeded, failed, cancelled; BIGINT) and the first
 /// `created_at` and last `updated_at` (BIGINT).
-pub const WORKFLOW_COLUMNS: [&str; 9] =
-    ["workflow_id", "blocked", "pending", "running", "succeeded", "failed", "cancelled", "created_at", "updated_at"];
+pub const WORKFLOW_COLUMNS: [&str; 9] = [
+    "workflow_id",
+    "blocked",
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "created_at",
+    "updated_at",
+];
 
 /// The most rows one [`Store::workflows`](crate::Store::workflows) call returns.
 pub const WORKFLOWS_MAX: usize = 500;
@@ -167,7 +176,7 @@ pub fn workflows(placeholders: Placeholders, commands: &str, q: &WorkflowQuery) 
     let count = |state: State| format!("COUNT(CASE WHEN state = '{}' THEN 1 END)", state.as_str());
     let unfinished = "COUNT(CASE WHEN state IN ('blocked', 'pending', 'running') THEN 1 END)";
     let not_succeeded = "COUNT(CASE WHEN state <> 'succeeded' THEN 1 END)";
-    let mut b = SqlStatement::new(
+    let mut b = builder(
         placeholders,
         format!(
             "SELECT workflow_id, {} AS blocked, {} AS pending, {} AS running, {} AS succeeded, \
