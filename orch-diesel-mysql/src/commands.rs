@@ -878,19 +878,8 @@ pub(crate) async fn queue_stats(
     tables: &Tables,
     now: Timestamp,
 ) -> TxResult<Vec<QueueStats>> {
-    // `SUM` of integers is DECIMAL in MySQL, hence the cast; `MIN` of a BIGINT column
-    // stays BIGINT.
-    let rows: Vec<QueueStatsRow> = diesel::sql_query(format!(
-        "SELECT name, target, state, COUNT(*) AS n, \
-         CAST(SUM(CASE WHEN state = 'pending' AND scheduled_at <= ? THEN 1 ELSE 0 END) AS SIGNED) AS due, \
-         MIN(CASE WHEN state = 'pending' AND scheduled_at <= ? THEN scheduled_at END) AS oldest \
-         FROM {} GROUP BY name, target, state",
-        tables.commands
-    ))
-    .bind::<BigInt, _>(now.as_micros())
-    .bind::<BigInt, _>(now.as_micros())
-    .load(conn)
-    .await?;
+    let rows: Vec<QueueStatsRow> =
+        bind(sql::queue_stats(Placeholders::Question, &tables.commands, now)).load(conn).await?;
     let mut stats = Vec::new();
     for r in rows {
         add_queue_count(&mut stats, r.name, r.target, State::parse(&r.state)?, r.n, r.due, r.oldest);

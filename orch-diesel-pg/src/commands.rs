@@ -890,17 +890,8 @@ pub(crate) async fn queue_stats(
     tables: &Tables,
     now: Timestamp,
 ) -> TxResult<Vec<QueueStats>> {
-    // SUM over integers is NUMERIC in PostgreSQL: cast back to BIGINT.
-    let rows: Vec<StatsSqlRow> = diesel::sql_query(format!(
-        "SELECT name, target, state, COUNT(*) AS n, \
-         SUM(CASE WHEN state = 'pending' AND scheduled_at <= $1 THEN 1 ELSE 0 END)::BIGINT AS due, \
-         MIN(CASE WHEN state = 'pending' AND scheduled_at <= $1 THEN scheduled_at END) AS oldest \
-         FROM {} GROUP BY name, target, state",
-        tables.commands
-    ))
-    .bind::<BigInt, _>(now.as_micros())
-    .load(conn)
-    .await?;
+    let rows: Vec<StatsSqlRow> =
+        bind(sql::queue_stats(Placeholders::Numbered, &tables.commands, now)).load(conn).await?;
     let mut stats = Vec::new();
     for r in rows {
         add_queue_count(&mut stats, r.name, r.target, State::parse(&r.state)?, r.n, r.due, r.oldest);

@@ -668,7 +668,7 @@ struct StatsSqlRow {
     #[diesel(sql_type = Text)]
     state: String,
     #[diesel(sql_type = BigInt)]
-    count: i64,
+    n: i64,
     #[diesel(sql_type = BigInt)]
     due: i64,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -680,19 +680,11 @@ pub(crate) fn queue_stats(
     tables: &Tables,
     now: Timestamp,
 ) -> TxResult<Vec<QueueStats>> {
-    // Numbered parameters: `now` is bound once and read twice.
-    let rows: Vec<StatsSqlRow> = diesel::sql_query(format!(
-        "SELECT name, target, state, COUNT(*) AS count, \
-         SUM(CASE WHEN state = 'pending' AND scheduled_at <= ?1 THEN 1 ELSE 0 END) AS due, \
-         MIN(CASE WHEN state = 'pending' AND scheduled_at <= ?1 THEN scheduled_at END) AS oldest \
-         FROM {} GROUP BY name, target, state",
-        tables.commands
-    ))
-    .bind::<BigInt, _>(now.as_micros())
-    .load(conn)?;
+    let rows: Vec<StatsSqlRow> =
+        bind(sql::queue_stats(Placeholders::Question, &tables.commands, now)).load(conn)?;
     let mut stats = Vec::new();
     for r in rows {
-        add_queue_count(&mut stats, r.name, r.target, State::parse(&r.state)?, r.count, r.due, r.oldest);
+        add_queue_count(&mut stats, r.name, r.target, State::parse(&r.state)?, r.n, r.due, r.oldest);
     }
     Ok(finish_queue_stats(stats))
 }

@@ -152,6 +152,30 @@ fn like_pattern(text: &str) -> String {
     out
 }
 
+/// Commands counted per (name, target, state) for
+/// [`Store::queue_stats`](crate::Store::queue_stats): selects `name`, `target`, `state`,
+/// `n`, `due` and `oldest` (BIGINT, `oldest` nullable), one row per group, to fold
+/// with [`add_queue_count`](crate::store::backend::add_queue_count).
+///
+/// One statement, so one snapshot, of two grouped scans that indexes can answer alone:
+/// everything not pending from the `(state, name, target)` index, and the pending
+/// commands, split into due and later at `now`, from the claim index (which holds
+/// pending rows only, where the backend has partial indexes).
+pub fn queue_stats(placeholders: Placeholders, commands: &str, now: crate::clock::Timestamp) -> SqlStatement {
+    let mut b = builder(placeholders, String::new());
+    let p1 = b.param(SqlValue::Int(now.as_micros()));
+    let p2 = b.param(SqlValue::Int(now.as_micros()));
+    b.push(&format!(
+        "SELECT name, target, state, COUNT(*) AS n, 0 AS due, NULL AS oldest \
+         FROM {commands} WHERE state <> 'pending' GROUP BY state, name, target \
+         UNION ALL \
+         SELECT name, target, state, COUNT(*) AS n, COUNT(CASE WHEN scheduled_at <= {p1} THEN 1 END) AS due, \
+         MIN(CASE WHEN scheduled_at <= {p2} THEN scheduled_at END) AS oldest \
+         FROM {commands} WHERE state = 'pending' GROUP BY state, target, name"
+    ));
+    b.statement
+}
+
 /// The columns [`workflows`] selects, in order: `workflow_id`, the six step counts
 /// (blocked, pending, running, succeeded, failed, cancelled; BIGINT) and the first
 /// `created_at` and last `updated_at` (BIGINT).
