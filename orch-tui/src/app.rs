@@ -268,7 +268,7 @@ pub struct App {
     pub mode: Mode,
     /// Time between refreshes.
     pub refresh: Duration,
-    /// Updates paused.
+    /// Automatic refreshes paused (moving between views still reads).
     pub paused: bool,
     /// `R` and `C` allowed.
     pub allow_writes: bool,

@@ -15,20 +15,32 @@ use crate::source::Source;
 
 /// What the loader needs to know from the UI.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Control {
-    query: Query,
-    refresh: Duration,
-    paused: bool,
+pub struct Control {
+    /// What to read.
+    pub query: Query,
+    /// Time between automatic refreshes.
+    pub refresh: Duration,
+    /// No automatic refreshes (asked-for ones still run).
+    pub paused: bool,
 }
 
-enum Request {
+/// What the UI asks of the loader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Read a snapshot now.
     Reload,
+    /// Carry out a confirmed write, then read.
     Write(Write),
 }
 
-enum Update {
+/// What the loader sends back.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// A new snapshot.
     Snapshot(Box<Snapshot>),
+    /// A refresh (or the connection) failed; the loader keeps trying.
     Failed(String),
+    /// The outcome of a write.
     Wrote(Level, String),
 }
 
@@ -80,11 +92,7 @@ pub async fn run(source: Source, refresh: Duration, allow_writes: bool) -> Resul
                 }
             }
             update = updates.recv() => match update {
-                Some(Update::Snapshot(s)) => {
-                    if !app.paused {
-                        app.on_snapshot(*s);
-                    }
-                }
+                Some(Update::Snapshot(s)) => app.on_snapshot(*s),
                 Some(Update::Failed(e)) => app.on_error(e),
                 Some(Update::Wrote(level, message)) => app.message = Some((level, message)),
                 None => break Err("the loader stopped".to_owned()),
@@ -97,9 +105,11 @@ pub async fn run(source: Source, refresh: Duration, allow_writes: bool) -> Resul
     result
 }
 
-/// Opens the store (again after a failure), then reads a snapshot at every interval,
-/// when asked, or when the query changes.
-async fn loader(
+/// Opens the store (again after a failure), then reads a snapshot at every interval
+/// (unless paused), when asked, or when the query changes, until the UI's channels
+/// close. A failed read is reported and retried at the next interval; the store's pool
+/// reconnects by itself once the database is back.
+pub async fn loader(
     source: Source,
     allow_writes: bool,
     mut control: watch::Receiver<Control>,
