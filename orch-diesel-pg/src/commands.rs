@@ -815,21 +815,16 @@ pub(crate) async fn workflows(
 ) -> TxResult<Vec<WorkflowSummary>> {
     let rows: Vec<WorkflowSqlRow> =
         bind(sql::workflows(Placeholders::Numbered, &tables.commands, q)).load(conn).await?;
-    let count = |n: i64| u64::try_from(n).unwrap_or(0);
     Ok(rows
         .into_iter()
         .map(|r| {
-            Ok(WorkflowSummary {
-                id: WorkflowId::from_uuid(r.workflow_id),
-                blocked: count(r.blocked),
-                pending: count(r.pending),
-                running: count(r.running),
-                succeeded: count(r.succeeded),
-                failed: count(r.failed),
-                cancelled: count(r.cancelled),
-                created_at: Timestamp::from_micros(r.created_at),
-                updated_at: Timestamp::from_micros(r.updated_at),
-            })
+            let counts = [r.blocked, r.pending, r.running, r.succeeded, r.failed, r.cancelled];
+            Ok(sql::workflow_summary(
+                WorkflowId::from_uuid(r.workflow_id),
+                counts,
+                r.created_at,
+                r.updated_at,
+            ))
         })
         .collect::<orch::Result<_>>()?)
 }

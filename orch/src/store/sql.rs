@@ -2,7 +2,7 @@
 //! but for the placeholders, so it is written once here; each backend binds the values
 //! with its own column types (a UUID column on PostgreSQL, text elsewhere).
 
-use crate::store::{CommandId, ListOrder, ListParams, State, WorkflowId, WorkflowQuery};
+use crate::store::{CommandId, ListOrder, ListParams, State, WorkflowId, WorkflowQuery, WorkflowSummary};
 use crate::workflow::WorkflowState;
 
 /// How a dialect writes bind placeholders.
@@ -190,6 +190,29 @@ pub const WORKFLOW_COLUMNS: [&str; 9] = [
     "created_at",
     "updated_at",
 ];
+
+/// A [`WorkflowSummary`] from a row of [`workflows`]: the id, the six counts in
+/// [`WORKFLOW_COLUMNS`] order, and the first and last times (microseconds).
+pub fn workflow_summary(
+    id: WorkflowId,
+    counts: [i64; 6],
+    created_at: i64,
+    updated_at: i64,
+) -> WorkflowSummary {
+    let [blocked, pending, running, succeeded, failed, cancelled] =
+        counts.map(|n| u64::try_from(n).unwrap_or(0));
+    WorkflowSummary {
+        id,
+        blocked,
+        pending,
+        running,
+        succeeded,
+        failed,
+        cancelled,
+        created_at: crate::clock::Timestamp::from_micros(created_at),
+        updated_at: crate::clock::Timestamp::from_micros(updated_at),
+    }
+}
 
 /// The most rows one [`Store::workflows`](crate::Store::workflows) call returns.
 pub const WORKFLOWS_MAX: usize = 500;
