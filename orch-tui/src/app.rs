@@ -6,10 +6,10 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use orch::store::{ListCursor, ListOrder};
-use orch::{CommandId, State, Timestamp, WorkflowId};
+use orch::{CommandId, State, Timestamp, WorkflowId, WorkflowState};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use crate::data::{ListQuery, Query, Snapshot, StateCounts};
+use crate::data::{CommandPage, Detail, ListQuery, Query, Snapshot, StateCounts};
 use crate::filter::Filter;
 
 /// The views, in tab order.
@@ -186,7 +186,7 @@ pub const KEYMAP: &[Binding] = &[
     Binding { keys: &[Key::Code(KeyCode::Enter)], action: Action::Open, help: "open command or workflow" },
     Binding { keys: &[Key::Char('/')], action: Action::Filter, help: "filter commands" },
     Binding { keys: &[Key::Code(KeyCode::Esc)], action: Action::Clear, help: "clear filter, back" },
-    Binding { keys: &[Key::Char('s')], action: Action::Sort, help: "next sort key" },
+    Binding { keys: &[Key::Char('s')], action: Action::Sort, help: "sort (3), state filter (6)" },
     Binding { keys: &[Key::Char('o')], action: Action::Reverse, help: "reverse sort order" },
     Binding { keys: &[Key::Char('r')], action: Action::Refresh, help: "refresh now" },
     Binding { keys: &[Key::Char('p')], action: Action::Pause, help: "pause / resume updates" },
@@ -248,8 +248,8 @@ pub enum Level {
 /// The slowest and fastest refresh.
 pub const REFRESH_RANGE: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(60));
 const REFRESH_STEPS: [u64; 8] = [250, 500, 1000, 2000, 5000, 10_000, 30_000, 60_000];
-/// How many throughput samples the sparklines keep.
-pub const HISTORY: usize = 240;
+/// How many snapshots' totals the throughput sparklines keep.
+pub const HISTORY: usize = 4096;
 const PAGE_ROWS: usize = 50;
 const JUMP: usize = 10;
 
@@ -278,8 +278,9 @@ pub struct App {
     pub refresh_error: Option<String>,
     /// Change of each count since the previous snapshot.
     pub deltas: Option<[i64; 7]>,
-    /// Succeeded and failed per refresh interval since the monitor started.
-    pub throughput: VecDeque<(u64, u64)>,
+    /// (time, succeeded, failed) of every snapshot since the monitor started (the
+    /// newest [`HISTORY`]), from which throughput per refresh interval is computed.
+    pub samples: VecDeque<(Timestamp, u64, u64)>,
     /// Selected row per view.
     pub selected: [usize; 6],
     /// The command list query.
@@ -294,6 +295,10 @@ pub struct App {
     pub detail_scroll: u16,
     /// The workflow whose steps are shown.
     pub workflow: Option<WorkflowId>,
+    /// Only workflows and sagas in this state (view 6).
+    pub flow_state: Option<WorkflowState>,
+    /// The terminal's size (width, height), for scrolling the detail.
+    pub viewport: (u16, u16),
     /// A status line message.
     pub message: Option<(Level, String)>,
 }
@@ -313,7 +318,7 @@ impl App {
             snapshot: None,
             refresh_error: None,
             deltas: None,
-            throughput: VecDeque::new(),
+            samples: VecDeque::new(),
             selected: [0; 6],
             list: ListQuery { descending: true, limit: PAGE_ROWS, ..Default::default() },
             filter_text: String::new(),
@@ -321,6 +326,8 @@ impl App {
             detail: None,
             detail_scroll: 0,
             workflow: None,
+            flow_state: None,
+            viewport: (80, 24),
             message: None,
         }
     }
@@ -331,11 +338,12 @@ impl App {
             list: matches!(self.view, View::Commands).then(|| self.list.clone()),
             detail: if self.view == View::Detail { self.detail } else { None },
             flows: self.view == View::Flows,
+            flow_state: self.flow_state,
             workflow: if self.view == View::Flows { self.workflow } else { None },
         }
     }
 
-    /// Takes a new snapshot: deltas and throughput against the previous one.
+    /// Takes a new snapshot: deltas against the previous one, totals for throughput.
     pub fn on_snapshot(&mut self, snapshot: Snapshot) {
         if let Some(previous) = &self.snapshot {
             let before = previous.overview.counts.labelled();
@@ -346,19 +354,43 @@ impl App {
                     - i64::try_from(before[i].1).unwrap_or(i64::MAX);
             }
             self.deltas = Some(deltas);
-            let grew = |a: u64, b: u64| a.saturating_sub(b);
-            let counts: (&StateCounts, &StateCounts) = (&snapshot.overview.counts, &previous.overview.counts);
-            self.throughput.push_back((
-                grew(counts.0.succeeded, counts.1.succeeded),
-                grew(counts.0.failed, counts.1.failed),
-            ));
-            while self.throughput.len() > HISTORY {
-                self.throughput.pop_front();
-            }
+        }
+        let counts: &StateCounts = &snapshot.overview.counts;
+        if self.samples.back().is_none_or(|last| last.0 < snapshot.taken_at) {
+            self.samples.push_back((snapshot.taken_at, counts.succeeded, counts.failed));
+        }
+        while self.samples.len() > HISTORY {
+            self.samples.pop_front();
         }
         self.snapshot = Some(snapshot);
         self.refresh_error = None;
         self.clamp_selection();
+    }
+
+    /// Succeeded and failed per refresh interval, oldest first, for the last `bars`
+    /// intervals ending at the newest snapshot (intervals before the monitor started
+    /// are left out). Totals between snapshots are taken as those of the snapshot
+    /// before, so a snapshot arriving late puts its work in the interval it lands in.
+    pub fn throughput(&self, bars: usize) -> (Vec<u64>, Vec<u64>) {
+        let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else {
+            return (Vec::new(), Vec::new());
+        };
+        let width = i64::try_from(self.refresh.as_micros()).unwrap_or(i64::MAX).max(1);
+        let at = |t: i64| -> (u64, u64) {
+            let i = self.samples.partition_point(|s| s.0.as_micros() <= t);
+            let s = self.samples[i.saturating_sub(1)];
+            (s.1, s.2)
+        };
+        let end = last.0.as_micros();
+        let span = end - first.0.as_micros();
+        let n = usize::try_from(span / width).unwrap_or(usize::MAX).min(bars);
+        let (mut ok, mut failed) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for k in (0..n as i64).rev() {
+            let (a, b) = (at(end - (k + 1) * width), at(end - k * width));
+            ok.push(b.0.saturating_sub(a.0));
+            failed.push(b.1.saturating_sub(a.1));
+        }
+        (ok, failed)
     }
 
     /// Records a failed refresh; the last snapshot stays on screen, marked stale.
@@ -390,6 +422,9 @@ impl App {
             Mode::Filter(mut text) => self.filter_key(event, &mut text),
             Mode::Confirm(write) => {
                 self.mode = Mode::Normal;
+                if event.modifiers.contains(KeyModifiers::CONTROL) && event.code == KeyCode::Char('c') {
+                    return Effect::Quit;
+                }
                 match event.code {
                     KeyCode::Char('y') | KeyCode::Char('Y') => Effect::Write(write),
                     _ => {
@@ -418,6 +453,7 @@ impl App {
                         Effect::Reload
                     }
                     Err(e) => {
+                        self.mode = Mode::Filter(text.clone());
                         self.message = Some((Level::Error, format!("filter: {e}")));
                         Effect::None
                     }
@@ -425,6 +461,7 @@ impl App {
             }
             KeyCode::Esc => {
                 self.mode = Mode::Normal;
+                self.message = None;
                 Effect::None
             }
             KeyCode::Backspace => {
@@ -484,6 +521,16 @@ impl App {
             }
             Action::Faster => self.step_refresh(-1),
             Action::Slower => self.step_refresh(1),
+            Action::Sort if self.view == View::Flows => {
+                self.flow_state = match self.flow_state {
+                    None => Some(WorkflowState::Running),
+                    Some(WorkflowState::Running) => Some(WorkflowState::Failed),
+                    Some(WorkflowState::Failed) => Some(WorkflowState::Succeeded),
+                    Some(WorkflowState::Succeeded) => None,
+                };
+                self.selected[View::Flows.index()] = 0;
+                Effect::Reload
+            }
             Action::Sort => {
                 self.list.order = match self.list.order {
                     ListOrder::Created => ListOrder::Scheduled,
@@ -546,20 +593,31 @@ impl App {
         match self.view {
             View::Overview | View::Detail => 0,
             View::Names => s.names.len(),
-            View::Commands => s.commands.as_ref().map_or(0, |p| p.rows.len()),
+            View::Commands => self.current_page().map_or(0, |p| p.rows.len()),
             View::Workers => s.workers.len(),
             View::Flows => s.flows.as_ref().map_or(0, |f| f.workflows.len()),
         }
     }
 
+    /// The furthest the detail scrolls: its wrapped lines less the lines on screen.
+    pub fn detail_max_scroll(&self) -> u16 {
+        let (width, height) = self.viewport;
+        let inner_width = usize::from(width.saturating_sub(2)).max(1);
+        let visible = height.saturating_sub(5);
+        let lines: usize = crate::ui::detail_lines(self)
+            .map(|lines| lines.iter().map(|l| l.width().div_ceil(inner_width).max(1)).sum())
+            .unwrap_or(0);
+        u16::try_from(lines).unwrap_or(u16::MAX).saturating_sub(visible)
+    }
+
+    fn scroll_detail(&mut self, to: i64) -> Effect {
+        self.detail_scroll = u16::try_from(to.clamp(0, i64::from(self.detail_max_scroll()))).unwrap_or(0);
+        Effect::None
+    }
+
     fn move_by(&mut self, delta: isize) -> Effect {
         if self.view == View::Detail {
-            self.detail_scroll = if delta < 0 {
-                self.detail_scroll.saturating_sub(1)
-            } else {
-                self.detail_scroll.saturating_add(1)
-            };
-            return Effect::None;
+            return self.scroll_detail(i64::from(self.detail_scroll) + delta as i64);
         }
         let current = self.selected[self.view.index()];
         let next =
@@ -569,8 +627,7 @@ impl App {
 
     fn move_to(&mut self, row: usize) -> Effect {
         if self.view == View::Detail {
-            self.detail_scroll = if row == 0 { 0 } else { u16::MAX / 2 };
-            return Effect::None;
+            return self.scroll_detail(i64::try_from(row).unwrap_or(i64::MAX));
         }
         let rows = self.rows();
         self.selected[self.view.index()] = row.min(rows.saturating_sub(1));
@@ -589,22 +646,23 @@ impl App {
     fn page_down(&mut self) -> Effect {
         match self.view {
             View::Commands => {
-                let Some(page) = self.snapshot.as_ref().and_then(|s| s.commands.as_ref()) else {
+                let Some(page) = self.current_page() else {
                     return Effect::None;
                 };
-                match page.rows.last() {
-                    Some(last) if page.has_more => {
+                let next = page
+                    .rows
+                    .last()
+                    .filter(|_| page.has_more)
+                    .map(|last| ListCursor::of(last, self.list.order));
+                match next {
+                    Some(cursor) => {
                         self.pages.push(self.list.start);
-                        self.list.start = Some(ListCursor::of(last, self.list.order));
+                        self.list.start = Some(cursor);
                         self.selected[View::Commands.index()] = 0;
                         Effect::Reload
                     }
-                    _ => self.move_to(usize::MAX),
+                    None => self.move_to(usize::MAX),
                 }
-            }
-            View::Detail => {
-                self.detail_scroll = self.detail_scroll.saturating_add(JUMP as u16);
-                Effect::None
             }
             _ => self.move_by(JUMP as isize),
         }
@@ -620,24 +678,30 @@ impl App {
                 }
                 None => self.move_to(0),
             },
-            View::Detail => {
-                self.detail_scroll = self.detail_scroll.saturating_sub(JUMP as u16);
-                Effect::None
-            }
             _ => self.move_by(-(JUMP as isize)),
         }
     }
 
+    /// The command page on screen, if it answers the list query as it is now (a
+    /// snapshot read before a key changed the query does not).
+    pub fn current_page(&self) -> Option<&CommandPage> {
+        self.snapshot.as_ref()?.commands.as_ref().filter(|p| p.query == self.list)
+    }
+
+    /// The open command's detail, if the snapshot has read it.
+    pub fn current_detail(&self) -> Option<&Detail> {
+        self.snapshot.as_ref()?.detail.as_ref().filter(|d| Some(d.id) == self.detail)
+    }
+
     /// The command under the cursor: the selected row of the list, or the open detail.
     pub fn selected_command(&self) -> Option<(CommandId, State)> {
-        let s = self.snapshot.as_ref()?;
         match self.view {
             View::Commands => {
-                let row = s.commands.as_ref()?.rows.get(self.selected[View::Commands.index()])?;
+                let row = self.current_page()?.rows.get(self.selected[View::Commands.index()])?;
                 Some((row.id, row.state))
             }
             View::Detail => {
-                let record = s.detail.as_ref()?.record.as_ref()?;
+                let record = self.current_detail()?.record.as_ref()?;
                 Some((record.id, record.state))
             }
             _ => None,

@@ -12,7 +12,7 @@ use orch::store::{
     CommandRecord, JournalEntry, ListCursor, ListOrder, ListParams, QueueStats, SagaQuery, SagaRecord,
     WorkflowQuery, WorkflowStepRecord, WorkflowSummary,
 };
-use orch::{CommandId, Error, Store, Timestamp, WorkerRecord, WorkflowId};
+use orch::{CommandId, Error, SagaStatus, Store, Timestamp, WorkerRecord, WorkflowId, WorkflowState};
 use serde::Serialize;
 
 use crate::filter::Filter;
@@ -129,6 +129,8 @@ pub struct WorkerRow {
 /// One page of the command list.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CommandPage {
+    /// The list query this page answers (the UI may have moved on since).
+    pub query: ListQuery,
     /// The commands, in the requested order.
     pub rows: Vec<CommandRecord>,
     /// Whether more follow the last row.
@@ -138,6 +140,8 @@ pub struct CommandPage {
 /// Everything about one command.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Detail {
+    /// The command asked for.
+    pub id: CommandId,
     /// The command, `None` when it no longer exists.
     pub record: Option<CommandRecord>,
     /// Its journal, oldest first.
@@ -211,6 +215,8 @@ pub struct Query {
     pub detail: Option<CommandId>,
     /// Read workflows and sagas.
     pub flows: bool,
+    /// Only workflows (and sagas) in this state.
+    pub flow_state: Option<WorkflowState>,
     /// Read this workflow's steps.
     pub workflow: Option<WorkflowId>,
 }
@@ -250,17 +256,22 @@ pub async fn load(store: &dyn Store, query: &Query, now: Timestamp) -> Result<Sn
             } else {
                 Vec::new()
             };
-            Some(Detail { record, journal, follow_ups })
+            Some(Detail { id, record, journal, follow_ups })
         }
         None => None,
     };
     let flows = if query.flows {
-        let workflows = s.count().workflows(WorkflowQuery { limit: PAGE_MAX, ..Default::default() }).await?;
+        let state = query.flow_state;
+        let workflows =
+            s.count().workflows(WorkflowQuery { state, limit: PAGE_MAX, ..Default::default() }).await?;
         let steps = match query.workflow {
             Some(id) => s.count().workflow_steps(id).await?,
             None => Vec::new(),
         };
-        let sagas = s.count().sagas(SagaQuery { limit: PAGE_MAX, ..Default::default() }).await?;
+        let mut sagas = s.count().sagas(SagaQuery { limit: PAGE_MAX, ..Default::default() }).await?;
+        if let Some(state) = state {
+            sagas.retain(|saga| saga_state(saga.status) == state);
+        }
         Some(Flows { workflows, steps, sagas })
     } else {
         None
@@ -299,7 +310,17 @@ async fn page(store: &dyn Store, list: &ListQuery, now: Timestamp) -> Result<Com
     let mut rows = store.list(params).await?;
     let has_more = rows.len() > limit;
     rows.truncate(limit);
-    Ok(CommandPage { rows, has_more })
+    Ok(CommandPage { query: list.clone(), rows, has_more })
+}
+
+/// Where a saga stands, in the terms of workflow states: active or compensating is
+/// running, completed is succeeded, compensated or compensation failed is failed.
+pub fn saga_state(status: SagaStatus) -> WorkflowState {
+    match status {
+        SagaStatus::Active | SagaStatus::Compensating => WorkflowState::Running,
+        SagaStatus::Completed => WorkflowState::Succeeded,
+        SagaStatus::Compensated | SagaStatus::CompensationFailed => WorkflowState::Failed,
+    }
 }
 
 /// Totals and per-(name, target) rows from the stats, with the `NO WORKER` mark.

@@ -1,7 +1,8 @@
 //! The command list's filter language, typed after `/`:
 //! `state:failed name:send_email target:a attempts>=2 age>1h err~timeout`.
 //!
-//! Terms are separated by spaces and must all hold. `age` is time since creation
+//! Terms are separated by spaces and must all hold; a value with spaces goes in
+//! double quotes (`err~"connection refused"`). `age` is time since creation
 //! (`age>1h` is older than an hour, `age<5m` newer than five minutes); `err~` matches
 //! the last error's text, ignoring ASCII case.
 
@@ -50,7 +51,8 @@ impl Filter {
     /// Parses `text` (empty text is no filter).
     pub fn parse(text: &str) -> Result<Filter, FilterError> {
         let mut f = Filter::default();
-        for term in text.split_whitespace() {
+        for term in terms(text)? {
+            let term = term.as_str();
             if let Some(v) = term.strip_prefix("state:") {
                 f.state = Some(State::parse(v).map_err(|_| {
                     FilterError(format!(
@@ -93,6 +95,29 @@ impl Filter {
         params.created_after = self.newer_than.map(|d| now - d);
         params.error_contains = self.error.clone();
     }
+}
+
+/// Splits at spaces outside double quotes, dropping the quotes.
+fn terms(text: &str) -> Result<Vec<String>, FilterError> {
+    let (mut terms, mut current, mut quoted) = (Vec::new(), String::new(), false);
+    for c in text.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !current.is_empty() {
+                    terms.push(std::mem::take(&mut current));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if quoted {
+        return Err(FilterError(format!("a closing \" is missing in {text:?}")));
+    }
+    if !current.is_empty() {
+        terms.push(current);
+    }
+    Ok(terms)
 }
 
 fn non_empty(term: &str, v: &str) -> Result<String, FilterError> {
@@ -167,6 +192,9 @@ mod tests {
         assert_eq!(Filter::parse("attempts>2").unwrap().min_attempts, Some(3));
         assert_eq!(Filter::parse("age<90s").unwrap().newer_than, Some(Duration::from_secs(90)));
         assert!(Filter::parse("  ").unwrap().is_empty());
+        let quoted = Filter::parse(r#"err~"connection refused" name:a"#).unwrap();
+        assert_eq!(quoted.error.as_deref(), Some("connection refused"));
+        assert_eq!(quoted.name.as_deref(), Some("a"));
     }
 
     #[test]
@@ -176,6 +204,7 @@ mod tests {
         assert!(Filter::parse("attempts>=x").unwrap_err().0.contains("not a whole number"));
         assert!(Filter::parse("age>1y").unwrap_err().0.contains("unknown unit"));
         assert!(Filter::parse("name:").unwrap_err().0.contains("missing"));
+        assert!(Filter::parse(r#"err~"open"#).unwrap_err().0.contains("closing"));
     }
 
     #[test]

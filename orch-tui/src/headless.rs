@@ -1,5 +1,7 @@
 //! The modes for scripts: `snapshot --json` and `check`.
 
+use std::time::Duration;
+
 use orch::{Clock, SystemClock};
 
 use crate::cli::Thresholds;
@@ -14,11 +16,20 @@ pub const EXIT_THRESHOLD: i32 = 1;
 /// Exit code: the store could not be read.
 pub const EXIT_UNREACHABLE: i32 = 2;
 
-/// Reads the overview once.
+/// How long `snapshot` and `check` wait for the store before giving up.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the overview once (an error after [`READ_TIMEOUT`]).
 pub async fn snapshot(source: &Source) -> Result<OverviewJson, orch::Error> {
-    let store = source.open().await?;
-    let snapshot = load(store.as_ref(), &Query::default(), SystemClock.now()).await?;
-    Ok(OverviewJson::of(source.backend()?.name(), &snapshot))
+    let backend = source.backend()?.name();
+    let read = async {
+        let store = source.open().await?;
+        let snapshot = load(store.as_ref(), &Query::default(), SystemClock.now()).await?;
+        Ok(OverviewJson::of(backend, &snapshot))
+    };
+    tokio::time::timeout(READ_TIMEOUT, read).await.unwrap_or_else(|_| {
+        Err(orch::Error::backend(backend, format!("no answer within {}", short_duration(READ_TIMEOUT))))
+    })
 }
 
 /// What `check` found: its exit code and one line per finding.

@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use orch::{CancelStatus, Clock, Orch, RetryStatus, Store, SystemClock};
 use ratatui::crossterm::event::{self, Event};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
 
 use crate::app::{App, Effect, Level, Write};
 use crate::data::{Query, Snapshot, load};
+use crate::filter::short_duration;
 use crate::source::Source;
 
 /// What the loader needs to know from the UI.
@@ -63,9 +66,26 @@ pub async fn run(source: Source, refresh: Duration, allow_writes: bool) -> Resul
         }
     });
 
-    let mut terminal = ratatui::init();
+    let mut terminal = ratatui::try_init().map_err(|e| format!("cannot set up the terminal: {e}"))?;
+    // ratatui's hook restores the terminal on a panic; this one also ends the loop, so
+    // nothing is drawn on a terminal that is no longer in raw mode.
+    let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let previous_hook = std::panic::take_hook();
+    let flag = Arc::clone(&panicked);
+    std::panic::set_hook(Box::new(move |info| {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        previous_hook(info);
+    }));
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let result = loop {
+        if panicked.load(std::sync::atomic::Ordering::SeqCst) {
+            break Err("stopped after a panic".to_owned());
+        }
+        if let Ok(size) = terminal.size() {
+            app.viewport = (size.width, size.height);
+        }
         if let Err(e) = terminal.draw(|f| crate::ui::draw(f, &app, SystemClock.now())) {
             break Err(format!("cannot draw: {e}"));
         }
@@ -73,24 +93,29 @@ pub async fn run(source: Source, refresh: Duration, allow_writes: bool) -> Resul
             ev = keys.recv() => {
                 let Some(ev) = ev else { break Ok(()) };
                 if let Event::Key(key) = ev {
-                    match app.on_key(key) {
-                        Effect::Quit => break Ok(()),
-                        Effect::Reload => {
-                            let _ = request_tx.send(Request::Reload);
-                        }
-                        Effect::Write(write) => {
-                            let _ = request_tx.send(Request::Write(write));
-                        }
-                        Effect::None => {}
-                    }
-                    control_tx.send_if_modified(|c| {
+                    let effect = app.on_key(key);
+                    // A changed query reaches the loader through the watch channel, which
+                    // makes it read at once; an explicit reload is only for an unchanged one.
+                    let changed = control_tx.send_if_modified(|c| {
                         let next = Control { query: app.query(), refresh: app.refresh, paused: app.paused };
                         let changed = *c != next;
                         *c = next;
                         changed
                     });
+                    match effect {
+                        Effect::Quit => break Ok(()),
+                        Effect::Reload if !changed => {
+                            let _ = request_tx.send(Request::Reload);
+                        }
+                        Effect::Write(write) => {
+                            let _ = request_tx.send(Request::Write(write));
+                        }
+                        Effect::Reload | Effect::None => {}
+                    }
                 }
             }
+            _ = terminate.recv() => break Ok(()),
+            _ = hangup.recv() => break Ok(()),
             update = updates.recv() => match update {
                 Some(Update::Snapshot(s)) => app.on_snapshot(*s),
                 Some(Update::Failed(e)) => app.on_error(e),
@@ -101,6 +126,8 @@ pub async fn run(source: Source, refresh: Duration, allow_writes: bool) -> Resul
         }
     };
     ratatui::restore();
+    // Later panics (none expected) go to the default hook again.
+    let _ = std::panic::take_hook();
     loader.abort();
     result
 }
@@ -120,21 +147,33 @@ pub async fn loader(
     let mut forced = true;
     loop {
         let Control { query, refresh, paused } = control.borrow_and_update().clone();
+        let limit = read_limit(refresh);
         if forced || !paused {
             if store.is_none() {
-                match source.open().await {
-                    Ok(s) => store = Some(s),
-                    Err(e) => {
+                match timeout(limit, source.open()).await {
+                    Ok(Ok(s)) => store = Some(s),
+                    Ok(Err(e)) => {
                         if updates.send(Update::Failed(e.to_string())).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => {
+                        let message = format!("connecting timed out after {}", short_duration(limit));
+                        if updates.send(Update::Failed(message)).is_err() {
                             return;
                         }
                     }
                 }
             }
             if let Some(s) = &store {
-                let update = match load(s.as_ref(), &query, SystemClock.now()).await {
-                    Ok(snapshot) => Update::Snapshot(Box::new(snapshot)),
-                    Err(e) => Update::Failed(e.to_string()),
+                let update = match timeout(limit, load(s.as_ref(), &query, SystemClock.now())).await {
+                    Ok(Ok(snapshot)) => Update::Snapshot(Box::new(snapshot)),
+                    Ok(Err(e)) => Update::Failed(e.to_string()),
+                    Err(_) => {
+                        // A server that stopped answering: start over with a new pool.
+                        store = None;
+                        Update::Failed(format!("refresh timed out after {}", short_duration(limit)))
+                    }
                 };
                 if updates.send(update).is_err() {
                     return;
@@ -155,7 +194,10 @@ pub async fn loader(
                 Some(Request::Reload) => forced = true,
                 Some(Request::Write(write)) => {
                     let (level, message) = match (&store, allow_writes) {
-                        (Some(s), true) => perform(Arc::clone(s), write).await,
+                        (Some(s), true) => match timeout(limit, perform(Arc::clone(s), write)).await {
+                            Ok(done) => done,
+                            Err(_) => (Level::Error, "the write timed out; check whether it happened".to_owned()),
+                        },
                         (None, _) => (Level::Error, "not connected; nothing was changed".to_owned()),
                         (_, false) => (Level::Error, "read-only monitor; nothing was changed".to_owned()),
                     };
@@ -167,6 +209,12 @@ pub async fn loader(
             },
         }
     }
+}
+
+/// How long one refresh (or a connection attempt) may take before it counts as failed:
+/// two intervals, at least 5 s.
+pub fn read_limit(refresh: Duration) -> Duration {
+    (refresh * 2).max(Duration::from_secs(5))
 }
 
 /// Carries out a confirmed write through the library's client.

@@ -72,7 +72,7 @@ pub fn draw(frame: &mut Frame, app: &App, now: Timestamp) {
             View::Overview => draw_overview(frame, body, app, s),
             View::Names => draw_names(frame, body, app, s),
             View::Commands => draw_commands(frame, body, app, s),
-            View::Detail => draw_detail(frame, body, app, s),
+            View::Detail => draw_detail(frame, body, app),
             View::Workers => draw_workers(frame, body, app, s),
             View::Flows => draw_flows(frame, body, app, s),
         },
@@ -183,10 +183,7 @@ fn draw_overview(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
 
     let [ok_area, failed_area] =
         Layout::vertical([Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)]).areas(bottom);
-    let width = usize::from(ok_area.width.saturating_sub(2));
-    let tail = app.throughput.len().saturating_sub(width);
-    let ok: Vec<u64> = app.throughput.iter().skip(tail).map(|t| t.0).collect();
-    let failed: Vec<u64> = app.throughput.iter().skip(tail).map(|t| t.1).collect();
+    let (ok, failed) = app.throughput(usize::from(ok_area.width.saturating_sub(2)));
     let per = short_duration(app.refresh);
     let title = |what: &str, data: &[u64]| {
         format!(
@@ -278,8 +275,10 @@ fn draw_commands(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
     };
     let filter =
         if app.filter_text.is_empty() { "none (/ to filter)".to_owned() } else { app.filter_text.clone() };
-    let page = s.commands.as_ref();
-    let more = if page.is_some_and(|p| p.has_more) { " · PgDn more" } else { "" };
+    // A page read for an older query stays on screen, marked, until the new one lands.
+    let current = app.current_page();
+    let page = current.or(s.commands.as_ref());
+    let more = if current.is_some_and(|p| p.has_more) { " · PgDn more" } else { "" };
     frame.render_widget(
         Paragraph::new(Line::from(vec![
             Span::styled("filter ", DIM),
@@ -317,16 +316,20 @@ fn draw_commands(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
         Constraint::Length(9),
         Constraint::Length(4),
         Constraint::Length(6),
-        Constraint::Length(7),
+        Constraint::Length(8),
         Constraint::Fill(1),
     ];
     let header =
         Row::new(["id", "name", "target", "state", "att", "age", "due", "error"]).style(HEADER_STYLE);
-    let table = Table::new(rows, widths)
-        .header(header)
-        .row_highlight_style(SELECTED)
-        .block(Block::bordered().title(format!(" Commands ({} on page) ", rows_src.len())));
-    let mut state = TableState::default().with_selected(selected_row(app, rows_src.len()));
+    let table = Table::new(rows, widths).header(header).row_highlight_style(SELECTED).block(
+        Block::bordered().title(if current.is_some() {
+            format!(" Commands ({} on page) ", rows_src.len())
+        } else {
+            " Commands (loading…) ".to_owned()
+        }),
+    );
+    let selected = if current.is_some() { selected_row(app, rows_src.len()) } else { None };
+    let mut state = TableState::default().with_selected(selected);
     frame.render_stateful_widget(table, list, &mut state);
 }
 
@@ -347,19 +350,29 @@ fn field(label: &str, value: impl Into<String>) -> Line<'static> {
     Line::from(vec![Span::styled(format!("{label:<12}"), DIM), Span::raw(value.into())])
 }
 
-fn draw_detail(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
+fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
     let block = Block::bordered().title(" Command ");
-    let detail: Option<&Detail> = s.detail.as_ref();
-    let Some(record) = detail.and_then(|d| d.record.as_ref()) else {
-        let text = match app.detail {
-            None => "no command open: select one in the list (3) and press Enter",
-            Some(_) => "the command no longer exists",
+    let Some(lines) = detail_lines(app) else {
+        let text = match (app.detail, app.current_detail()) {
+            (None, _) => "no command open: select one in the list (3) and press Enter",
+            (Some(_), None) => "loading…",
+            (Some(_), Some(_)) => "the command no longer exists",
         };
         frame.render_widget(Paragraph::new(text).block(block), area);
         return;
     };
-    let detail = detail.expect("record implies detail");
-    let now = s.taken_at;
+    let scroll = app.detail_scroll.min(app.detail_max_scroll());
+    let paragraph =
+        Paragraph::new(Text::from(lines)).block(block).wrap(Wrap { trim: false }).scroll((scroll, 0));
+    frame.render_widget(paragraph, area);
+}
+
+/// The lines of the open command's detail, once read (`None` before, or when the
+/// command no longer exists).
+pub fn detail_lines(app: &App) -> Option<Vec<Line<'static>>> {
+    let detail: &Detail = app.current_detail()?;
+    let record = detail.record.as_ref()?;
+    let now = app.snapshot.as_ref().map_or(record.updated_at, |s| s.taken_at);
     let mut lines = vec![
         field("id", record.id.to_string()),
         Line::from(vec![
@@ -441,11 +454,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
             ]));
         }
     }
-    let paragraph = Paragraph::new(Text::from(lines))
-        .block(block)
-        .wrap(Wrap { trim: false })
-        .scroll((app.detail_scroll, 0));
-    frame.render_widget(paragraph, area);
+    Some(lines)
 }
 
 fn journal_lines(journal: &[JournalEntry], start: Timestamp) -> Vec<Line<'static>> {
@@ -534,7 +543,11 @@ fn draw_flows(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
     let table = Table::new(rows, widths)
         .header(Row::new(["id", "state", "done", "age"]).style(HEADER_STYLE))
         .row_highlight_style(SELECTED)
-        .block(Block::bordered().title(format!(" Workflows ({}) Enter: steps ", flows.workflows.len())));
+        .block(Block::bordered().title(format!(
+            " Workflows ({}, {}) ",
+            flows.workflows.len(),
+            app.flow_state.map_or("all".to_owned(), |s| s.to_string())
+        )));
     let mut state = TableState::default().with_selected(selected_row(app, flows.workflows.len()));
     frame.render_stateful_widget(table, list, &mut state);
 
@@ -543,7 +556,10 @@ fn draw_flows(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
         None => " Steps ".to_owned(),
     };
     let lines = if app.workflow.is_none() {
-        vec![Line::from(Span::styled("select a workflow and press Enter", DIM))]
+        vec![
+            Line::from(Span::styled("Enter shows the selected workflow's steps;", DIM)),
+            Line::from(Span::styled("s filters workflows and sagas by state", DIM)),
+        ]
     } else {
         step_tree(&flows.steps)
     };
@@ -563,7 +579,11 @@ fn draw_flows(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
             Row::new(["saga", "instance", "state", "status", "ver", "compensation stack (top first)"])
                 .style(HEADER_STYLE),
         )
-        .block(Block::bordered().title(format!(" Sagas ({}) ", flows.sagas.len())));
+        .block(Block::bordered().title(format!(
+            " Sagas ({}, {}) ",
+            flows.sagas.len(),
+            app.flow_state.map_or("all".to_owned(), |s| s.to_string())
+        )));
     frame.render_widget(table, sagas_area);
 }
 

@@ -102,6 +102,78 @@ fn views_and_navigation() {
 }
 
 #[test]
+fn answers_to_an_old_query_are_not_acted_on() {
+    let mut app = fixture::app();
+    press(&mut app, Key::Char('3'));
+    // Two PgDn before the next page arrives: the second has no page of the new query
+    // to take a cursor from, so it does nothing.
+    assert_eq!(press(&mut app, Key::Code(KeyCode::PageDown)), Effect::Reload);
+    assert!(app.current_page().is_none());
+    assert_eq!(press(&mut app, Key::Code(KeyCode::PageDown)), Effect::None);
+    assert_eq!(app.pages.len(), 1);
+    // Nor is a row of the old page opened, retried or cancelled.
+    app.allow_writes = true;
+    assert_eq!(press(&mut app, Key::Code(KeyCode::Enter)), Effect::None);
+    assert_eq!(press(&mut app, Key::Char('R')), Effect::None);
+    assert_eq!(app.mode, Mode::Normal);
+    // The detail of another command than the one read is "loading", not a target.
+    press(&mut app, Key::Code(KeyCode::PageUp));
+    let mut snapshot = app.snapshot.clone().unwrap();
+    snapshot.commands.as_mut().unwrap().query = app.list.clone();
+    app.on_snapshot(snapshot);
+    press(&mut app, Key::Char('j'));
+    assert_eq!(press(&mut app, Key::Code(KeyCode::Enter)), Effect::Reload);
+    assert_eq!(app.view, View::Detail);
+    assert_ne!(app.detail, app.snapshot.as_ref().unwrap().detail.as_ref().map(|d| d.id));
+    assert!(app.current_detail().is_none());
+    assert_eq!(press(&mut app, Key::Char('C')), Effect::None);
+}
+
+#[test]
+fn detail_scroll_stops_at_the_end() {
+    let mut app = fixture::app();
+    app.detail = app.snapshot.as_ref().unwrap().detail.as_ref().map(|d| d.id);
+    app.handle(Action::Show(View::Detail));
+    app.viewport = (80, 24);
+    let max = app.detail_max_scroll();
+    assert!(max > 0, "the fixture's detail is longer than a 24-row screen");
+    press(&mut app, Key::Char('G'));
+    assert_eq!(app.detail_scroll, max);
+    press(&mut app, Key::Char('j'));
+    assert_eq!(app.detail_scroll, max, "no scrolling past the end");
+    press(&mut app, Key::Char('k'));
+    assert_eq!(app.detail_scroll, max - 1);
+    press(&mut app, Key::Code(KeyCode::PageUp));
+    press(&mut app, Key::Code(KeyCode::PageUp));
+    assert_eq!(app.detail_scroll, 0);
+    app.viewport = (120, 80);
+    assert_eq!(app.detail_max_scroll(), 0, "all of it fits");
+}
+
+#[test]
+fn throughput_is_per_refresh_interval() {
+    let mut app = fixture::app();
+    let t = |s: i64| fixture::at(s);
+    // Snapshots at irregular times (a key press reloads between ticks).
+    app.samples = [
+        (t(0), 100, 10),
+        (t(1), 110, 10),
+        (t(1) + std::time::Duration::from_millis(300), 115, 11),
+        (t(2), 120, 12),
+        (t(4), 150, 12),
+    ]
+    .into();
+    let (ok, failed) = app.throughput(10);
+    // 1 s buckets ending at t(4): (0,1] (1,2] (2,3] (3,4] — the work seen at t(4)
+    // lands in the last one.
+    assert_eq!(ok, vec![10, 10, 0, 30]);
+    assert_eq!(failed, vec![0, 2, 0, 0]);
+    app.refresh = std::time::Duration::from_secs(2);
+    assert_eq!(app.throughput(10).0, vec![20, 30]);
+    assert_eq!(app.throughput(1).0, vec![30], "the newest bars when the screen is narrow");
+}
+
+#[test]
 fn filter_editing() {
     let mut app = fixture::app();
     press(&mut app, Key::Char('/'));
@@ -119,6 +191,9 @@ fn filter_editing() {
     assert_eq!(press(&mut app, Key::Code(KeyCode::Enter)), Effect::None);
     assert_eq!(app.list.filter.state, Some(State::Failed));
     assert!(app.message.as_ref().unwrap().1.contains("colour:red"));
+    // The typed text stays for mending.
+    assert_eq!(app.mode, Mode::Filter("state:failed colour:red".into()));
+    press(&mut app, Key::Code(KeyCode::Esc));
     // Esc in the list clears the filter.
     assert_eq!(press(&mut app, Key::Code(KeyCode::Esc)), Effect::Reload);
     assert!(app.list.filter.is_empty());
@@ -146,4 +221,24 @@ fn writes_need_the_flag_and_a_confirmation() {
     press(&mut app, Key::Char('C'));
     let running = app.snapshot.as_ref().unwrap().commands.as_ref().unwrap().rows[1].id;
     assert_eq!(press(&mut app, Key::Char('y')), Effect::Write(Write::Cancel(running)));
+    // Ctrl-C while a confirmation waits quits.
+    press(&mut app, Key::Char('C'));
+    assert_eq!(press(&mut app, Key::Ctrl('c')), Effect::Quit);
+}
+
+#[test]
+fn the_flows_view_filters_by_state() {
+    let mut app = fixture::app();
+    press(&mut app, Key::Char('6'));
+    assert_eq!(app.query().flow_state, None);
+    for expected in [
+        Some(orch::WorkflowState::Running),
+        Some(orch::WorkflowState::Failed),
+        Some(orch::WorkflowState::Succeeded),
+        None,
+    ] {
+        assert_eq!(press(&mut app, Key::Char('s')), Effect::Reload);
+        assert_eq!(app.query().flow_state, expected);
+    }
+    assert_eq!(app.list.order, orch::store::ListOrder::Created, "the list's sort is untouched");
 }

@@ -1,11 +1,13 @@
 //! A database that goes away and comes back, on PostgreSQL through a TCP proxy the test
-//! can cut: the loader reports failed refreshes (the monitor shows `STALE` and the
-//! error) and, once the proxy is back, sends fresh snapshots again by itself.
+//! can cut or freeze: the loader reports failed refreshes (the monitor shows `STALE`
+//! and the error) — a server that stops answering counts as failed after the read
+//! limit — and, once the proxy is back, sends fresh snapshots again by itself.
 //!
 //! Needs `ORCH_PG_URL` (skipped with a message without it, failing under `CI=true`).
 
 #![cfg(feature = "postgres")]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use orch::{NewCommand, Orch};
 use orch_tui::data::Query;
 use orch_tui::run::{Control, Update, loader};
 use orch_tui::source::Source;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -22,31 +25,38 @@ struct Proxy {
     port: u16,
     upstream: String,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// While set, bytes are read but held back: the server seems to stop answering.
+    frozen: Arc<AtomicBool>,
 }
 
 impl Proxy {
     async fn start(upstream: &str) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let proxy = Proxy { port, upstream: upstream.to_owned(), tasks: Arc::default() };
+        let proxy =
+            Proxy { port, upstream: upstream.to_owned(), tasks: Arc::default(), frozen: Arc::default() };
         proxy.serve(listener);
         proxy
     }
 
     fn serve(&self, listener: TcpListener) {
-        let (upstream, tasks) = (self.upstream.clone(), Arc::clone(&self.tasks));
+        let (upstream, tasks, frozen) =
+            (self.upstream.clone(), Arc::clone(&self.tasks), Arc::clone(&self.frozen));
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let upstream = upstream.clone();
-                let pipe = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                tasks.lock().unwrap().push(pipe);
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = TcpStream::connect(&upstream).await else { continue };
+                let (a_read, a_write) = inbound.into_split();
+                let (b_read, b_write) = outbound.into_split();
+                let there = tokio::spawn(pipe(a_read, b_write, Arc::clone(&frozen)));
+                let back = tokio::spawn(pipe(b_read, a_write, Arc::clone(&frozen)));
+                tasks.lock().unwrap().extend([there, back]);
             }
         });
         self.tasks.lock().unwrap().push(accept);
+    }
+
+    fn freeze(&self, on: bool) {
+        self.frozen.store(on, Ordering::SeqCst);
     }
 
     /// Closes the port and every connection through it.
@@ -60,6 +70,27 @@ impl Proxy {
     async fn restore(&self) {
         let listener = TcpListener::bind(("127.0.0.1", self.port)).await.expect("rebind the proxy port");
         self.serve(listener);
+    }
+}
+
+/// Copies one direction, holding bytes back while frozen.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -129,6 +160,16 @@ async fn stale_while_down_then_recovers() {
 
     proxy.restore().await;
     next_matching(&mut updates, "a snapshot after recovery", |u| total(u) == Some(2)).await;
+
+    // A server that stops answering (a network black hole): the refresh fails at the
+    // read limit instead of waiting for TCP to give up, then all recovers.
+    proxy.freeze(true);
+    let failed = next_matching(&mut updates, "a timed-out refresh", |u| matches!(u, Update::Failed(_))).await;
+    let Update::Failed(error) = failed else { unreachable!() };
+    assert!(error.contains("timed out"), "{error}");
+    proxy.freeze(false);
+    orch.push_new(NewCommand::raw("job", serde_json::json!({}))).await.unwrap();
+    next_matching(&mut updates, "a snapshot after the freeze", |u| total(u) == Some(3)).await;
 
     task.abort();
     proxy.cut();

@@ -281,6 +281,7 @@ pub async fn monitor_counts_match_sql(h: &dyn Harness) {
         detail: Some(all[0].id),
         flows: true,
         workflow: None,
+        flow_state: None,
     };
     let snapshot = load(monitor.as_ref(), &query, now).await.unwrap();
     let sql = h.sql_state_counts(&location).await;

@@ -101,7 +101,7 @@ pub fn list(placeholders: Placeholders, columns: &str, commands: &str, p: &ListP
         b.condition("created_at >= ?", SqlValue::Int(t.as_micros()));
     }
     if let Some(text) = &p.error_contains {
-        b.condition("LOWER(error) LIKE ? ESCAPE '!'", SqlValue::Text(like_pattern(text)));
+        b.condition("LOWER(error) LIKE LOWER(?) ESCAPE '!'", SqlValue::Text(like_pattern(text)));
     }
     if let Some(parent) = p.parent {
         b.condition("parent_id = ?", SqlValue::Id(parent));
@@ -136,13 +136,14 @@ pub fn list(placeholders: Placeholders, columns: &str, commands: &str, p: &ListP
     b.statement
 }
 
-/// `%text%` for `LOWER(column) LIKE … ESCAPE '!'`, lower-cased, with `%`, `_` and `!`
-/// escaped. ASCII letters match in any case on every backend; other letters where
-/// the database's `LOWER` folds them (PostgreSQL and MySQL do, SQLite does not).
+/// `%text%` for `LOWER(column) LIKE LOWER(…) ESCAPE '!'`, with `%`, `_` and `!`
+/// escaped. The database folds both sides with the same `LOWER`, so ASCII letters
+/// match in any case everywhere and other letters where that `LOWER` folds them
+/// (PostgreSQL and MySQL do, SQLite does not).
 fn like_pattern(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('%');
-    for c in text.to_lowercase().chars() {
+    for c in text.chars() {
         if matches!(c, '%' | '_' | '!') {
             out.push('!');
         }
@@ -169,9 +170,10 @@ pub fn queue_stats(placeholders: Placeholders, commands: &str, now: crate::clock
         "SELECT name, target, state, COUNT(*) AS n, 0 AS due, NULL AS oldest \
          FROM {commands} WHERE state <> 'pending' GROUP BY state, name, target \
          UNION ALL \
-         SELECT name, target, state, COUNT(*) AS n, COUNT(CASE WHEN scheduled_at <= {p1} THEN 1 END) AS due, \
+         SELECT name, target, 'pending' AS state, COUNT(*) AS n, \
+         COUNT(CASE WHEN scheduled_at <= {p1} THEN 1 END) AS due, \
          MIN(CASE WHEN scheduled_at <= {p2} THEN scheduled_at END) AS oldest \
-         FROM {commands} WHERE state = 'pending' GROUP BY state, target, name"
+         FROM {commands} WHERE state = 'pending' GROUP BY target, name"
     ));
     b.statement
 }
@@ -261,7 +263,7 @@ mod tests {
 
     #[test]
     fn like_pattern_escapes_wildcards() {
-        assert_eq!(like_pattern("Time_out 100%!"), "%time!_out 100!%!!%");
+        assert_eq!(like_pattern("Time_out 100%!"), "%Time!_out 100!%!!%");
     }
 
     #[test]
