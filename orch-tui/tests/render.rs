@@ -120,11 +120,16 @@ fn the_help_screen_shows_every_binding() {
 fn key_cells_are_styled() {
     let now = at(0);
     let overview = render(&app_on(View::Overview), 120, 40, now);
-    // The failed count (12 in the fixture) is red and bold; zero counts are not.
-    let failed_row = style_of(&overview, "failed ");
-    assert_eq!(failed_row.fg, FAILED_STYLE.fg);
-    assert_eq!(style_of(&overview, "READ-ONLY").bg, READ_ONLY_STYLE.bg);
+    // The failed count (10 in the fixture) is red and bold, its label too; a zero
+    // count is dimmed.
+    for cell in ["failed     ", "10         +2"] {
+        let style = style_of(&overview, cell);
+        assert_eq!((style.fg, style.add_modifier), (FAILED_STYLE.fg, FAILED_STYLE.add_modifier), "{cell}");
+    }
     let names = render(&app_on(View::Names), 120, 40, now);
+    let zero = style_of(&names, "0     0     2     0     0       3");
+    assert_eq!(zero.fg, Some(ratatui::style::Color::DarkGray), "zero counts are dim");
+    assert_eq!(style_of(&overview, "READ-ONLY").bg, READ_ONLY_STYLE.bg);
     let mark = style_of(&names, "NO WORKER");
     assert_eq!((mark.fg, mark.add_modifier), (FAILED_STYLE.fg, FAILED_STYLE.add_modifier));
 

@@ -5,7 +5,7 @@
 use crate::cargo;
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    let mut command = vec!["run", "--release", "-p", "orch-tui", "--example", "demo", "--"];
+    let mut command = vec!["run", "-p", "orch-tui", "--example", "demo", "--"];
     command.extend(args.iter().map(String::as_str));
     cargo(&command)
 }
