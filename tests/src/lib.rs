@@ -16,6 +16,7 @@
 //! ```
 //! which produces tests named `sqlite::claim_is_exclusive` and so on.
 
+pub mod bench;
 pub mod conformance;
 pub mod conformance_monitor;
 pub mod conformance_sagas;

@@ -5,9 +5,12 @@
 //! - `test [--backend sqlite|pg|mysql|all]`: the conformance suite, property test and
 //!   backend tests per backend, with a summary of which backends ran and which were
 //!   skipped (a server backend runs when `ORCH_PG_URL` / `ORCH_MYSQL_URL` is set).
+//! - `bench [--backend …] [--commands N]`: the release-mode benchmark, figures printed
+//!   and written as JSON under `target/bench/`.
 //! - `demo [--url …]`: fills a store with demo work and keeps workers running, to
 //!   watch with `orch-tui`.
 
+mod bench;
 mod ci;
 mod demo;
 mod test;
@@ -20,6 +23,7 @@ fn main() -> ExitCode {
         Some("ci") => ci::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print_help();
             Ok(())
@@ -42,6 +46,8 @@ fn print_help() {
         ("", "pg and mysql run when ORCH_PG_URL / ORCH_MYSQL_URL are set"),
         ("demo [--url U] [--scale N] [--once]", "fill a store (default sqlite://target/demo.db) with demo"),
         ("", "work and keep workers running; watch it with orch-tui"),
+        ("bench [--backend B] [--commands N]", "release-mode benchmark per backend (push, process,"),
+        ("", "pickup latency, idle calls, 1M-row history); JSON in target/bench/"),
         ("help", "this text"),
     ];
     println!("cargo xtask <command>\n\ncommands:");
