@@ -86,6 +86,9 @@ pub struct BenchResult {
     pub push_many_per_s: f64,
     /// Processed per second, worker start to the last completion in the store.
     pub process_per_s: f64,
+    /// Store calls per command while processing (claims, completions, heartbeats and
+    /// the bench's own completion checks): how well claims and completions batch.
+    pub process_calls_per_command: f64,
     /// Pickup latency percentiles, milliseconds.
     pub latency_p50_ms: f64,
     /// 95th percentile.
@@ -245,10 +248,15 @@ pub async fn run_backend(
     }
     result.push_per_s = n as f64 / started.elapsed().as_secs_f64();
     eprintln!("{backend}: push {:.0}/s", result.push_per_s);
+    let calls_before = counted.calls();
     let (rate, runs) = process(Arc::clone(&store), cfg, n).await?;
+    result.process_calls_per_command = (counted.calls() - calls_before) as f64 / n as f64;
     result.process_per_s = rate;
     result.duplicates = runs.saturating_sub(n);
-    eprintln!("{backend}: process {rate:.0}/s");
+    eprintln!(
+        "{backend}: process {rate:.0}/s, {:.3} store calls per command",
+        result.process_calls_per_command
+    );
 
     // Store calls of an idle worker with the default configuration (1 s poll).
     let idle = Worker::new(orch.clone(), registry(&Recorder::new(0)), WorkerConfig::default())?.start();
