@@ -65,12 +65,13 @@ async fn mysql_admin(url: &str, sql: &str) -> Result<(), String> {
 
 fn table(results: &[BenchResult]) -> String {
     let mut out = format!(
-        "{:<8} {:>8} {:>10} {:>12} {:>11} {:>9} {:>9} {:>9} {:>10} {:>13} {:>5}\n",
+        "{:<8} {:>8} {:>10} {:>12} {:>11} {:>10} {:>9} {:>9} {:>9} {:>10} {:>13} {:>5}\n",
         "backend",
         "N",
         "push/s",
         "push_many/s",
         "process/s",
+        "calls/cmd",
         "p50 ms",
         "p95 ms",
         "p99 ms",
@@ -80,12 +81,13 @@ fn table(results: &[BenchResult]) -> String {
     );
     for r in results {
         out.push_str(&format!(
-            "{:<8} {:>8} {:>10.0} {:>12.0} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>10.2} {:>13} {:>5}\n",
+            "{:<8} {:>8} {:>10.0} {:>12.0} {:>11.0} {:>10.3} {:>9.1} {:>9.1} {:>9.1} {:>10.2} {:>13} {:>5}\n",
             r.backend,
             r.commands,
             r.push_per_s,
             r.push_many_per_s,
             r.process_per_s,
+            r.process_calls_per_command,
             r.latency_p50_ms,
             r.latency_p95_ms,
             r.latency_p99_ms,
