@@ -475,6 +475,66 @@ async fn apply(conn: &mut AsyncPgConnection, tables: &Tables, c: &Completion) ->
     Ok(rows.into_iter().next())
 }
 
+#[derive(QueryableByName)]
+struct AppliedId {
+    #[diesel(sql_type = Uuid)]
+    id: uuid::Uuid,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Bool)]
+    has_dependents: bool,
+}
+
+/// Applies many successes in two statements instead of one per command: their rows are
+/// locked in id order (as heartbeats lock them, so the two never deadlock), then all
+/// updated from arrays, each fenced on its own lease. Returns what was applied, by id;
+/// a command missing from the result had lost its lease.
+async fn apply_successes(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    successes: &[&Completion],
+) -> TxResult<HashMap<uuid::Uuid, Applied>> {
+    let mut ids = Vec::with_capacity(successes.len());
+    let mut tokens = Vec::with_capacity(successes.len());
+    let mut outputs = Vec::with_capacity(successes.len());
+    let mut nows = Vec::with_capacity(successes.len());
+    for c in successes {
+        let Outcome::Succeeded { output, .. } = &c.outcome else { continue };
+        ids.push(c.lease.id.as_uuid());
+        tokens.push(c.lease.token.as_uuid());
+        outputs.push(output.clone());
+        nows.push(c.now.as_micros());
+    }
+    diesel::sql_query(format!(
+        "SELECT 1 AS attempts FROM {} WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        tables.commands
+    ))
+    .bind::<Array<Uuid>, _>(&ids)
+    .load::<Attempts>(conn)
+    .await?;
+    let rows: Vec<AppliedId> = diesel::sql_query(format!(
+        "UPDATE {t} AS c SET state = 'succeeded', output = v.output, finished_at = v.now, updated_at = v.now, \
+         lease_token = NULL, lease_expires_at = NULL \
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[]) AS v(id, token, output, now) \
+         WHERE c.id = v.id AND c.lease_token = v.token AND c.state = 'running' \
+         RETURNING c.id, c.attempts, c.state, EXISTS (SELECT 1 FROM {d} AS d WHERE d.depends_on = c.id) AS has_dependents",
+        t = tables.commands,
+        d = tables.dependencies,
+    ))
+    .bind::<Array<Uuid>, _>(&ids)
+    .bind::<Array<Uuid>, _>(&tokens)
+    .bind::<Array<Text>, _>(&outputs)
+    .bind::<Array<BigInt>, _>(&nows)
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.id, Applied { attempts: r.attempts, state: r.state, has_dependents: r.has_dependents }))
+        .collect())
+}
+
 /// Applies a batch of completions, each fenced on its lease, with their follow-ups, the
 /// changes to their dependents and journal entries. Also says whether any command was
 /// made due (a follow-up inserted or a dependent unblocked).
@@ -493,9 +553,29 @@ pub(crate) async fn complete(
     // Those with dependents, in id order: the ones that succeeded, the ones that ended.
     let mut succeeded = Vec::new();
     let mut ended = Vec::new();
+    // Successes of commands that appear once in the batch are applied together; the
+    // rest one by one, in id order.
+    let mut seen: HashMap<CommandId, usize> = HashMap::new();
+    for c in completions {
+        *seen.entry(c.lease.id).or_default() += 1;
+    }
+    let together: Vec<&Completion> = order
+        .iter()
+        .map(|&i| &completions[i])
+        .filter(|c| matches!(c.outcome, Outcome::Succeeded { .. }) && seen[&c.lease.id] == 1)
+        .collect();
+    let mut batched =
+        if together.len() > 1 { apply_successes(conn, tables, &together).await? } else { HashMap::new() };
+    let batched_ids: std::collections::HashSet<CommandId> =
+        if together.len() > 1 { together.iter().map(|c| c.lease.id).collect() } else { Default::default() };
     for i in order {
         let c = &completions[i];
-        match apply(conn, tables, c).await? {
+        let applied = if batched_ids.contains(&c.lease.id) {
+            batched.remove(&c.lease.id.as_uuid())
+        } else {
+            apply(conn, tables, c).await?
+        };
+        match applied {
             Some(applied) => {
                 let attempt = u32_of(i64::from(applied.attempts));
                 let state = State::parse(&applied.state)?;
