@@ -1837,6 +1837,35 @@ struct IndexColumn {
     column: String,
 }
 
+/// A table's columns with their collations, in order, and its indexes as
+/// `index.column` in index order, as information_schema reports them.
+async fn table_schema(store: &MysqlStore, table: &str) -> (Vec<(String, Option<String>)>, Vec<String>) {
+    let mut conn = store.conn().await.unwrap();
+    let table = format!("{}{table}", store.prefix());
+    let columns: Vec<ColumnInfo> = diesel::sql_query(
+        "SELECT CAST(column_name AS CHAR) AS name, CAST(collation_name AS CHAR) AS collation \
+         FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? \
+         ORDER BY ordinal_position",
+    )
+    .bind::<Text, _>(&table)
+    .load(&mut conn)
+    .await
+    .unwrap();
+    let indexes: Vec<IndexColumn> = diesel::sql_query(
+        "SELECT CAST(index_name AS CHAR) AS `index`, CAST(column_name AS CHAR) AS `column` \
+         FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? \
+         ORDER BY index_name, seq_in_index",
+    )
+    .bind::<Text, _>(&table)
+    .load(&mut conn)
+    .await
+    .unwrap();
+    (
+        columns.into_iter().map(|c| (c.name, c.collation)).collect(),
+        indexes.into_iter().map(|i| format!("{}.{}", i.index, i.column)).collect(),
+    )
+}
+
 #[tokio::test]
 #[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn migration_3_upgrades_a_version_2_database() {
@@ -1873,32 +1902,7 @@ async fn migration_3_upgrades_a_version_2_database() {
     store.migrate().await.unwrap();
     eprintln!("migration 2 → 3: {:?}", started.elapsed());
     assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
-    let schema = || async {
-        let mut conn = store.conn().await.unwrap();
-        let table = format!("{}sagas", store.prefix());
-        let columns: Vec<ColumnInfo> = diesel::sql_query(
-            "SELECT CAST(column_name AS CHAR) AS name, CAST(collation_name AS CHAR) AS collation \
-             FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? \
-             ORDER BY ordinal_position",
-        )
-        .bind::<Text, _>(&table)
-        .load(&mut conn)
-        .await
-        .unwrap();
-        let indexes: Vec<IndexColumn> = diesel::sql_query(
-            "SELECT CAST(index_name AS CHAR) AS `index`, CAST(column_name AS CHAR) AS `column` \
-             FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? \
-             ORDER BY index_name, seq_in_index",
-        )
-        .bind::<Text, _>(&table)
-        .load(&mut conn)
-        .await
-        .unwrap();
-        (
-            columns.into_iter().map(|c| (c.name, c.collation)).collect::<Vec<_>>(),
-            indexes.into_iter().map(|i| format!("{}.{}", i.index, i.column)).collect::<Vec<_>>(),
-        )
-    };
+    let schema = || table_schema(&store, "sagas");
     let text = |c: &str| (c.to_owned(), Some("utf8mb4_bin".to_owned()));
     let ascii = |c: &str| (c.to_owned(), Some("ascii_bin".to_owned()));
     let number = |c: &str| (c.to_owned(), None);
@@ -2119,32 +2123,7 @@ async fn migration_4_upgrades_a_version_3_database() {
 
     store.migrate().await.unwrap();
     assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
-    let schema = || async {
-        let mut conn = store.conn().await.unwrap();
-        let table = format!("{}workers", store.prefix());
-        let columns: Vec<ColumnInfo> = diesel::sql_query(
-            "SELECT CAST(column_name AS CHAR) AS name, CAST(collation_name AS CHAR) AS collation \
-             FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? \
-             ORDER BY ordinal_position",
-        )
-        .bind::<Text, _>(&table)
-        .load(&mut conn)
-        .await
-        .unwrap();
-        let indexes: Vec<IndexColumn> = diesel::sql_query(
-            "SELECT CAST(index_name AS CHAR) AS `index`, CAST(column_name AS CHAR) AS `column` \
-             FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? \
-             ORDER BY index_name, seq_in_index",
-        )
-        .bind::<Text, _>(&table)
-        .load(&mut conn)
-        .await
-        .unwrap();
-        (
-            columns.into_iter().map(|c| (c.name, c.collation)).collect::<Vec<_>>(),
-            indexes.into_iter().map(|i| format!("{}.{}", i.index, i.column)).collect::<Vec<_>>(),
-        )
-    };
+    let schema = || table_schema(&store, "workers");
     let text = |c: &str| (c.to_owned(), Some("utf8mb4_bin".to_owned()));
     let number = |c: &str| (c.to_owned(), None);
     let expected = (

@@ -508,11 +508,11 @@ async fn apply_successes(
         nows.push(c.now.as_micros());
     }
     diesel::sql_query(format!(
-        "SELECT 1 AS attempts FROM {} WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        "SELECT id FROM {} WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         tables.commands
     ))
     .bind::<Array<Uuid>, _>(&ids)
-    .load::<Attempts>(conn)
+    .execute(conn)
     .await?;
     let rows: Vec<AppliedId> = diesel::sql_query(format!(
         "UPDATE {t} AS c SET state = 'succeeded', output = v.output, finished_at = v.now, updated_at = v.now, \
@@ -559,15 +559,17 @@ pub(crate) async fn complete(
     for c in completions {
         *seen.entry(c.lease.id).or_default() += 1;
     }
-    let together: Vec<&Completion> = order
+    let mut together: Vec<&Completion> = order
         .iter()
         .map(|&i| &completions[i])
         .filter(|c| matches!(c.outcome, Outcome::Succeeded { .. }) && seen[&c.lease.id] == 1)
         .collect();
+    if together.len() < 2 {
+        together.clear();
+    }
+    let batched_ids: std::collections::HashSet<CommandId> = together.iter().map(|c| c.lease.id).collect();
     let mut batched =
-        if together.len() > 1 { apply_successes(conn, tables, &together).await? } else { HashMap::new() };
-    let batched_ids: std::collections::HashSet<CommandId> =
-        if together.len() > 1 { together.iter().map(|c| c.lease.id).collect() } else { Default::default() };
+        if together.is_empty() { HashMap::new() } else { apply_successes(conn, tables, &together).await? };
     for i in order {
         let c = &completions[i];
         let applied = if batched_ids.contains(&c.lease.id) {

@@ -1042,31 +1042,11 @@ async fn a_version_1_database_migrates_to_workflows() {
     .await
     .unwrap();
 
-    // Several processes upgrade it at once.
-    let mut stores = Vec::new();
-    for _ in 0..3 {
-        stores.push(PgStore::builder(&url).prefix(&prefix).listen(false).connect().await.unwrap());
-    }
-    let tasks: Vec<_> =
-        stores.iter().cloned().map(|s| tokio::spawn(async move { s.migrate().await })).collect();
-    for task in tasks {
-        task.await.unwrap().expect("every concurrent migrate succeeds");
-    }
-    stores[0].migrate().await.unwrap();
-    #[derive(QueryableByName)]
-    struct Version {
-        #[diesel(sql_type = Integer)]
-        version: i32,
-    }
-    let versions: Vec<i32> =
-        diesel::sql_query(format!("SELECT version FROM {prefix}migrations ORDER BY version"))
-            .load::<Version>(&mut conn)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|v| v.version)
-            .collect();
-    assert_eq!(versions, migrations::MIGRATIONS.iter().map(|(v, _)| *v).collect::<Vec<_>>());
+    let stores = migrate_concurrently(&url, &prefix).await;
+    assert_eq!(
+        applied_versions(&mut conn, &prefix).await,
+        migrations::MIGRATIONS.iter().map(|(v, _)| *v).collect::<Vec<_>>()
+    );
 
     // The old command reads back outside any workflow, and runs.
     let store = &stores[0];
@@ -1657,17 +1637,7 @@ async fn a_version_2_database_migrates_to_sagas() {
         assert!(matches!(err, Error::Backend { .. }), "no sagas table before migrating: {err}");
     }
 
-    // Several processes upgrade it at once.
-    let mut stores = Vec::new();
-    for _ in 0..3 {
-        stores.push(PgStore::builder(&url).prefix(&prefix).listen(false).connect().await.unwrap());
-    }
-    let tasks: Vec<_> =
-        stores.iter().cloned().map(|s| tokio::spawn(async move { s.migrate().await })).collect();
-    for task in tasks {
-        task.await.unwrap().expect("every concurrent migrate succeeds");
-    }
-    stores[0].migrate().await.unwrap();
+    let stores = migrate_concurrently(&url, &prefix).await;
     let versions =
         count(&url, &format!("SELECT COUNT(*) AS n FROM {prefix}migrations WHERE version IN (1, 2, 3)"))
             .await;
@@ -1799,30 +1769,8 @@ async fn a_version_3_database_migrates_to_workers() {
         assert!(matches!(err, Error::Backend { .. }), "no workers table before migrating: {err}");
     }
 
-    // Several processes upgrade it at once.
-    let mut stores = Vec::new();
-    for _ in 0..3 {
-        stores.push(PgStore::builder(&url).prefix(&prefix).listen(false).connect().await.unwrap());
-    }
-    let tasks: Vec<_> =
-        stores.iter().cloned().map(|s| tokio::spawn(async move { s.migrate().await })).collect();
-    for task in tasks {
-        task.await.unwrap().expect("every concurrent migrate succeeds");
-    }
-    stores[0].migrate().await.unwrap();
-    #[derive(QueryableByName)]
-    struct Version {
-        #[diesel(sql_type = Integer)]
-        version: i32,
-    }
-    let versions: Vec<i32> =
-        diesel::sql_query(format!("SELECT version FROM {prefix}migrations ORDER BY version"))
-            .load::<Version>(&mut conn)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|v| v.version)
-            .collect();
+    let stores = migrate_concurrently(&url, &prefix).await;
+    let versions = applied_versions(&mut conn, &prefix).await;
     assert_eq!(versions, migrations::MIGRATIONS.iter().map(|(v, _)| *v).collect::<Vec<_>>());
     assert!(versions.contains(&4), "the workers migration is applied");
     let indexes =
@@ -2110,4 +2058,36 @@ async fn workflows_are_summarized_newest_first() {
     let children = ListParams { parent: Some(failed_step), ..Default::default() };
     assert!(store.list(children).await.unwrap().is_empty());
     store.drop_tables().await.unwrap();
+}
+
+/// Three stores, as three processes would, upgrade `prefix` at once (each must succeed),
+/// then the first migrates again (a no-op); returns them.
+async fn migrate_concurrently(url: &str, prefix: &str) -> Vec<PgStore> {
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(PgStore::builder(url).prefix(prefix).listen(false).connect().await.unwrap());
+    }
+    let tasks: Vec<_> =
+        stores.iter().cloned().map(|s| tokio::spawn(async move { s.migrate().await })).collect();
+    for task in tasks {
+        task.await.unwrap().expect("every concurrent migrate succeeds");
+    }
+    stores[0].migrate().await.unwrap();
+    stores
+}
+
+/// The migration versions recorded for `prefix`, in order.
+async fn applied_versions(conn: &mut AsyncPgConnection, prefix: &str) -> Vec<i32> {
+    #[derive(QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = Integer)]
+        version: i32,
+    }
+    diesel::sql_query(format!("SELECT version FROM {prefix}migrations ORDER BY version"))
+        .load::<Version>(conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.version)
+        .collect()
 }

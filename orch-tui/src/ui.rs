@@ -565,7 +565,7 @@ fn draw_flows(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
     };
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), steps);
 
-    let rows = flows.sagas.iter().map(|saga| saga_row(saga, s.taken_at));
+    let rows = flows.sagas.iter().map(saga_row);
     let widths = [
         Constraint::Length(10),
         Constraint::Length(10),
@@ -587,7 +587,7 @@ fn draw_flows(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
     frame.render_widget(table, sagas_area);
 }
 
-fn saga_row(saga: &SagaRecord, _now: Timestamp) -> Row<'static> {
+fn saga_row(saga: &SagaRecord) -> Row<'static> {
     let stack: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&saga.compensations)
         .map(|items| {
             items
