@@ -1,8 +1,7 @@
 //! The journal table: append-only history of every command.
 
 use diesel::QueryableByName;
-use diesel::pg::Pg;
-use diesel::sql_types::{BigInt, Integer, Nullable, Text, Uuid};
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Uuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use orch::Timestamp;
 use orch::store::backend::{NewJournalEntry, u32_of};
@@ -10,47 +9,46 @@ use orch::store::{CommandId, JournalEntry, JournalKind};
 
 use crate::{Tables, TxResult};
 
-/// Rows per INSERT: 6 binds each, far below PostgreSQL's 65,535 bind parameters.
-const CHUNK: usize = 5_000;
-
-/// Appends entries in order (so their `seq` follows it), one multi-row INSERT per chunk.
+/// Appends entries in order (so their `seq` follows it) in one INSERT from six arrays:
+/// the statement text is the same for any number of entries.
 pub(crate) async fn append(
     conn: &mut AsyncPgConnection,
     tables: &Tables,
     entries: &[NewJournalEntry],
 ) -> TxResult<()> {
-    for chunk in entries.chunks(CHUNK) {
-        let mut sql = format!(
-            "INSERT INTO {} (command_id, at, kind, attempt, worker, message) VALUES ",
-            tables.journal
-        );
-        for i in 0..chunk.len() {
-            let b = i * 6;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6
-            ));
-        }
-        let mut query = diesel::sql_query(sql).into_boxed::<Pg>();
-        for e in chunk {
-            query = query
-                .bind::<Uuid, _>(e.command_id.as_uuid())
-                .bind::<BigInt, _>(e.at.as_micros())
-                .bind::<Text, _>(e.kind.as_str())
-                .bind::<Integer, _>(i32::try_from(e.attempt).unwrap_or(i32::MAX))
-                .bind::<Nullable<Text>, _>(e.worker.as_deref())
-                .bind::<Nullable<Text>, _>(e.message.as_deref());
-        }
-        query.execute(conn).await?;
+    if entries.is_empty() {
+        return Ok(());
     }
+    let mut ids = Vec::with_capacity(entries.len());
+    let mut ats = Vec::with_capacity(entries.len());
+    let mut kinds = Vec::with_capacity(entries.len());
+    let mut attempts = Vec::with_capacity(entries.len());
+    let mut workers = Vec::with_capacity(entries.len());
+    let mut messages = Vec::with_capacity(entries.len());
+    for e in entries {
+        ids.push(e.command_id.as_uuid());
+        ats.push(e.at.as_micros());
+        kinds.push(e.kind.as_str());
+        attempts.push(i32::try_from(e.attempt).unwrap_or(i32::MAX));
+        workers.push(e.worker.as_deref());
+        messages.push(e.message.as_deref());
+    }
+    // WITH ORDINALITY keeps the given order for the serial `seq`.
+    diesel::sql_query(format!(
+        "INSERT INTO {} (command_id, at, kind, attempt, worker, message) \
+         SELECT v.id, v.at, v.kind, v.attempt, v.worker, v.message \
+         FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::integer[], $5::text[], $6::text[]) \
+         WITH ORDINALITY AS v(id, at, kind, attempt, worker, message, n) ORDER BY v.n",
+        tables.journal
+    ))
+    .bind::<Array<Uuid>, _>(&ids)
+    .bind::<Array<BigInt>, _>(&ats)
+    .bind::<Array<Text>, _>(&kinds)
+    .bind::<Array<Integer>, _>(&attempts)
+    .bind::<Array<Nullable<Text>>, _>(&workers)
+    .bind::<Array<Nullable<Text>>, _>(&messages)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -2,8 +2,9 @@
 //!
 //! One worker is four kinds of tokio task:
 //! - the *poller* claims batches of due commands for its instance key and the names
-//!   it has handlers for, and starts one execution task per command, never more than
-//!   `concurrency` at once;
+//!   it has handlers for, up to `concurrency + prefetch` held at once, and starts one
+//!   execution task per command; at most `concurrency` of them run their handler, the
+//!   others wait for a slot (the local queue) with their leases renewed;
 //! - each *execution* runs a handler under its timeout and a stop token, and turns the
 //!   result into an [`Outcome`];
 //! - the *completer* writes outcomes to the store in batches (as many as have queued
@@ -14,6 +15,7 @@
 //!   pushes the follow-ups of commands that finished outside a worker.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,10 +41,18 @@ pub struct WorkerConfig {
     pub instance_key: String,
     /// How many handlers run at once. Default 16.
     pub concurrency: usize,
-    /// The most commands claimed in one round trip. Default 16.
+    /// How many claimed commands may wait in the worker for a free handler slot, beyond
+    /// the `concurrency` running ones. Claiming ahead lets one round trip fetch a large
+    /// batch; the cost is that those commands are leased to this worker (another idle
+    /// worker cannot take them), and if the process dies they wait for their lease to
+    /// expire like the running ones. At shutdown they are released at once. Default 16;
+    /// 0 claims only for free slots.
+    pub prefetch: usize,
+    /// The most commands claimed in one round trip. Default 64.
     pub max_pull: usize,
     /// How long an idle worker waits before looking for due commands again. Pushes
-    /// from this process wake it sooner. Default 1 s.
+    /// through the same store in this process wake it at once, and on PostgreSQL pushes
+    /// from any process. Default 2 s.
     pub poll_interval: Duration,
     /// A lease lasts the command's timeout plus this buffer, and is renewed while the
     /// handler runs. It must exceed the clock skew between nodes. Default 30 s.
@@ -50,7 +60,9 @@ pub struct WorkerConfig {
     /// How often leases of running commands are renewed (and cancel requests seen).
     /// Default 1 s.
     pub heartbeat_interval: Duration,
-    /// How often expired leases are rescued and pending follow-ups pushed. Default 5 s.
+    /// How often expired leases are rescued, pending follow-ups pushed and the worker's
+    /// row in the workers table refreshed (monitors call a worker stale after 30 s
+    /// without a refresh). Default 10 s.
     pub rescue_interval: Duration,
     /// On shutdown, how long running handlers may go on before they are cancelled and
     /// their commands released. Default 10 s.
@@ -64,11 +76,12 @@ impl Default for WorkerConfig {
         WorkerConfig {
             instance_key: DEFAULT_TARGET.to_owned(),
             concurrency: 16,
-            max_pull: 16,
-            poll_interval: Duration::from_secs(1),
+            prefetch: 16,
+            max_pull: 64,
+            poll_interval: Duration::from_secs(2),
             lease_buffer: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(1),
-            rescue_interval: Duration::from_secs(5),
+            rescue_interval: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             worker_id: None,
         }
@@ -133,7 +146,10 @@ struct Shared {
     worker_id: String,
     host: String,
     started_at: Timestamp,
+    /// Commands held: running, waiting for a handler slot, or being recorded.
     running: Mutex<HashMap<CommandId, Running>>,
+    /// Handlers running now.
+    active: AtomicUsize,
 }
 
 /// How long the row of a worker that stopped heartbeating stays in the workers table,
@@ -143,7 +159,7 @@ pub const FORGET_DEAD_WORKERS_AFTER: Duration = Duration::from_secs(24 * 3600);
 impl Shared {
     /// This worker's row in the workers table, as of now.
     fn record(&self) -> WorkerRecord {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let running = self.active.load(Ordering::Relaxed);
         WorkerRecord {
             id: self.worker_id.clone(),
             instance_key: self.config.instance_key.clone(),
@@ -197,6 +213,7 @@ impl Worker {
                 host,
                 started_at,
                 running: Mutex::new(HashMap::new()),
+                active: AtomicUsize::new(0),
             }),
         })
     }
@@ -296,7 +313,15 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let maintainer_stop = CancellationToken::new();
     let mut maintainer = AbortOnDrop(tokio::spawn(maintainer(Arc::clone(&shared), maintainer_stop.clone())));
 
+    // Slots bound the commands this worker holds (claimed, not yet recorded); permits
+    // bound the handlers running among them.
+    let capacity = config.concurrency + config.prefetch;
+    let slots = Arc::new(Semaphore::new(capacity));
     let permits = Arc::new(Semaphore::new(config.concurrency));
+    // A busy worker claims once this many slots are free, so it fetches batches instead
+    // of one command per finished one. Never more than `prefetch`: while fewer slots are
+    // free, every handler is busy (or its outcome is being recorded).
+    let claim_at = config.prefetch.min(config.max_pull / 2).max(1);
     let mut tasks = JoinSet::new();
     let mut failures: u32 = 0;
 
@@ -311,10 +336,10 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             notified.enable();
         }
 
-        let free = permits.available_permits();
+        let room = slots.available_permits();
         let mut full_batch = false;
-        if free > 0 {
-            let limit = free.min(config.max_pull);
+        if room >= claim_at {
+            let limit = room.min(config.max_pull);
             let params = ClaimParams {
                 target: config.instance_key.clone(),
                 names: shared.names.clone(),
@@ -331,14 +356,16 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                         tracing::debug!(count = batch.len(), "claimed");
                     }
                     for claimed in batch {
-                        let permit = Arc::clone(&permits)
+                        let slot = Arc::clone(&slots)
                             .try_acquire_owned()
-                            .expect("claims never exceed the free permits");
+                            .expect("claims never exceed the free slots");
                         let shared = Arc::clone(&shared);
                         let tx = complete_tx.clone();
+                        let permits = Arc::clone(&permits);
+                        let shutdown = shutdown.clone();
                         tasks.spawn(async move {
-                            execute(&shared, claimed, tx).await;
-                            drop(permit);
+                            execute(&shared, claimed, tx, &permits, &shutdown).await;
+                            drop(slot);
                         });
                     }
                 }
@@ -349,10 +376,10 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             }
         }
         while tasks.try_join_next().is_some() {}
-        if full_batch && failures == 0 {
+        let starved = slots.available_permits() < claim_at;
+        if full_batch && failures == 0 && !starved {
             continue;
         }
-        let at_capacity = permits.available_permits() == 0;
         let wait = config.poll_interval.saturating_mul(failures.clamp(1, 10));
         let sleep = clock.sleep_until(clock.now() + wait);
         tokio::select! {
@@ -365,7 +392,7 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                 }
             } => {}
             _ = sleep => {}
-            Some(_) = tasks.join_next(), if at_capacity => {}
+            Some(_) = tasks.join_next(), if starved => {}
         }
     }
 
@@ -406,6 +433,8 @@ async fn execute(
     shared: &Arc<Shared>,
     claimed: ClaimedCommand,
     completions: mpsc::Sender<CompletionRequest>,
+    permits: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
 ) {
     let id = claimed.lease.id;
     let span = tracing::info_span!("command", %id, name = %claimed.name, attempt = claimed.attempt);
@@ -417,7 +446,23 @@ async fn execute(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Running { lease: claimed.lease, stop: stop.clone(), reason: Arc::clone(&reason) });
-        let outcome = run_attempt(shared, &claimed, &stop, &reason).await;
+        // Held commands wait here for a handler slot; a stop or the worker's shutdown
+        // reaches them before their handler starts.
+        let outcome = tokio::select! {
+            biased;
+            _ = stop.cancelled() => stopped(shared, &claimed, &reason),
+            _ = shutdown.cancelled() => {
+                tracing::debug!("released at shutdown before it started");
+                Some(Outcome::Released { at: shared.orch.clock().now() })
+            }
+            permit = permits.acquire() => {
+                let _permit = permit.expect("the permits are never closed");
+                shared.active.fetch_add(1, Ordering::Relaxed);
+                let outcome = run_attempt(shared, &claimed, &stop, &reason).await;
+                shared.active.fetch_sub(1, Ordering::Relaxed);
+                outcome
+            }
+        };
         if let Some(outcome) = outcome {
             let completion = Completion {
                 lease: claimed.lease,
@@ -441,6 +486,41 @@ async fn execute(
     }
     .instrument(span)
     .await
+}
+
+/// The outcome of an attempt stopped by a cancel request, a lost lease or shutdown;
+/// `None` when the lease was lost and nothing may be recorded.
+fn stopped(
+    shared: &Arc<Shared>,
+    claimed: &ClaimedCommand,
+    reason: &Mutex<Option<StopReason>>,
+) -> Option<Outcome> {
+    let why = reason.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(StopReason::Shutdown);
+    match why {
+        StopReason::LeaseLost => {
+            tracing::warn!("lease lost; handler stopped and its result discarded");
+            None
+        }
+        StopReason::CancelRequested => {
+            tracing::info!("cancelled on request");
+            let follow_ups = shared
+                .registry
+                .get(&claimed.name)
+                .map(|h| h.cancel_follow_ups(&claimed.input))
+                .unwrap_or_default();
+            Some(match resolve(shared, claimed, follow_ups) {
+                Ok(follow_ups) => Outcome::Cancelled { follow_ups },
+                Err(e) => {
+                    tracing::error!(error = %e, "on_cancel follow-ups are invalid; cancelling without them");
+                    Outcome::Cancelled { follow_ups: Vec::new() }
+                }
+            })
+        }
+        StopReason::Shutdown => {
+            tracing::info!("released at shutdown");
+            Some(Outcome::Released { at: shared.orch.clock().now() })
+        }
+    }
 }
 
 /// Runs one attempt; `None` when the lease was lost and nothing may be recorded.
@@ -481,30 +561,7 @@ async fn run_attempt(
     // the same time: a handler that returns because its token fired was cancelled.
     let result = tokio::select! {
         biased;
-        _ = stop.cancelled() => {
-            let why = reason.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(StopReason::Shutdown);
-            return match why {
-                StopReason::LeaseLost => {
-                    tracing::warn!("lease lost; handler stopped and its result discarded");
-                    None
-                }
-                StopReason::CancelRequested => {
-                    tracing::info!("cancelled on request");
-                    let follow_ups = handler.cancel_follow_ups(&claimed.input);
-                    Some(match resolve(shared, claimed, follow_ups) {
-                        Ok(follow_ups) => Outcome::Cancelled { follow_ups },
-                        Err(e) => {
-                            tracing::error!(error = %e, "on_cancel follow-ups are invalid; cancelling without them");
-                            Outcome::Cancelled { follow_ups: Vec::new() }
-                        }
-                    })
-                }
-                StopReason::Shutdown => {
-                    tracing::info!("released at shutdown");
-                    Some(Outcome::Released { at: clock.now() })
-                }
-            };
-        }
+        _ = stop.cancelled() => return stopped(shared, claimed, reason),
         joined = &mut task.0 => match joined {
             Ok(result) => Ok(result),
             Err(e) if e.is_panic() => Err(Failure::new(FailureKind::Panic, panic_message(e.into_panic()))),
@@ -680,9 +737,17 @@ async fn maintainer(shared: Arc<Shared>, stop: CancellationToken) {
     let clock = Arc::clone(shared.orch.clock());
     let config = &shared.config;
     let mut next_rescue = clock.now();
+    let mut ticks: u64 = 0;
     loop {
         let now = clock.now();
         if now >= next_rescue {
+            // The worker's row is refreshed each rescue tick (the first records it again
+            // after start), so an idle worker makes few calls.
+            if ticks > 0
+                && let Err(e) = shared.orch.store().record_worker(shared.record()).await
+            {
+                tracing::warn!(error = %e, "recording the worker's heartbeat failed; will retry");
+            }
             rescue_and_follow_up(&shared, now).await;
             // Saga events go to the default instance, so its workers watch the timeouts.
             if let Some(sagas) = shared.registry.sagas()
@@ -695,9 +760,12 @@ async fn maintainer(shared: Arc<Shared>, stop: CancellationToken) {
                 now.as_micros()
                     .saturating_sub(i64::try_from(FORGET_DEAD_WORKERS_AFTER.as_micros()).unwrap_or(0)),
             );
-            if let Err(e) = shared.orch.store().prune_workers(cutoff).await {
+            if ticks.is_multiple_of(PRUNE_WORKERS_EVERY)
+                && let Err(e) = shared.orch.store().prune_workers(cutoff).await
+            {
                 tracing::warn!(error = %e, "pruning dead workers failed; will retry");
             }
+            ticks += 1;
             next_rescue = now + config.rescue_interval;
         }
         let wake = (clock.now() + config.heartbeat_interval).min(next_rescue);
@@ -706,11 +774,11 @@ async fn maintainer(shared: Arc<Shared>, stop: CancellationToken) {
             _ = clock.sleep_until(wake) => {}
         }
         heartbeat(&shared).await;
-        if let Err(e) = shared.orch.store().record_worker(shared.record()).await {
-            tracing::warn!(error = %e, "recording the worker's heartbeat failed; will retry");
-        }
     }
 }
+
+/// Dead workers' rows are pruned on every this many rescue ticks.
+const PRUNE_WORKERS_EVERY: u64 = 6;
 
 async fn heartbeat(shared: &Arc<Shared>) {
     let entries: Vec<(Lease, CancellationToken, StopSlot)> = {

@@ -44,6 +44,10 @@ pub struct BenchConfig {
     pub commands: u64,
     /// Handlers at once.
     pub concurrency: usize,
+    /// Claimed commands a worker may hold beyond `concurrency` (its local queue).
+    pub prefetch: usize,
+    /// The most commands claimed per round trip.
+    pub max_pull: usize,
     /// The worker's idle poll interval.
     pub poll: Duration,
     /// `push_many` batch size.
@@ -63,6 +67,8 @@ impl Default for BenchConfig {
         BenchConfig {
             commands: 20_000,
             concurrency: 16,
+            prefetch: WorkerConfig::default().prefetch,
+            max_pull: WorkerConfig::default().max_pull,
             poll: Duration::from_millis(100),
             batch: 1000,
             latency_jobs: 200,
@@ -165,7 +171,13 @@ fn registry(recorder: &Arc<Recorder>) -> Registry {
 }
 
 fn worker_config(cfg: &BenchConfig) -> WorkerConfig {
-    WorkerConfig { concurrency: cfg.concurrency, poll_interval: cfg.poll, ..WorkerConfig::default() }
+    WorkerConfig {
+        concurrency: cfg.concurrency,
+        prefetch: cfg.prefetch,
+        max_pull: cfg.max_pull,
+        poll_interval: cfg.poll,
+        ..WorkerConfig::default()
+    }
 }
 
 /// Opens a fresh, migrated store on a new table prefix.

@@ -978,6 +978,61 @@ pub async fn shutdown_releases_unfinished(h: &dyn Harness) {
     assert_eq!(record(&store, later).await.state, State::Pending, "a stopped worker claims nothing");
 }
 
+/// A worker holds claimed commands beyond its handlers (`prefetch`): they wait for a
+/// handler slot without starting, a cancel request reaches a held one before its
+/// handler starts, and shutdown releases the held ones.
+pub async fn held_commands_wait_for_a_slot(h: &dyn Harness) {
+    let store = h.store().await;
+    let orch = Orch::new(Arc::clone(&store));
+    let started: Arc<Mutex<Vec<CommandId>>> = Arc::default();
+    let mut registry = Registry::new();
+    let seen = Arc::clone(&started);
+    registry
+        .register_fn(move |_: HangCommand, ctx: Context| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock().unwrap().push(ctx.id());
+                ctx.cancellation_token().cancelled().await;
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(orch.push(&HangCommand).await.unwrap());
+    }
+    let config = orch::WorkerConfig {
+        concurrency: 1,
+        prefetch: 3,
+        max_pull: 8,
+        shutdown_grace: Duration::from_millis(200),
+        ..fast_config("default")
+    };
+    let worker = Worker::new(orch.clone(), registry, config).unwrap().start();
+    eventually("one handler running and all four commands leased", || async {
+        let leased = all(&store).await.iter().filter(|r| r.state == State::Running).count();
+        (started.lock().unwrap().len() == 1 && leased == 4).then_some(())
+    })
+    .await;
+    let first = started.lock().unwrap()[0];
+    let held: Vec<CommandId> = ids.iter().copied().filter(|id| *id != first).collect();
+
+    assert_eq!(orch.cancel(held[0]).await.unwrap(), orch::CancelStatus::Requested);
+    eventually("the held command to be cancelled", || async {
+        (record(&store, held[0]).await.state == State::Cancelled).then_some(())
+    })
+    .await;
+    assert_eq!(*started.lock().unwrap(), vec![first], "the cancelled command never started");
+
+    worker.shutdown().await;
+    assert_eq!(*started.lock().unwrap(), vec![first], "no handler starts after shutdown begins");
+    for id in [first, held[1], held[2]] {
+        let r = record(&store, id).await;
+        assert_eq!((r.state, r.lease_token), (State::Pending, None), "{id} released at shutdown");
+        assert!(kinds(&store, id).await.contains(&JournalKind::Released));
+    }
+}
+
 /// `list` with `unfinished` returns exactly the blocked, pending and running commands,
 /// in id order.
 pub async fn list_finds_unfinished(h: &dyn Harness) {

@@ -183,8 +183,10 @@ pub async fn workflow_steps_run_concurrently(h: &dyn Harness) {
                     }
                 })
                 .unwrap();
+            // One command per worker: none claimed ahead, so each worker takes one step.
             let config = orch::WorkerConfig {
                 concurrency: 1,
+                prefetch: 0,
                 instance_key: orch::DEFAULT_TARGET.into(),
                 ..fast_config(&format!("meet{i}"))
             };

@@ -61,6 +61,7 @@ macro_rules! conformance_suite {
             wait_reports_statuses,
             unstorable_follow_up_fails_the_command,
             shutdown_releases_unfinished,
+            held_commands_wait_for_a_slot,
             list_finds_unfinished,
             cancel_request_wins_over_retry,
             workers_are_recorded,

@@ -48,6 +48,7 @@ pub fn fast_config(instance_key: &str) -> WorkerConfig {
     WorkerConfig {
         instance_key: instance_key.to_owned(),
         concurrency: 8,
+        prefetch: 8,
         max_pull: 16,
         poll_interval: Duration::from_millis(20),
         lease_buffer: Duration::from_secs(5),
@@ -63,6 +64,7 @@ pub fn manual_config(worker_id: &str) -> WorkerConfig {
     WorkerConfig {
         instance_key: orch::DEFAULT_TARGET.to_owned(),
         concurrency: 4,
+        prefetch: 0,
         max_pull: 4,
         poll_interval: Duration::from_millis(100),
         lease_buffer: Duration::from_secs(2),

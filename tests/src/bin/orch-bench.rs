@@ -1,7 +1,7 @@
 //! `orch-bench`: the benchmark run by `cargo xtask bench` (see `orch_tests::bench`).
 //!
 //! `orch-bench [--backend pg|mysql|sqlite|all] [--commands N] [--concurrency C]
-//!             [--history H] [--poll-ms P]`
+//!             [--prefetch P] [--max-pull M] [--history H] [--poll-ms P]`
 //!
 //! Servers come from `ORCH_PG_URL` / `ORCH_MYSQL_URL`; each run creates a database of
 //! its own beside the one the URL names and drops it at the end. SQLite files go under
@@ -106,6 +106,8 @@ async fn main() -> Result<(), String> {
     let cfg = BenchConfig {
         commands: number(&args, "--commands", defaults.commands)?,
         concurrency: number(&args, "--concurrency", defaults.concurrency as u64)? as usize,
+        prefetch: number(&args, "--prefetch", defaults.prefetch as u64)? as usize,
+        max_pull: number(&args, "--max-pull", defaults.max_pull as u64)? as usize,
         poll: Duration::from_millis(number(&args, "--poll-ms", defaults.poll.as_millis() as u64)?),
         history: number(&args, "--history", defaults.history)?,
         ..defaults
@@ -125,8 +127,8 @@ async fn main() -> Result<(), String> {
     let mut results = Vec::new();
     for backend in backends {
         eprintln!(
-            "== {backend}: {} commands, {} handlers, poll {:?}",
-            cfg.commands, cfg.concurrency, cfg.poll
+            "== {backend}: {} commands, {} handlers, prefetch {}, max_pull {}, poll {:?}",
+            cfg.commands, cfg.concurrency, cfg.prefetch, cfg.max_pull, cfg.poll
         );
         let result = match backend {
             "pg" => {
