@@ -407,6 +407,86 @@ enum Bind {
     Int(i64),
 }
 
+#[derive(QueryableByName)]
+struct LeaseRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    lease_token: String,
+}
+
+/// Locks the rows of `ids` in id order and returns the lease token of each one that is
+/// running, by id.
+async fn lock_leases(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    ids: &[CommandId],
+) -> TxResult<HashMap<String, String>> {
+    let mut ids: Vec<String> = ids.iter().map(CommandId::to_string).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(ID_CHUNK) {
+        let q = query(format!(
+            "SELECT id, COALESCE(lease_token, '') AS lease_token FROM {} WHERE id IN ({}) AND state = 'running' \
+             ORDER BY id FOR UPDATE",
+            tables.commands,
+            placeholders(chunk.len())
+        ));
+        let rows: Vec<LeaseRow> = bind_ids(q, chunk.iter().map(String::as_str)).load(conn).await?;
+        out.extend(rows.into_iter().map(|r| (r.id, r.lease_token)));
+    }
+    Ok(out)
+}
+
+/// Successes per UPDATE: 7 binds each.
+const SUCCESS_CHUNK: usize = 500;
+
+/// Records successes whose leases are held (their rows locked by [`lock_leases`]) in one
+/// UPDATE per chunk instead of one per command.
+async fn apply_successes(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    held: &[&Completion],
+) -> TxResult<()> {
+    for chunk in held.chunks(SUCCESS_CHUNK) {
+        let cases = |column: &str| {
+            let mut sql = format!("{column} = CASE id");
+            for _ in chunk {
+                sql.push_str(" WHEN ? THEN ?");
+            }
+            sql.push_str(" END");
+            sql
+        };
+        let mut q = query(format!(
+            "UPDATE {} SET state = 'succeeded', {}, {}, {}, lease_token = NULL, lease_expires_at = NULL \
+             WHERE id IN ({}) AND state = 'running'",
+            tables.commands,
+            cases("output"),
+            cases("finished_at"),
+            cases("updated_at"),
+            placeholders(chunk.len())
+        ));
+        for c in chunk {
+            let Outcome::Succeeded { output, .. } = &c.outcome else { continue };
+            q = q.bind::<Text, _>(c.lease.id.to_string()).bind::<Text, _>(output.clone());
+        }
+        for _ in 0..2 {
+            for c in chunk {
+                q = q.bind::<Text, _>(c.lease.id.to_string()).bind::<BigInt, _>(c.now.as_micros());
+            }
+        }
+        let matched = bind_ids(
+            q,
+            chunk.iter().map(|c| c.lease.id.to_string()).collect::<Vec<_>>().iter().map(String::as_str),
+        )
+        .execute(conn)
+        .await?;
+        debug_assert_eq!(matched, chunk.len(), "every locked, held row is updated");
+    }
+    Ok(())
+}
+
 /// The fenced update that ends one attempt; whether the lease was held.
 async fn finish_attempt(conn: &mut AsyncMysqlConnection, tables: &Tables, c: &Completion) -> TxResult<bool> {
     let now = c.now.as_micros();
@@ -479,8 +559,31 @@ pub(crate) async fn complete(
 ) -> TxResult<(Vec<CompletionStatus>, bool)> {
     let ids: Vec<CommandId> = completions.iter().map(|c| c.lease.id).collect();
     let mut applied = vec![false; completions.len()];
+    // Every row of the batch is locked first, in id order (as heartbeats lock them, so
+    // the two never deadlock); the leases read under the lock decide which successes
+    // are applied together.
+    let leases = lock_leases(conn, tables, &ids).await?;
+    let mut seen: HashMap<CommandId, usize> = HashMap::new();
+    for id in &ids {
+        *seen.entry(*id).or_default() += 1;
+    }
+    let together: Vec<usize> = id_order(&ids)
+        .into_iter()
+        .filter(|&i| matches!(completions[i].outcome, Outcome::Succeeded { .. }) && seen[&ids[i]] == 1)
+        .collect();
+    let together = if together.len() >= 2 { together } else { Vec::new() };
+    for &i in &together {
+        let c = &completions[i];
+        applied[i] =
+            leases.get(&c.lease.id.to_string()).is_some_and(|token| *token == c.lease.token.to_string());
+    }
+    let held: Vec<&Completion> = together.iter().filter(|&&i| applied[i]).map(|&i| &completions[i]).collect();
+    apply_successes(conn, tables, &held).await?;
+    let batched: std::collections::HashSet<usize> = together.into_iter().collect();
     for i in id_order(&ids) {
-        applied[i] = finish_attempt(conn, tables, &completions[i]).await?;
+        if !batched.contains(&i) {
+            applied[i] = finish_attempt(conn, tables, &completions[i]).await?;
+        }
     }
     let id_texts: Vec<String> = ids.iter().map(CommandId::to_string).collect();
     let facts = facts(conn, tables, &id_texts).await?;

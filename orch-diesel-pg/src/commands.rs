@@ -487,10 +487,9 @@ struct AppliedId {
     has_dependents: bool,
 }
 
-/// Applies many successes in two statements instead of one per command: their rows are
-/// locked in id order (as heartbeats lock them, so the two never deadlock), then all
-/// updated from arrays, each fenced on its own lease. Returns what was applied, by id;
-/// a command missing from the result had lost its lease.
+/// Applies many successes in one statement instead of one per command, each fenced on
+/// its own lease; the caller has locked their rows. Returns what was applied, by id; a
+/// command missing from the result had lost its lease.
 async fn apply_successes(
     conn: &mut AsyncPgConnection,
     tables: &Tables,
@@ -507,13 +506,6 @@ async fn apply_successes(
         outputs.push(output.clone());
         nows.push(c.now.as_micros());
     }
-    diesel::sql_query(format!(
-        "SELECT id FROM {} WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        tables.commands
-    ))
-    .bind::<Array<Uuid>, _>(&ids)
-    .execute(conn)
-    .await?;
     let rows: Vec<AppliedId> = diesel::sql_query(format!(
         "UPDATE {t} AS c SET state = 'succeeded', output = v.output, finished_at = v.now, updated_at = v.now, \
          lease_token = NULL, lease_expires_at = NULL \
@@ -568,8 +560,23 @@ pub(crate) async fn complete(
         together.clear();
     }
     let batched_ids: std::collections::HashSet<CommandId> = together.iter().map(|c| c.lease.id).collect();
-    let mut batched =
-        if together.is_empty() { HashMap::new() } else { apply_successes(conn, tables, &together).await? };
+    let mut batched = if together.is_empty() {
+        HashMap::new()
+    } else {
+        // Every row of the batch is locked first, in id order (as heartbeats lock them,
+        // so the two never deadlock), before the successes are applied out of that order.
+        let mut all: Vec<uuid::Uuid> = completions.iter().map(|c| c.lease.id.as_uuid()).collect();
+        all.sort_unstable();
+        all.dedup();
+        diesel::sql_query(format!(
+            "SELECT id FROM {} WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            tables.commands
+        ))
+        .bind::<Array<Uuid>, _>(&all)
+        .execute(conn)
+        .await?;
+        apply_successes(conn, tables, &together).await?
+    };
     for i in order {
         let c = &completions[i];
         let applied = if batched_ids.contains(&c.lease.id) {

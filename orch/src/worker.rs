@@ -308,7 +308,9 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         tracing::warn!(error = %e, "recording the worker failed; its heartbeat will retry");
     }
 
-    let (complete_tx, complete_rx) = mpsc::channel::<CompletionRequest>(config.concurrency * 2);
+    // Room for the outcome of every command the worker can hold, so outcomes that pile up
+    // while a batch is written go into the next batch.
+    let (complete_tx, complete_rx) = mpsc::channel::<CompletionRequest>(config.concurrency + config.prefetch);
     let completer = AbortOnDrop(tokio::spawn(completer(Arc::clone(&shared), complete_rx)));
     let maintainer_stop = CancellationToken::new();
     let mut maintainer = AbortOnDrop(tokio::spawn(maintainer(Arc::clone(&shared), maintainer_stop.clone())));
@@ -659,7 +661,7 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 }
 
 async fn completer(shared: Arc<Shared>, mut rx: mpsc::Receiver<CompletionRequest>) {
-    const MAX_BATCH: usize = 256;
+    const MAX_BATCH: usize = 1024;
     let mut batch: Vec<CompletionRequest> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);

@@ -60,6 +60,9 @@ pub struct BenchConfig {
     pub history: u64,
     /// How long the idle worker's store calls are counted.
     pub idle: Duration,
+    /// Fill the processing queue with `push_many` instead of one push per command (a
+    /// quicker run for profiling; the one-by-one push figure is then not measured).
+    pub skip_single_push: bool,
 }
 
 impl Default for BenchConfig {
@@ -75,6 +78,7 @@ impl Default for BenchConfig {
             latency_rate: 100,
             history: 1_000_000,
             idle: Duration::from_secs(10),
+            skip_single_push: false,
         }
     }
 }
@@ -254,14 +258,32 @@ pub async fn run_backend(
     let counted = Arc::new(CountingStore::new(open(format!("bp{run}_")).await?));
     let store: Arc<dyn Store> = counted.clone();
     let orch = Orch::new(Arc::clone(&store));
-    let started = Instant::now();
-    for seq in 0..n {
-        orch.push(&BenchCommand { seq }).await?;
+    if cfg.skip_single_push {
+        for chunk in commands(0).collect::<Vec<_>>().chunks(cfg.batch) {
+            orch.push_many(chunk.to_vec()).await?;
+        }
+    } else {
+        let started = Instant::now();
+        for seq in 0..n {
+            orch.push(&BenchCommand { seq }).await?;
+        }
+        result.push_per_s = n as f64 / started.elapsed().as_secs_f64();
+        eprintln!("{backend}: push {:.0}/s", result.push_per_s);
     }
-    result.push_per_s = n as f64 / started.elapsed().as_secs_f64();
-    eprintln!("{backend}: push {:.0}/s", result.push_per_s);
     let calls_before = counted.calls();
+    let (claims_before, completions_before) = (counted.claims().totals(), counted.completions().totals());
     let (rate, runs) = process(Arc::clone(&store), cfg, n).await?;
+    for (what, before, after) in [
+        ("claims", claims_before, counted.claims().totals()),
+        ("completions", completions_before, counted.completions().totals()),
+    ] {
+        let (calls, items, ms) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+        eprintln!(
+            "{backend}: {what}: {calls} calls, {:.1} commands and {:.2} ms per call",
+            items as f64 / calls.max(1) as f64,
+            ms / calls.max(1) as f64
+        );
+    }
     result.process_calls_per_command = (counted.calls() - calls_before) as f64 / n as f64;
     result.process_per_s = rate;
     result.duplicates = runs.saturating_sub(n);
@@ -344,12 +366,54 @@ pub async fn run_backend(
 pub struct CountingStore {
     inner: Arc<dyn Store>,
     calls: AtomicU64,
+    claims: CallStats,
+    completions: CallStats,
+}
+
+/// Calls of one store method: how many, the commands they carried, their total time.
+#[derive(Debug, Default)]
+pub struct CallStats {
+    calls: AtomicU64,
+    items: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl CallStats {
+    fn add(&self, items: usize, took: Duration) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.items.fetch_add(items as u64, Ordering::Relaxed);
+        self.micros.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// (calls, commands, total milliseconds) so far.
+    pub fn totals(&self) -> (u64, u64, f64) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.items.load(Ordering::Relaxed),
+            self.micros.load(Ordering::Relaxed) as f64 / 1000.0,
+        )
+    }
 }
 
 impl CountingStore {
     /// Wraps `inner`.
     pub fn new(inner: Arc<dyn Store>) -> Self {
-        CountingStore { inner, calls: AtomicU64::new(0) }
+        CountingStore {
+            inner,
+            calls: AtomicU64::new(0),
+            claims: CallStats::default(),
+            completions: CallStats::default(),
+        }
+    }
+
+    /// Claims so far.
+    pub fn claims(&self) -> &CallStats {
+        &self.claims
+    }
+
+    /// Completions so far.
+    pub fn completions(&self) -> &CallStats {
+        &self.completions
     }
 
     /// Calls so far.
@@ -375,13 +439,20 @@ impl Store for CountingStore {
         self.count().enqueue(commands).await
     }
     async fn claim(&self, params: ClaimParams) -> Result<Vec<ClaimedCommand>> {
-        self.count().claim(params).await
+        let started = Instant::now();
+        let claimed = self.count().claim(params).await?;
+        self.claims.add(claimed.len(), started.elapsed());
+        Ok(claimed)
     }
     async fn heartbeat(&self, params: HeartbeatParams) -> Result<Vec<LeaseStatus>> {
         self.count().heartbeat(params).await
     }
     async fn complete(&self, completions: Vec<Completion>) -> Result<Vec<CompletionStatus>> {
-        self.count().complete(completions).await
+        let started = Instant::now();
+        let count = completions.len();
+        let statuses = self.count().complete(completions).await?;
+        self.completions.add(count, started.elapsed());
+        Ok(statuses)
     }
     async fn cancel(&self, id: CommandId, now: Timestamp) -> Result<CancelStatus> {
         self.count().cancel(id, now).await

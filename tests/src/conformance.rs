@@ -1033,6 +1033,59 @@ pub async fn held_commands_wait_for_a_slot(h: &dyn Harness) {
     }
 }
 
+/// One completion batch of many successes (which stores may apply in one statement),
+/// one of them on a stale lease, and a retry: each is fenced on its own lease.
+pub async fn batched_successes_are_fenced(h: &dyn Harness) {
+    let store = h.store().await;
+    let now = Timestamp::from_micros(1_000_000);
+    store.enqueue((0..6).map(|_| insert("batch", now)).collect()).await.unwrap();
+    let claimed = store.claim(claim_params(&["batch"], now, "w1", 6)).await.unwrap();
+    assert_eq!(claimed.len(), 6);
+    let later = Timestamp::from_micros(2_000_000);
+    let mut completions: Vec<Completion> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Completion {
+            lease: c.lease,
+            now: later,
+            worker: "w1".into(),
+            outcome: Outcome::Succeeded { output: format!("{{\"n\":{i}}}"), follow_ups: Vec::new() },
+        })
+        .collect();
+    completions[4].lease =
+        orch::store::Lease { id: claimed[4].lease.id, token: orch::store::LeaseToken::generate() };
+    completions[5].outcome = Outcome::Retry {
+        failure: orch::Failure::new(orch::FailureKind::Error, "again"),
+        retry_at: Timestamp::from_micros(3_000_000),
+    };
+    // Reversed, so the batch is not in id or claim order.
+    completions.reverse();
+    let statuses = store.complete(completions).await.unwrap();
+    let mut expected = vec![CompletionStatus::Applied; 6];
+    expected[1] = CompletionStatus::LeaseLost;
+    assert_eq!(statuses, expected);
+    for (i, c) in claimed.iter().enumerate() {
+        let r = record(&store, c.lease.id).await;
+        match i {
+            0..=3 => {
+                assert_eq!(r.state, State::Succeeded, "{i}");
+                assert_eq!(r.output.as_deref(), Some(format!("{{\"n\":{i}}}").as_str()), "{i}");
+                assert_eq!((r.finished_at, r.lease_token), (Some(later), None), "{i}");
+                assert_eq!(kinds(&store, c.lease.id).await.last(), Some(&JournalKind::Succeeded), "{i}");
+            }
+            4 => {
+                assert_eq!(
+                    (r.state, r.lease_token),
+                    (State::Running, Some(c.lease.token)),
+                    "a stale lease changes nothing"
+                );
+                assert_eq!(kinds(&store, c.lease.id).await.last(), Some(&JournalKind::LeaseLost));
+            }
+            _ => assert_eq!((r.state, r.scheduled_at), (State::Pending, Timestamp::from_micros(3_000_000))),
+        }
+    }
+}
+
 /// `list` with `unfinished` returns exactly the blocked, pending and running commands,
 /// in id order.
 pub async fn list_finds_unfinished(h: &dyn Harness) {

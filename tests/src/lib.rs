@@ -62,6 +62,7 @@ macro_rules! conformance_suite {
             unstorable_follow_up_fails_the_command,
             shutdown_releases_unfinished,
             held_commands_wait_for_a_slot,
+            batched_successes_are_fenced,
             list_finds_unfinished,
             cancel_request_wins_over_retry,
             workers_are_recorded,
