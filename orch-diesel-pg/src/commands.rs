@@ -35,9 +35,6 @@ pub(crate) static COLUMNS: LazyLock<String> = LazyLock::new(|| COMMAND_COLUMNS.j
 pub(crate) static C_COLUMNS: LazyLock<String> =
     LazyLock::new(|| COMMAND_COLUMNS.iter().map(|c| format!("c.{c}")).collect::<Vec<_>>().join(", "));
 
-/// Rows per INSERT: 14 binds each, far below PostgreSQL's 65,535 bind parameters.
-const INSERT_CHUNK: usize = 1_000;
-
 #[derive(QueryableByName)]
 pub(crate) struct CommandRow {
     #[diesel(sql_type = Uuid)]
@@ -185,56 +182,69 @@ async fn insert_rows(
     tables: &Tables,
     commands: &[&InsertCommand],
 ) -> TxResult<()> {
-    for chunk in commands.chunks(INSERT_CHUNK) {
-        let mut sql = format!(
-            "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
-             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step) VALUES ",
-            tables.commands
-        );
-        for i in 0..chunk.len() {
-            let b = i * 14;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9,
-                b + 10,
-                b + 10,
-                b + 11,
-                b + 12,
-                b + 13,
-                b + 14
-            ));
-        }
-        let mut query = diesel::sql_query(sql).into_boxed::<Pg>();
-        for c in chunk {
-            query = query
-                .bind::<Uuid, _>(c.id.as_uuid())
-                .bind::<Text, _>(c.name.as_str())
-                .bind::<Text, _>(c.target.as_str())
-                .bind::<Text, _>(if c.depends_on.is_empty() { "pending" } else { "blocked" })
-                .bind::<Text, _>(c.input.as_str())
-                .bind::<Integer, _>(i32_of(c.max_attempts))
-                .bind::<BigInt, _>(millis(c.timeout))
-                .bind::<Text, _>(encode_policy(&c.retry_policy)?)
-                .bind::<BigInt, _>(c.scheduled_at.as_micros())
-                .bind::<BigInt, _>(c.created_at.as_micros())
-                .bind::<Nullable<Uuid>, _>(c.parent_id.map(|p| p.as_uuid()))
-                .bind::<Text, _>(c.correlation_id.as_str())
-                .bind::<Nullable<Uuid>, _>(c.workflow.as_ref().map(|w| w.workflow_id.as_uuid()))
-                .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.step.as_str()));
-        }
-        query.execute(conn).await?;
+    if commands.is_empty() {
+        return Ok(());
     }
+    // One INSERT from arrays, one per column: the statement text is the same for any
+    // number of rows, and binding 14 arrays is far cheaper than 14 parameters a row.
+    let n = commands.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut names = Vec::with_capacity(n);
+    let mut targets = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut inputs = Vec::with_capacity(n);
+    let mut max_attempts = Vec::with_capacity(n);
+    let mut timeouts = Vec::with_capacity(n);
+    let mut policies = Vec::with_capacity(n);
+    let mut scheduled = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(n);
+    let mut parents = Vec::with_capacity(n);
+    let mut correlations = Vec::with_capacity(n);
+    let mut workflows = Vec::with_capacity(n);
+    let mut steps = Vec::with_capacity(n);
+    for c in commands {
+        ids.push(c.id.as_uuid());
+        names.push(c.name.as_str());
+        targets.push(c.target.as_str());
+        states.push(if c.depends_on.is_empty() { "pending" } else { "blocked" });
+        inputs.push(c.input.as_str());
+        max_attempts.push(i32_of(c.max_attempts));
+        timeouts.push(millis(c.timeout));
+        policies.push(encode_policy(&c.retry_policy)?);
+        scheduled.push(c.scheduled_at.as_micros());
+        created.push(c.created_at.as_micros());
+        parents.push(c.parent_id.map(|p| p.as_uuid()));
+        correlations.push(c.correlation_id.as_str());
+        workflows.push(c.workflow.as_ref().map(|w| w.workflow_id.as_uuid()));
+        steps.push(c.workflow.as_ref().map(|w| w.step.as_str()));
+    }
+    diesel::sql_query(format!(
+        "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
+         scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step) \
+         SELECT v.id, v.name, v.target, v.state, v.input, v.max_attempts, v.timeout_ms, v.retry_policy, \
+         v.scheduled_at, v.created_at, v.created_at, v.parent_id, v.correlation_id, v.workflow_id, v.step \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[], $7::bigint[], \
+         $8::text[], $9::bigint[], $10::bigint[], $11::uuid[], $12::text[], $13::uuid[], $14::text[]) \
+         AS v(id, name, target, state, input, max_attempts, timeout_ms, retry_policy, scheduled_at, created_at, \
+         parent_id, correlation_id, workflow_id, step)",
+        tables.commands
+    ))
+    .bind::<Array<Uuid>, _>(&ids)
+    .bind::<Array<Text>, _>(&names)
+    .bind::<Array<Text>, _>(&targets)
+    .bind::<Array<Text>, _>(&states)
+    .bind::<Array<Text>, _>(&inputs)
+    .bind::<Array<Integer>, _>(&max_attempts)
+    .bind::<Array<BigInt>, _>(&timeouts)
+    .bind::<Array<Text>, _>(&policies)
+    .bind::<Array<BigInt>, _>(&scheduled)
+    .bind::<Array<BigInt>, _>(&created)
+    .bind::<Array<Nullable<Uuid>>, _>(&parents)
+    .bind::<Array<Text>, _>(&correlations)
+    .bind::<Array<Nullable<Uuid>>, _>(&workflows)
+    .bind::<Array<Nullable<Text>>, _>(&steps)
+    .execute(conn)
+    .await?;
     dependencies::insert_edges(conn, tables, commands).await
 }
 

@@ -90,7 +90,16 @@ pub struct BenchResult {
     pub backend: String,
     /// Commands per phase.
     pub commands: u64,
-    /// One-by-one pushes per second.
+    /// The worker configuration of the processing and latency phases: handlers,
+    /// local queue, claim size, poll interval (ms).
+    pub concurrency: usize,
+    /// See `concurrency`.
+    pub prefetch: usize,
+    /// See `concurrency`.
+    pub max_pull: usize,
+    /// See `concurrency`.
+    pub poll_ms: u64,
+    /// One-by-one pushes per second (0 when skipped).
     pub push_per_s: f64,
     /// `push_many` pushes per second.
     pub push_many_per_s: f64,
@@ -240,7 +249,15 @@ pub async fn run_backend(
 ) -> Result<BenchResult> {
     let n = cfg.commands;
     let run = std::process::id();
-    let mut result = BenchResult { backend: backend.to_owned(), commands: n, ..Default::default() };
+    let mut result = BenchResult {
+        backend: backend.to_owned(),
+        commands: n,
+        concurrency: cfg.concurrency,
+        prefetch: cfg.prefetch,
+        max_pull: cfg.max_pull,
+        poll_ms: u64::try_from(cfg.poll.as_millis()).unwrap_or(u64::MAX),
+        ..Default::default()
+    };
     let commands = |base: u64| (0..n).map(move |seq| NewCommand::of(&BenchCommand { seq: base + seq }));
 
     // push_many, on its own prefix.

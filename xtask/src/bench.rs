@@ -1,5 +1,6 @@
 //! `cargo xtask bench [--backend pg|mysql|sqlite|all] [--commands N] [--concurrency C]
-//! [--history H]`: the release-mode benchmark (`orch-bench` in the `tests` crate). It
+//! [--prefetch P] [--max-pull M] [--poll-ms MS] [--history H] [--skip-push]`: the
+//! release-mode benchmark (`orch-bench` in the `tests` crate). It
 //! prints a table and writes JSON under `target/bench/`. Server backends run when
 //! `ORCH_PG_URL` / `ORCH_MYSQL_URL` are set.
 

@@ -46,7 +46,10 @@ fn print_help() {
         ("", "pg and mysql run when ORCH_PG_URL / ORCH_MYSQL_URL are set"),
         ("demo [--url U] [--scale N] [--once]", "fill a store (default sqlite://target/demo.db) with demo"),
         ("", "work and keep workers running; watch it with orch-tui"),
-        ("bench [--backend B] [--commands N]", "release-mode benchmark per backend (push, process,"),
+        (
+            "bench [--backend B] [--commands N] [--prefetch P] [--max-pull M]",
+            "release-mode benchmark per backend (push, process,",
+        ),
         ("", "pickup latency, idle calls, 1M-row history); JSON in target/bench/"),
         ("help", "this text"),
     ];
