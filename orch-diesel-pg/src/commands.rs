@@ -175,6 +175,99 @@ impl Statement {
     }
 }
 
+/// Command rows as one array per column, for an `INSERT … SELECT … FROM unnest(…)`
+/// whose text is the same for any number of rows (binding 14 arrays is far cheaper than
+/// 14 parameters a row).
+struct CommandArrays {
+    ids: Vec<uuid::Uuid>,
+    names: Vec<String>,
+    targets: Vec<String>,
+    states: Vec<&'static str>,
+    inputs: Vec<String>,
+    max_attempts: Vec<i32>,
+    timeouts: Vec<i64>,
+    policies: Vec<String>,
+    scheduled: Vec<i64>,
+    created: Vec<i64>,
+    parents: Vec<Option<uuid::Uuid>>,
+    correlations: Vec<String>,
+    workflows: Vec<Option<uuid::Uuid>>,
+    steps: Vec<Option<String>>,
+}
+
+impl CommandArrays {
+    /// Rows are blocked when they have dependencies, else pending.
+    fn of(commands: &[&InsertCommand]) -> TxResult<Self> {
+        let n = commands.len();
+        let mut a = CommandArrays {
+            ids: Vec::with_capacity(n),
+            names: Vec::with_capacity(n),
+            targets: Vec::with_capacity(n),
+            states: Vec::with_capacity(n),
+            inputs: Vec::with_capacity(n),
+            max_attempts: Vec::with_capacity(n),
+            timeouts: Vec::with_capacity(n),
+            policies: Vec::with_capacity(n),
+            scheduled: Vec::with_capacity(n),
+            created: Vec::with_capacity(n),
+            parents: Vec::with_capacity(n),
+            correlations: Vec::with_capacity(n),
+            workflows: Vec::with_capacity(n),
+            steps: Vec::with_capacity(n),
+        };
+        for c in commands {
+            a.ids.push(c.id.as_uuid());
+            a.names.push(c.name.clone());
+            a.targets.push(c.target.clone());
+            a.states.push(if c.depends_on.is_empty() { "pending" } else { "blocked" });
+            a.inputs.push(c.input.clone());
+            a.max_attempts.push(i32_of(c.max_attempts));
+            a.timeouts.push(millis(c.timeout));
+            a.policies.push(encode_policy(&c.retry_policy)?);
+            a.scheduled.push(c.scheduled_at.as_micros());
+            a.created.push(c.created_at.as_micros());
+            a.parents.push(c.parent_id.map(|p| p.as_uuid()));
+            a.correlations.push(c.correlation_id.clone());
+            a.workflows.push(c.workflow.as_ref().map(|w| w.workflow_id.as_uuid()));
+            a.steps.push(c.workflow.as_ref().map(|w| w.step.clone()));
+        }
+        Ok(a)
+    }
+
+    /// The INSERT, reading the arrays from parameters `$first` to `$first + 13`.
+    fn sql(table: &str, first: usize) -> String {
+        let p: Vec<String> = (first..first + 14).map(|i| format!("${i}")).collect();
+        format!(
+            "INSERT INTO {table} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
+             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step) \
+             SELECT v.id, v.name, v.target, v.state, v.input, v.max_attempts, v.timeout_ms, v.retry_policy, \
+             v.scheduled_at, v.created_at, v.created_at, v.parent_id, v.correlation_id, v.workflow_id, v.step \
+             FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[], {}::text[], {}::integer[], {}::bigint[], \
+             {}::text[], {}::bigint[], {}::bigint[], {}::uuid[], {}::text[], {}::uuid[], {}::text[]) \
+             AS v(id, name, target, state, input, max_attempts, timeout_ms, retry_policy, scheduled_at, created_at, \
+             parent_id, correlation_id, workflow_id, step)",
+            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13]
+        )
+    }
+
+    fn bind(self, q: BoxedSqlQuery<'static, Pg, SqlQuery>) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
+        q.bind::<Array<Uuid>, _>(self.ids)
+            .bind::<Array<Text>, _>(self.names)
+            .bind::<Array<Text>, _>(self.targets)
+            .bind::<Array<Text>, _>(self.states)
+            .bind::<Array<Text>, _>(self.inputs)
+            .bind::<Array<Integer>, _>(self.max_attempts)
+            .bind::<Array<BigInt>, _>(self.timeouts)
+            .bind::<Array<Text>, _>(self.policies)
+            .bind::<Array<BigInt>, _>(self.scheduled)
+            .bind::<Array<BigInt>, _>(self.created)
+            .bind::<Array<Nullable<Uuid>>, _>(self.parents)
+            .bind::<Array<Text>, _>(self.correlations)
+            .bind::<Array<Nullable<Uuid>>, _>(self.workflows)
+            .bind::<Array<Nullable<Text>>, _>(self.steps)
+    }
+}
+
 /// Inserts command rows (blocked when they have dependencies, else pending) and their
 /// dependency edges; no journal entries.
 async fn insert_rows(
@@ -185,66 +278,8 @@ async fn insert_rows(
     if commands.is_empty() {
         return Ok(());
     }
-    // One INSERT from arrays, one per column: the statement text is the same for any
-    // number of rows, and binding 14 arrays is far cheaper than 14 parameters a row.
-    let n = commands.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut names = Vec::with_capacity(n);
-    let mut targets = Vec::with_capacity(n);
-    let mut states = Vec::with_capacity(n);
-    let mut inputs = Vec::with_capacity(n);
-    let mut max_attempts = Vec::with_capacity(n);
-    let mut timeouts = Vec::with_capacity(n);
-    let mut policies = Vec::with_capacity(n);
-    let mut scheduled = Vec::with_capacity(n);
-    let mut created = Vec::with_capacity(n);
-    let mut parents = Vec::with_capacity(n);
-    let mut correlations = Vec::with_capacity(n);
-    let mut workflows = Vec::with_capacity(n);
-    let mut steps = Vec::with_capacity(n);
-    for c in commands {
-        ids.push(c.id.as_uuid());
-        names.push(c.name.as_str());
-        targets.push(c.target.as_str());
-        states.push(if c.depends_on.is_empty() { "pending" } else { "blocked" });
-        inputs.push(c.input.as_str());
-        max_attempts.push(i32_of(c.max_attempts));
-        timeouts.push(millis(c.timeout));
-        policies.push(encode_policy(&c.retry_policy)?);
-        scheduled.push(c.scheduled_at.as_micros());
-        created.push(c.created_at.as_micros());
-        parents.push(c.parent_id.map(|p| p.as_uuid()));
-        correlations.push(c.correlation_id.as_str());
-        workflows.push(c.workflow.as_ref().map(|w| w.workflow_id.as_uuid()));
-        steps.push(c.workflow.as_ref().map(|w| w.step.as_str()));
-    }
-    diesel::sql_query(format!(
-        "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
-         scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step) \
-         SELECT v.id, v.name, v.target, v.state, v.input, v.max_attempts, v.timeout_ms, v.retry_policy, \
-         v.scheduled_at, v.created_at, v.created_at, v.parent_id, v.correlation_id, v.workflow_id, v.step \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[], $7::bigint[], \
-         $8::text[], $9::bigint[], $10::bigint[], $11::uuid[], $12::text[], $13::uuid[], $14::text[]) \
-         AS v(id, name, target, state, input, max_attempts, timeout_ms, retry_policy, scheduled_at, created_at, \
-         parent_id, correlation_id, workflow_id, step)",
-        tables.commands
-    ))
-    .bind::<Array<Uuid>, _>(&ids)
-    .bind::<Array<Text>, _>(&names)
-    .bind::<Array<Text>, _>(&targets)
-    .bind::<Array<Text>, _>(&states)
-    .bind::<Array<Text>, _>(&inputs)
-    .bind::<Array<Integer>, _>(&max_attempts)
-    .bind::<Array<BigInt>, _>(&timeouts)
-    .bind::<Array<Text>, _>(&policies)
-    .bind::<Array<BigInt>, _>(&scheduled)
-    .bind::<Array<BigInt>, _>(&created)
-    .bind::<Array<Nullable<Uuid>>, _>(&parents)
-    .bind::<Array<Text>, _>(&correlations)
-    .bind::<Array<Nullable<Uuid>>, _>(&workflows)
-    .bind::<Array<Nullable<Text>>, _>(&steps)
-    .execute(conn)
-    .await?;
+    let query = diesel::sql_query(CommandArrays::sql(&tables.commands, 1)).into_boxed::<Pg>();
+    CommandArrays::of(commands)?.bind(query).execute(conn).await?;
     dependencies::insert_edges(conn, tables, commands).await
 }
 
@@ -258,6 +293,33 @@ pub(crate) async fn insert(
     insert_rows(conn, tables, &rows).await?;
     let entries: Vec<NewJournalEntry> = commands.iter().map(NewJournalEntry::enqueued).collect();
     journal::append(conn, tables, &entries).await
+}
+
+/// Inserts commands that depend on nothing, their `enqueued` journal entries and the
+/// wake-up `NOTIFY` in one statement: outside a transaction, a push is one round trip
+/// and one commit. Commands with dependencies need [`insert`] (their edges are rows of
+/// another table, written after them).
+pub(crate) async fn insert_and_notify(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    commands: &[InsertCommand],
+) -> TxResult<()> {
+    debug_assert!(commands.iter().all(|c| c.depends_on.is_empty()));
+    let rows: Vec<&InsertCommand> = commands.iter().collect();
+    let entries: Vec<NewJournalEntry> = commands.iter().map(NewJournalEntry::enqueued).collect();
+    // Both inserts run exactly once whether or not the final SELECT reads them.
+    let sql = format!(
+        "WITH c AS ({}), j AS ({}) SELECT pg_notify($21, '')",
+        CommandArrays::sql(&tables.commands, 1),
+        journal::JournalArrays::sql(&tables.journal, 15),
+    );
+    let query = CommandArrays::of(&rows)?.bind(diesel::sql_query(sql).into_boxed::<Pg>());
+    journal::JournalArrays::of(&entries)
+        .bind(query)
+        .bind::<Text, _>(tables.channel.clone())
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Leases a batch of due commands under one fresh token, in one statement.

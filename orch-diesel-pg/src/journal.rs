@@ -1,6 +1,8 @@
 //! The journal table: append-only history of every command.
 
 use diesel::QueryableByName;
+use diesel::pg::Pg;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Uuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use orch::Timestamp;
@@ -9,8 +11,66 @@ use orch::store::{CommandId, JournalEntry, JournalKind};
 
 use crate::{Tables, TxResult};
 
-/// Appends entries in order (so their `seq` follows it) in one INSERT from six arrays:
-/// the statement text is the same for any number of entries.
+/// Journal entries as one array per column, for an `INSERT … SELECT … FROM unnest(…)`
+/// whose text is the same for any number of entries.
+pub(crate) struct JournalArrays {
+    ids: Vec<uuid::Uuid>,
+    ats: Vec<i64>,
+    kinds: Vec<&'static str>,
+    attempts: Vec<i32>,
+    workers: Vec<Option<String>>,
+    messages: Vec<Option<String>>,
+}
+
+impl JournalArrays {
+    pub(crate) fn of(entries: &[NewJournalEntry]) -> Self {
+        let n = entries.len();
+        let mut a = JournalArrays {
+            ids: Vec::with_capacity(n),
+            ats: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            attempts: Vec::with_capacity(n),
+            workers: Vec::with_capacity(n),
+            messages: Vec::with_capacity(n),
+        };
+        for e in entries {
+            a.ids.push(e.command_id.as_uuid());
+            a.ats.push(e.at.as_micros());
+            a.kinds.push(e.kind.as_str());
+            a.attempts.push(i32::try_from(e.attempt).unwrap_or(i32::MAX));
+            a.workers.push(e.worker.clone());
+            a.messages.push(e.message.clone());
+        }
+        a
+    }
+
+    /// The INSERT, reading the arrays from parameters `$first` to `$first + 5`. WITH
+    /// ORDINALITY keeps the given order for the serial `seq`.
+    pub(crate) fn sql(table: &str, first: usize) -> String {
+        let p: Vec<String> = (first..first + 6).map(|i| format!("${i}")).collect();
+        format!(
+            "INSERT INTO {table} (command_id, at, kind, attempt, worker, message) \
+             SELECT v.id, v.at, v.kind, v.attempt, v.worker, v.message \
+             FROM unnest({}::uuid[], {}::bigint[], {}::text[], {}::integer[], {}::text[], {}::text[]) \
+             WITH ORDINALITY AS v(id, at, kind, attempt, worker, message, n) ORDER BY v.n",
+            p[0], p[1], p[2], p[3], p[4], p[5]
+        )
+    }
+
+    pub(crate) fn bind(
+        self,
+        q: BoxedSqlQuery<'static, Pg, SqlQuery>,
+    ) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
+        q.bind::<Array<Uuid>, _>(self.ids)
+            .bind::<Array<BigInt>, _>(self.ats)
+            .bind::<Array<Text>, _>(self.kinds)
+            .bind::<Array<Integer>, _>(self.attempts)
+            .bind::<Array<Nullable<Text>>, _>(self.workers)
+            .bind::<Array<Nullable<Text>>, _>(self.messages)
+    }
+}
+
+/// Appends entries in order (so their `seq` follows it) in one INSERT from six arrays.
 pub(crate) async fn append(
     conn: &mut AsyncPgConnection,
     tables: &Tables,
@@ -19,36 +79,8 @@ pub(crate) async fn append(
     if entries.is_empty() {
         return Ok(());
     }
-    let mut ids = Vec::with_capacity(entries.len());
-    let mut ats = Vec::with_capacity(entries.len());
-    let mut kinds = Vec::with_capacity(entries.len());
-    let mut attempts = Vec::with_capacity(entries.len());
-    let mut workers = Vec::with_capacity(entries.len());
-    let mut messages = Vec::with_capacity(entries.len());
-    for e in entries {
-        ids.push(e.command_id.as_uuid());
-        ats.push(e.at.as_micros());
-        kinds.push(e.kind.as_str());
-        attempts.push(i32::try_from(e.attempt).unwrap_or(i32::MAX));
-        workers.push(e.worker.as_deref());
-        messages.push(e.message.as_deref());
-    }
-    // WITH ORDINALITY keeps the given order for the serial `seq`.
-    diesel::sql_query(format!(
-        "INSERT INTO {} (command_id, at, kind, attempt, worker, message) \
-         SELECT v.id, v.at, v.kind, v.attempt, v.worker, v.message \
-         FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::integer[], $5::text[], $6::text[]) \
-         WITH ORDINALITY AS v(id, at, kind, attempt, worker, message, n) ORDER BY v.n",
-        tables.journal
-    ))
-    .bind::<Array<Uuid>, _>(&ids)
-    .bind::<Array<BigInt>, _>(&ats)
-    .bind::<Array<Text>, _>(&kinds)
-    .bind::<Array<Integer>, _>(&attempts)
-    .bind::<Array<Nullable<Text>>, _>(&workers)
-    .bind::<Array<Nullable<Text>>, _>(&messages)
-    .execute(conn)
-    .await?;
+    let query = diesel::sql_query(JournalArrays::sql(&tables.journal, 1)).into_boxed::<Pg>();
+    JournalArrays::of(entries).bind(query).execute(conn).await?;
     Ok(())
 }
 

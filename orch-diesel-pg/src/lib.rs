@@ -497,11 +497,15 @@ impl Store for PgStore {
         }
         let tables = &self.inner.tables;
         let mut conn = self.conn().await?;
-        conn.transaction::<_, TxError, _>(async |conn| {
-            commands::insert(conn, tables, &commands).await?;
-            notify(conn, tables).await
-        })
-        .await?;
+        if commands.iter().all(|c| c.depends_on.is_empty()) {
+            commands::insert_and_notify(&mut conn, tables, &commands).await?;
+        } else {
+            conn.transaction::<_, TxError, _>(async |conn| {
+                commands::insert(conn, tables, &commands).await?;
+                notify(conn, tables).await
+            })
+            .await?;
+        }
         self.inner.wake.notify_waiters();
         Ok(())
     }
