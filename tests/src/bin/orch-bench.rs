@@ -1,7 +1,8 @@
 //! `orch-bench`: the benchmark run by `cargo xtask bench` (see `orch_tests::bench`).
 //!
 //! `orch-bench [--backend pg|mysql|sqlite|all] [--commands N] [--concurrency C]
-//!             [--prefetch P] [--max-pull M] [--history H] [--poll-ms P] [--skip-push]`
+//!             [--prefetch P] [--max-pull M] [--history H] [--poll-ms P] [--skip-push]
+//!             [--settle-s S]`
 //!
 //! Servers come from `ORCH_PG_URL` / `ORCH_MYSQL_URL`; each run creates a database of
 //! its own beside the one the URL names and drops it at the end. SQLite files go under
@@ -111,6 +112,7 @@ async fn main() -> Result<(), String> {
         poll: Duration::from_millis(number(&args, "--poll-ms", defaults.poll.as_millis() as u64)?),
         history: number(&args, "--history", defaults.history)?,
         skip_single_push: args.iter().any(|a| a == "--skip-push"),
+        settle: Duration::from_secs(number(&args, "--settle-s", 0)?),
         ..defaults
     };
     let which = value(&args, "--backend").unwrap_or_else(|| "all".into());
