@@ -522,11 +522,21 @@ async fn finish_attempt(conn: &mut AsyncMysqlConnection, tables: &Tables, c: &Co
             ],
         ),
         Outcome::Cancelled { .. } => ("state = 'cancelled', finished_at = ?", vec![Bind::Int(now)]),
-        Outcome::Released { at } => (
-            "state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END, \
-             finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE finished_at END, \
-             follow_ups_due = CASE WHEN cancel_requested = 1 THEN 1 ELSE follow_ups_due END, \
-             scheduled_at = CASE WHEN cancel_requested = 1 THEN scheduled_at ELSE ? END",
+        // An attempt that never started is given back (`attempts` is read by no
+        // other assignment).
+        Outcome::Released { at, started } => (
+            if *started {
+                "state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END, \
+                 finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE finished_at END, \
+                 follow_ups_due = CASE WHEN cancel_requested = 1 THEN 1 ELSE follow_ups_due END, \
+                 scheduled_at = CASE WHEN cancel_requested = 1 THEN scheduled_at ELSE ? END"
+            } else {
+                "state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END, \
+                 finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE finished_at END, \
+                 follow_ups_due = CASE WHEN cancel_requested = 1 THEN 1 ELSE follow_ups_due END, \
+                 scheduled_at = CASE WHEN cancel_requested = 1 THEN scheduled_at ELSE ? END, \
+                 attempts = attempts - 1"
+            },
             vec![Bind::Int(now), Bind::Int(at.as_micros())],
         ),
     };

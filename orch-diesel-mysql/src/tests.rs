@@ -471,7 +471,7 @@ async fn completions_fence_and_chain() {
                 t0,
                 Outcome::Succeeded { output: "7".into(), follow_ups: vec![good.clone()] },
             ),
-            completion(parent_lease, t0, Outcome::Released { at: t0 }),
+            completion(parent_lease, t0, Outcome::Released { at: t0, started: true }),
         ])
         .await
         .unwrap();
@@ -1220,7 +1220,7 @@ async fn cancel_request_wins_over_retry_and_release() {
     let statuses = store
         .complete(vec![
             completion(lease_of(retried.id), t1, retry.clone()),
-            completion(lease_of(released.id), t1, Outcome::Released { at: retry_at }),
+            completion(lease_of(released.id), t1, Outcome::Released { at: retry_at, started: true }),
             completion(lease_of(plain.id), t1, retry),
         ])
         .await

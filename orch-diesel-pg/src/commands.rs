@@ -529,8 +529,11 @@ async fn apply(conn: &mut AsyncPgConnection, tables: &Tables, c: &Completion) ->
         Outcome::Cancelled { .. } => {
             format!("state = 'cancelled', finished_at = {}", st.param(Bind::BigInt(now)))
         }
-        Outcome::Released { at } => {
-            back_to_pending(st.param(Bind::BigInt(at.as_micros())), &st.param(Bind::BigInt(now)))
+        Outcome::Released { at, started } => {
+            let pending =
+                back_to_pending(st.param(Bind::BigInt(at.as_micros())), &st.param(Bind::BigInt(now)));
+            // An attempt that never started is given back.
+            if *started { pending } else { format!("{pending}, attempts = c.attempts - 1") }
         }
     };
     st.sql = format!(

@@ -224,7 +224,12 @@ async fn lifecycle_matches_the_contract() {
                 worker: "w".into(),
                 outcome: Outcome::Cancelled { follow_ups: vec![] },
             },
-            Completion { lease: stale, now: t1, worker: "w".into(), outcome: Outcome::Released { at: t1 } },
+            Completion {
+                lease: stale,
+                now: t1,
+                worker: "w".into(),
+                outcome: Outcome::Released { at: t1, started: true },
+            },
         ])
         .await
         .unwrap();
@@ -884,7 +889,7 @@ async fn a_requested_cancel_survives_a_retry_or_a_release() {
     // A release likewise.
     let claimed = claim_one(&store, "l", t0).await;
     assert_eq!(store.cancel(l, t1).await.unwrap(), CancelStatus::Requested);
-    let released = completion(&claimed, t2, Outcome::Released { at: t9 });
+    let released = completion(&claimed, t2, Outcome::Released { at: t9, started: true });
     assert_eq!(store.complete(vec![released]).await.unwrap(), vec![CompletionStatus::Applied]);
     let rec = store.get(l).await.unwrap().unwrap();
     assert_eq!(rec.state, State::Cancelled);

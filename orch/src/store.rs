@@ -495,10 +495,13 @@ pub enum Outcome {
         follow_ups: Vec<InsertCommand>,
     },
     /// The worker gave the command back unfinished (it is shutting down); the command
-    /// is pending again at `at`. The attempt still counts.
+    /// is pending again at `at`. An attempt whose handler had started still counts; one
+    /// that waited in the worker's local queue and never started is not counted.
     Released {
         /// When it is due again.
         at: Timestamp,
+        /// Whether the handler had started.
+        started: bool,
     },
 }
 

@@ -452,10 +452,10 @@ async fn execute(
         // reaches them before their handler starts.
         let outcome = tokio::select! {
             biased;
-            _ = stop.cancelled() => stopped(shared, &claimed, &reason),
+            _ = stop.cancelled() => stopped(shared, &claimed, &reason, false),
             _ = shutdown.cancelled() => {
                 tracing::debug!("released at shutdown before it started");
-                Some(Outcome::Released { at: shared.orch.clock().now() })
+                Some(Outcome::Released { at: shared.orch.clock().now(), started: false })
             }
             permit = permits.acquire() => {
                 let _permit = permit.expect("the permits are never closed");
@@ -490,12 +490,14 @@ async fn execute(
     .await
 }
 
-/// The outcome of an attempt stopped by a cancel request, a lost lease or shutdown;
-/// `None` when the lease was lost and nothing may be recorded.
+/// The outcome of an attempt stopped by a cancel request, a lost lease or shutdown
+/// (`started`: whether its handler had started); `None` when the lease was lost and
+/// nothing may be recorded.
 fn stopped(
     shared: &Arc<Shared>,
     claimed: &ClaimedCommand,
     reason: &Mutex<Option<StopReason>>,
+    started: bool,
 ) -> Option<Outcome> {
     let why = reason.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(StopReason::Shutdown);
     match why {
@@ -520,7 +522,7 @@ fn stopped(
         }
         StopReason::Shutdown => {
             tracing::info!("released at shutdown");
-            Some(Outcome::Released { at: shared.orch.clock().now() })
+            Some(Outcome::Released { at: shared.orch.clock().now(), started })
         }
     }
 }
@@ -536,7 +538,7 @@ async fn run_attempt(
     let Some(handler) = shared.registry.get(&claimed.name) else {
         // Claims only ask for registered names, so this is a store bug; give it back.
         tracing::error!("claimed a command with no registered handler; releasing it");
-        return Some(Outcome::Released { at: clock.now() });
+        return Some(Outcome::Released { at: clock.now(), started: false });
     };
     let ctx = Context {
         id: claimed.lease.id,
@@ -563,7 +565,7 @@ async fn run_attempt(
     // the same time: a handler that returns because its token fired was cancelled.
     let result = tokio::select! {
         biased;
-        _ = stop.cancelled() => return stopped(shared, claimed, reason),
+        _ = stop.cancelled() => return stopped(shared, claimed, reason, true),
         joined = &mut task.0 => match joined {
             Ok(result) => Ok(result),
             Err(e) if e.is_panic() => Err(Failure::new(FailureKind::Panic, panic_message(e.into_panic()))),

@@ -308,7 +308,7 @@ pub async fn stale_lease_changes_nothing(h: &dyn Harness) {
         Outcome::Failed { failure: Failure::new(FailureKind::Error, "x"), follow_ups: vec![] },
         Outcome::Retry { failure: Failure::new(FailureKind::Error, "x"), retry_at: t2 },
         Outcome::Cancelled { follow_ups: vec![] },
-        Outcome::Released { at: t2 },
+        Outcome::Released { at: t2, started: true },
     ];
     for outcome in stale_outcomes {
         let status = store
@@ -1030,6 +1030,8 @@ pub async fn held_commands_wait_for_a_slot(h: &dyn Harness) {
         let r = record(&store, id).await;
         assert_eq!((r.state, r.lease_token), (State::Pending, None), "{id} released at shutdown");
         assert!(kinds(&store, id).await.contains(&JournalKind::Released));
+        // The interrupted attempt counts; one that never started does not.
+        assert_eq!(r.attempts, u32::from(id == first), "{id}: attempts after release");
     }
 }
 
@@ -1133,7 +1135,7 @@ pub async fn cancel_request_wins_over_retry(h: &dyn Harness) {
         assert_eq!(store.cancel(parent.id, now).await.unwrap(), CancelStatus::Requested);
         let failure = Failure::new(FailureKind::Error, "boom");
         let outcome = if released {
-            Outcome::Released { at: now + Duration::from_secs(1) }
+            Outcome::Released { at: now + Duration::from_secs(1), started: true }
         } else {
             Outcome::Retry { failure: failure.clone(), retry_at: now + Duration::from_secs(1) }
         };

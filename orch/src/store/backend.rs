@@ -106,7 +106,15 @@ impl NewJournalEntry {
             Outcome::Cancelled { follow_ups } => {
                 vec![entry(JournalKind::Cancelled, follow_up_note(follow_ups))]
             }
-            Outcome::Released { at } => vec![entry(JournalKind::Released, Some(format!("due again {at}")))],
+            Outcome::Released { at, started: true } => {
+                vec![entry(JournalKind::Released, Some(format!("due again {at}")))]
+            }
+            Outcome::Released { at, started: false } => {
+                vec![entry(
+                    JournalKind::Released,
+                    Some(format!("not started, attempt not counted; due again {at}")),
+                )]
+            }
         }
     }
 
