@@ -63,7 +63,7 @@ pub use store::{
     QueueStats, RetryStatus, SagaStatus, State, StepOf, Store, TablePrefix, WorkerRecord, WorkflowId,
     WorkflowQuery, WorkflowSummary,
 };
-pub use worker::{FORGET_DEAD_WORKERS_AFTER, Worker, WorkerConfig, WorkerHandle};
+pub use worker::{FORGET_DEAD_WORKERS_AFTER, MAX_HELD, Worker, WorkerConfig, WorkerHandle};
 pub use workflow::{Workflow, WorkflowError, WorkflowState, WorkflowStatus};
 
 /// Re-exported so handlers can take cancellation tokens without another dependency.

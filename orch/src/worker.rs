@@ -101,6 +101,12 @@ impl WorkerConfig {
         if self.max_pull == 0 {
             return fail("max_pull must be at least 1".into());
         }
+        if self.concurrency.saturating_add(self.prefetch) > MAX_HELD {
+            return fail(format!(
+                "concurrency + prefetch ({} + {}) must be at most {MAX_HELD}",
+                self.concurrency, self.prefetch
+            ));
+        }
         for (name, value) in [
             ("poll_interval", self.poll_interval),
             ("heartbeat_interval", self.heartbeat_interval),
@@ -122,6 +128,9 @@ impl WorkerConfig {
         Ok(())
     }
 }
+
+/// The most commands one worker may hold (`concurrency + prefetch`).
+pub const MAX_HELD: usize = 1_000_000;
 
 /// A configured worker, ready to [`start`](Worker::start).
 pub struct Worker {
@@ -890,6 +899,7 @@ mod tests {
         let cases: Vec<(WorkerConfig, &str)> = vec![
             (WorkerConfig { concurrency: 0, ..Default::default() }, "concurrency"),
             (WorkerConfig { max_pull: 0, ..Default::default() }, "max_pull"),
+            (WorkerConfig { prefetch: usize::MAX, ..Default::default() }, "prefetch"),
             (WorkerConfig { instance_key: String::new(), ..Default::default() }, "instance_key"),
             (WorkerConfig { poll_interval: Duration::ZERO, ..Default::default() }, "poll_interval"),
             (WorkerConfig { lease_buffer: Duration::from_millis(500), ..Default::default() }, "lease_buffer"),
