@@ -21,8 +21,8 @@ use orch::store::backend::{
 use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome,
-    QueueStats, Rescued, RetryStatus, WorkflowId, WorkflowQuery, WorkflowSummary,
+    CountRow, HeartbeatParams, InsertCommand, JournalKind, Lease, LeaseStatus, LeaseToken, ListParams,
+    Outcome, QueueStats, Rescued, RetryStatus, WorkflowId, WorkflowQuery, WorkflowSummary,
 };
 use orch::{FailureKind, State, Timestamp};
 
@@ -322,24 +322,32 @@ pub(crate) async fn insert_and_notify(
     Ok(())
 }
 
-/// Leases a batch of due commands under one fresh token, in one statement.
+/// Leases a batch of due commands under one fresh token and journals the claims, in one
+/// statement: outside a transaction, a claim is one round trip and one commit.
 pub(crate) async fn claim(
     conn: &mut AsyncPgConnection,
     tables: &Tables,
     p: &ClaimParams,
 ) -> TxResult<Vec<ClaimedCommand>> {
     let token = LeaseToken::generate();
-    // The CTE picks the batch in claim order and locks it, skipping rows another claim
-    // holds; EvalPlanQual re-checks `state = 'pending'` on rows changed meanwhile, so a
-    // command is never leased twice.
+    // `batch` picks the commands in claim order and locks them, skipping rows another
+    // claim holds; EvalPlanQual re-checks `state = 'pending'` on rows changed meanwhile,
+    // so a command is never leased twice. `entries` writes each claim's journal entry,
+    // its message the lease's end as `Timestamp` prints it (`NewJournalEntry::claimed`).
     let sql = format!(
         "WITH batch AS (SELECT id FROM {t} WHERE state = 'pending' AND target = $1 AND name = ANY($2) \
-         AND scheduled_at <= $3 ORDER BY scheduled_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
-         UPDATE {t} AS c SET state = 'running', attempts = c.attempts + 1, lease_token = $5, worker = $6, \
-         started_at = $3, updated_at = $3, lease_expires_at = $3 + c.timeout_ms * 1000 + $7, \
-         cancel_requested = FALSE \
-         FROM batch WHERE c.id = batch.id RETURNING {columns}",
+         AND scheduled_at <= $3 ORDER BY scheduled_at, id LIMIT $4 FOR UPDATE SKIP LOCKED), \
+         claimed AS (UPDATE {t} AS c SET state = 'running', attempts = c.attempts + 1, lease_token = $5, \
+         worker = $6, started_at = $3, updated_at = $3, lease_expires_at = $3 + c.timeout_ms * 1000 + $7, \
+         cancel_requested = FALSE FROM batch WHERE c.id = batch.id RETURNING {columns}), \
+         entries AS (INSERT INTO {j} (command_id, at, kind, attempt, worker, message) \
+         SELECT id, $3, '{kind}', attempts, $6, 'lease until ' || \
+         to_char(TIMESTAMP 'epoch' + lease_expires_at * INTERVAL '1 microsecond', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+         FROM claimed ORDER BY scheduled_at, id) \
+         SELECT * FROM claimed",
         t = tables.commands,
+        j = tables.journal,
+        kind = JournalKind::Claimed.as_str(),
         columns = *C_COLUMNS,
     );
     let mut rows: Vec<CommandRow> = diesel::sql_query(sql)
@@ -354,17 +362,9 @@ pub(crate) async fn claim(
         .await?;
     rows.sort_by_key(|r| (r.scheduled_at, r.id));
     let mut claimed = Vec::with_capacity(rows.len());
-    let mut entries = Vec::with_capacity(rows.len());
     for row in rows {
         let record = row.into_record()?;
         let lease_expires_at = record.lease_expires_at.unwrap_or(p.now);
-        entries.push(NewJournalEntry::claimed(
-            record.id,
-            p.now,
-            record.attempts,
-            &p.worker,
-            lease_expires_at,
-        ));
         claimed.push(ClaimedCommand {
             lease: Lease { id: record.id, token },
             name: record.name,
@@ -378,7 +378,6 @@ pub(crate) async fn claim(
             workflow: record.workflow,
         });
     }
-    journal::append(conn, tables, &entries).await?;
     Ok(claimed)
 }
 

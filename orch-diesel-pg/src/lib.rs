@@ -516,9 +516,8 @@ impl Store for PgStore {
         }
         let tables = &self.inner.tables;
         let mut conn = self.conn().await?;
-        let claimed = conn
-            .transaction::<_, TxError, _>(async |conn| commands::claim(conn, tables, &params).await)
-            .await?;
+        // One statement: it commits on its own.
+        let claimed = commands::claim(&mut conn, tables, &params).await?;
         if !claimed.is_empty() {
             tracing::debug!(count = claimed.len(), worker = %params.worker, target = %params.target, "claimed");
         }

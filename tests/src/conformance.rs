@@ -905,6 +905,14 @@ pub async fn journal_records_every_step(h: &dyn Harness) {
     );
     assert!(journal.windows(2).all(|w| w[0].seq < w[1].seq && w[0].at <= w[1].at));
     assert_eq!(journal[2].message.as_deref(), Some("timeout: slow"));
+    for (entry, claim) in [(&journal[1], &first), (&journal[4], &second)] {
+        let expected = format!("lease until {}", claim.lease_expires_at);
+        assert_eq!(
+            entry.message.as_deref(),
+            Some(expected.as_str()),
+            "the claimed entry names the lease's end"
+        );
+    }
 }
 
 /// `wait` and `status` report success, failure, cancellation and not-found.
