@@ -17,8 +17,8 @@ use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 use orch::store::backend::{
-    NewJournalEntry, RawCommand, add_queue_count, encode_policy, finish_queue_stats, lease_expired_message,
-    micros, millis, outcome_follow_ups, u32_of,
+    NewJournalEntry, RawCommand, add_queue_count, attempt_given_back, distinct_successes, encode_policy,
+    finish_queue_stats, lease_expired_message, micros, millis, outcome_follow_ups, u32_of,
 };
 use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::store::{
@@ -476,12 +476,10 @@ async fn apply_successes(
                 q = q.bind::<Text, _>(c.lease.id.to_string()).bind::<BigInt, _>(c.now.as_micros());
             }
         }
-        let matched = bind_ids(
-            q,
-            chunk.iter().map(|c| c.lease.id.to_string()).collect::<Vec<_>>().iter().map(String::as_str),
-        )
-        .execute(conn)
-        .await?;
+        for c in chunk {
+            q = q.bind::<Text, _>(c.lease.id.to_string());
+        }
+        let matched = q.execute(conn).await?;
         debug_assert_eq!(matched, chunk.len(), "every locked, held row is updated");
     }
     Ok(())
@@ -522,28 +520,19 @@ async fn finish_attempt(conn: &mut AsyncMysqlConnection, tables: &Tables, c: &Co
             ],
         ),
         Outcome::Cancelled { .. } => ("state = 'cancelled', finished_at = ?", vec![Bind::Int(now)]),
-        // An attempt that never started is given back (`attempts` is read by no
-        // other assignment).
-        Outcome::Released { at, started } => (
-            if *started {
-                "state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END, \
-                 finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE finished_at END, \
-                 follow_ups_due = CASE WHEN cancel_requested = 1 THEN 1 ELSE follow_ups_due END, \
-                 scheduled_at = CASE WHEN cancel_requested = 1 THEN scheduled_at ELSE ? END"
-            } else {
-                "state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END, \
-                 finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE finished_at END, \
-                 follow_ups_due = CASE WHEN cancel_requested = 1 THEN 1 ELSE follow_ups_due END, \
-                 scheduled_at = CASE WHEN cancel_requested = 1 THEN scheduled_at ELSE ? END, \
-                 attempts = attempts - 1"
-            },
+        Outcome::Released { at, .. } => (
+            "state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END, \
+             finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE finished_at END, \
+             follow_ups_due = CASE WHEN cancel_requested = 1 THEN 1 ELSE follow_ups_due END, \
+             scheduled_at = CASE WHEN cancel_requested = 1 THEN scheduled_at ELSE ? END",
             vec![Bind::Int(now), Bind::Int(at.as_micros())],
         ),
     };
     let mut q = query(format!(
-        "UPDATE {} SET {set}, updated_at = ?, lease_token = NULL, lease_expires_at = NULL \
+        "UPDATE {} SET {set}{}, updated_at = ?, lease_token = NULL, lease_expires_at = NULL \
          WHERE id = ? AND lease_token = ? AND state = 'running'",
-        tables.commands
+        tables.commands,
+        attempt_given_back(&c.outcome)
     ));
     for b in binds {
         q = match b {
@@ -569,29 +558,25 @@ pub(crate) async fn complete(
 ) -> TxResult<(Vec<CompletionStatus>, bool)> {
     let ids: Vec<CommandId> = completions.iter().map(|c| c.lease.id).collect();
     let mut applied = vec![false; completions.len()];
-    // Every row of the batch is locked first, in id order (as heartbeats lock them, so
-    // the two never deadlock); the leases read under the lock decide which successes
-    // are applied together.
-    let leases = lock_leases(conn, tables, &ids).await?;
-    let mut seen: HashMap<CommandId, usize> = HashMap::new();
-    for id in &ids {
-        *seen.entry(*id).or_default() += 1;
+    // Successes of commands that appear once in the batch are applied together, after
+    // every row of the batch is locked in id order (as heartbeats lock them, so the two
+    // never deadlock); the leases read under the lock say which are still held.
+    let together = distinct_successes(completions);
+    if !together.is_empty() {
+        let leases = lock_leases(conn, tables, &ids).await?;
+        for &i in &together {
+            let c = &completions[i];
+            applied[i] =
+                leases.get(&c.lease.id.to_string()).is_some_and(|token| *token == c.lease.token.to_string());
+        }
+        let held: Vec<&Completion> =
+            together.iter().filter(|&&i| applied[i]).map(|&i| &completions[i]).collect();
+        apply_successes(conn, tables, &held).await?;
     }
-    let together: Vec<usize> = id_order(&ids)
-        .into_iter()
-        .filter(|&i| matches!(completions[i].outcome, Outcome::Succeeded { .. }) && seen[&ids[i]] == 1)
-        .collect();
-    let together = if together.len() >= 2 { together } else { Vec::new() };
-    for &i in &together {
-        let c = &completions[i];
-        applied[i] =
-            leases.get(&c.lease.id.to_string()).is_some_and(|token| *token == c.lease.token.to_string());
-    }
-    let held: Vec<&Completion> = together.iter().filter(|&&i| applied[i]).map(|&i| &completions[i]).collect();
-    apply_successes(conn, tables, &held).await?;
-    let batched: std::collections::HashSet<usize> = together.into_iter().collect();
+    let mut in_batch = vec![false; completions.len()];
+    together.iter().for_each(|&i| in_batch[i] = true);
     for i in id_order(&ids) {
-        if !batched.contains(&i) {
+        if !in_batch[i] {
             applied[i] = finish_attempt(conn, tables, &completions[i]).await?;
         }
     }

@@ -15,8 +15,8 @@ use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Uuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use orch::store::backend::{
-    COMMAND_COLUMNS, NewJournalEntry, RawCommand, add_queue_count, encode_policy, finish_queue_stats, micros,
-    millis, outcome_follow_ups, u32_of,
+    COMMAND_COLUMNS, NewJournalEntry, RawCommand, add_queue_count, attempt_given_back, distinct_successes,
+    encode_policy, finish_queue_stats, micros, millis, outcome_follow_ups, u32_of,
 };
 use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::store::{
@@ -528,15 +528,12 @@ async fn apply(conn: &mut AsyncPgConnection, tables: &Tables, c: &Completion) ->
         Outcome::Cancelled { .. } => {
             format!("state = 'cancelled', finished_at = {}", st.param(Bind::BigInt(now)))
         }
-        Outcome::Released { at, started } => {
-            let pending =
-                back_to_pending(st.param(Bind::BigInt(at.as_micros())), &st.param(Bind::BigInt(now)));
-            // An attempt that never started is given back.
-            if *started { pending } else { format!("{pending}, attempts = c.attempts - 1") }
+        Outcome::Released { at, .. } => {
+            back_to_pending(st.param(Bind::BigInt(at.as_micros())), &st.param(Bind::BigInt(now)))
         }
     };
     st.sql = format!(
-        "UPDATE {t} AS c SET {set}, updated_at = {}, lease_token = NULL, lease_expires_at = NULL \
+        "UPDATE {t} AS c SET {set}{given}, updated_at = {}, lease_token = NULL, lease_expires_at = NULL \
          WHERE c.id = {} AND c.lease_token = {} AND c.state = 'running' \
          RETURNING c.attempts, c.state, EXISTS (SELECT 1 FROM {d} AS d WHERE d.depends_on = c.id) AS has_dependents",
         st.param(Bind::BigInt(now)),
@@ -544,6 +541,7 @@ async fn apply(conn: &mut AsyncPgConnection, tables: &Tables, c: &Completion) ->
         st.param(Bind::Uuid(c.lease.token.as_uuid())),
         t = tables.commands,
         d = tables.dependencies,
+        given = attempt_given_back(&c.outcome),
     );
     let rows: Vec<Applied> = st.query().load(conn).await?;
     Ok(rows.into_iter().next())
@@ -553,12 +551,8 @@ async fn apply(conn: &mut AsyncPgConnection, tables: &Tables, c: &Completion) ->
 struct AppliedId {
     #[diesel(sql_type = Uuid)]
     id: uuid::Uuid,
-    #[diesel(sql_type = Integer)]
-    attempts: i32,
-    #[diesel(sql_type = Text)]
-    state: String,
-    #[diesel(sql_type = Bool)]
-    has_dependents: bool,
+    #[diesel(embed)]
+    applied: Applied,
 }
 
 /// Applies many successes in one statement instead of one per command, each fenced on
@@ -595,10 +589,7 @@ async fn apply_successes(
     .bind::<Array<BigInt>, _>(&nows)
     .load(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.id, Applied { attempts: r.attempts, state: r.state, has_dependents: r.has_dependents }))
-        .collect())
+    Ok(rows.into_iter().map(|r| (r.id, r.applied)).collect())
 }
 
 /// Applies a batch of completions, each fenced on its lease, with their follow-ups, the
@@ -621,19 +612,10 @@ pub(crate) async fn complete(
     let mut ended = Vec::new();
     // Successes of commands that appear once in the batch are applied together; the
     // rest one by one, in id order.
-    let mut seen: HashMap<CommandId, usize> = HashMap::new();
-    for c in completions {
-        *seen.entry(c.lease.id).or_default() += 1;
-    }
-    let mut together: Vec<&Completion> = order
-        .iter()
-        .map(|&i| &completions[i])
-        .filter(|c| matches!(c.outcome, Outcome::Succeeded { .. }) && seen[&c.lease.id] == 1)
-        .collect();
-    if together.len() < 2 {
-        together.clear();
-    }
-    let batched_ids: std::collections::HashSet<CommandId> = together.iter().map(|c| c.lease.id).collect();
+    let together = distinct_successes(completions);
+    let successes: Vec<&Completion> = together.iter().map(|&i| &completions[i]).collect();
+    let mut in_batch = vec![false; completions.len()];
+    together.iter().for_each(|&i| in_batch[i] = true);
     let mut batched = if together.is_empty() {
         HashMap::new()
     } else {
@@ -649,15 +631,12 @@ pub(crate) async fn complete(
         .bind::<Array<Uuid>, _>(&all)
         .execute(conn)
         .await?;
-        apply_successes(conn, tables, &together).await?
+        apply_successes(conn, tables, &successes).await?
     };
     for i in order {
         let c = &completions[i];
-        let applied = if batched_ids.contains(&c.lease.id) {
-            batched.remove(&c.lease.id.as_uuid())
-        } else {
-            apply(conn, tables, c).await?
-        };
+        let applied =
+            if in_batch[i] { batched.remove(&c.lease.id.as_uuid()) } else { apply(conn, tables, c).await? };
         match applied {
             Some(applied) => {
                 let attempt = u32_of(i64::from(applied.attempts));

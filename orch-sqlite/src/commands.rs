@@ -8,8 +8,8 @@ use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel::sqlite::Sqlite;
 use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
 use orch::store::backend::{
-    NewJournalEntry, RawCommand, add_queue_count, encode_policy, finish_queue_stats, micros, millis,
-    outcome_follow_ups, u32_of,
+    NewJournalEntry, RawCommand, add_queue_count, attempt_given_back, encode_policy, finish_queue_stats,
+    micros, millis, outcome_follow_ups, u32_of,
 };
 use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::store::{
@@ -337,28 +337,19 @@ pub(crate) fn complete(
             ],
         ),
         Outcome::Cancelled { .. } => ("state = 'cancelled', finished_at = ?", vec![Bind::Int(now)]),
-        // An attempt that never started is given back (`attempts` is read by no
-        // other assignment).
-        Outcome::Released { at, started } => (
-            if *started {
-                "state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END, \
-                 finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE finished_at END, \
-                 follow_ups_due = CASE WHEN cancel_requested = 1 THEN 1 ELSE follow_ups_due END, \
-                 scheduled_at = CASE WHEN cancel_requested = 1 THEN scheduled_at ELSE ? END"
-            } else {
-                "state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END, \
-                 finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE finished_at END, \
-                 follow_ups_due = CASE WHEN cancel_requested = 1 THEN 1 ELSE follow_ups_due END, \
-                 scheduled_at = CASE WHEN cancel_requested = 1 THEN scheduled_at ELSE ? END, \
-                 attempts = attempts - 1"
-            },
+        Outcome::Released { at, .. } => (
+            "state = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'pending' END, \
+             finished_at = CASE WHEN cancel_requested = 1 THEN ? ELSE finished_at END, \
+             follow_ups_due = CASE WHEN cancel_requested = 1 THEN 1 ELSE follow_ups_due END, \
+             scheduled_at = CASE WHEN cancel_requested = 1 THEN scheduled_at ELSE ? END",
             vec![Bind::Int(now), Bind::Int(at.as_micros())],
         ),
     };
     let sql = format!(
-        "UPDATE {} SET {set}, updated_at = ?, lease_token = NULL, lease_expires_at = NULL \
+        "UPDATE {} SET {set}{}, updated_at = ?, lease_token = NULL, lease_expires_at = NULL \
          WHERE id = ? AND lease_token = ? AND state = 'running' RETURNING attempts, state",
-        tables.commands
+        tables.commands,
+        attempt_given_back(&c.outcome)
     );
     let mut query = diesel::sql_query(sql).into_boxed::<Sqlite>();
     for b in binds {

@@ -15,7 +15,6 @@
 //!   pushes the follow-ups of commands that finished outside a worker.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -157,8 +156,8 @@ struct Shared {
     started_at: Timestamp,
     /// Commands held: running, waiting for a handler slot, or being recorded.
     running: Mutex<HashMap<CommandId, Running>>,
-    /// Handlers running now.
-    active: AtomicUsize,
+    /// One permit per handler slot (`concurrency`); a running handler holds one.
+    permits: Semaphore,
 }
 
 /// How long the row of a worker that stopped heartbeating stays in the workers table,
@@ -168,7 +167,7 @@ pub const FORGET_DEAD_WORKERS_AFTER: Duration = Duration::from_secs(24 * 3600);
 impl Shared {
     /// This worker's row in the workers table, as of now.
     fn record(&self) -> WorkerRecord {
-        let running = self.active.load(Ordering::Relaxed);
+        let running = self.config.concurrency - self.permits.available_permits();
         WorkerRecord {
             id: self.worker_id.clone(),
             instance_key: self.config.instance_key.clone(),
@@ -212,6 +211,7 @@ impl Worker {
         let worker_id = config.worker_id.clone().unwrap_or_else(|| default_worker_id(&host));
         let names = registry.names();
         let started_at = orch.clock().now();
+        let permits = Semaphore::new(config.concurrency);
         Ok(Worker {
             shared: Arc::new(Shared {
                 orch,
@@ -222,7 +222,7 @@ impl Worker {
                 host,
                 started_at,
                 running: Mutex::new(HashMap::new()),
-                active: AtomicUsize::new(0),
+                permits,
             }),
         })
     }
@@ -317,18 +317,17 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         tracing::warn!(error = %e, "recording the worker failed; its heartbeat will retry");
     }
 
+    // Slots bound the commands this worker holds (claimed, not yet recorded); the
+    // permits in `shared` bound the handlers running among them.
+    let capacity = config.concurrency + config.prefetch;
+    let slots = Arc::new(Semaphore::new(capacity));
     // Room for the outcome of every command the worker can hold, so outcomes that pile up
     // while a batch is written go into the next batch.
-    let (complete_tx, complete_rx) = mpsc::channel::<CompletionRequest>(config.concurrency + config.prefetch);
+    let (complete_tx, complete_rx) = mpsc::channel::<CompletionRequest>(capacity);
     let completer = AbortOnDrop(tokio::spawn(completer(Arc::clone(&shared), complete_rx)));
     let maintainer_stop = CancellationToken::new();
     let mut maintainer = AbortOnDrop(tokio::spawn(maintainer(Arc::clone(&shared), maintainer_stop.clone())));
 
-    // Slots bound the commands this worker holds (claimed, not yet recorded); permits
-    // bound the handlers running among them.
-    let capacity = config.concurrency + config.prefetch;
-    let slots = Arc::new(Semaphore::new(capacity));
-    let permits = Arc::new(Semaphore::new(config.concurrency));
     // A busy worker claims once this many slots are free, so it fetches batches instead
     // of one command per finished one. Never more than `prefetch`: while fewer slots are
     // free, every handler is busy (or its outcome is being recorded).
@@ -372,10 +371,9 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                             .expect("claims never exceed the free slots");
                         let shared = Arc::clone(&shared);
                         let tx = complete_tx.clone();
-                        let permits = Arc::clone(&permits);
                         let shutdown = shutdown.clone();
                         tasks.spawn(async move {
-                            execute(&shared, claimed, tx, &permits, &shutdown).await;
+                            execute(&shared, claimed, tx, &shutdown).await;
                             drop(slot);
                         });
                     }
@@ -444,7 +442,6 @@ async fn execute(
     shared: &Arc<Shared>,
     claimed: ClaimedCommand,
     completions: mpsc::Sender<CompletionRequest>,
-    permits: &Arc<Semaphore>,
     shutdown: &CancellationToken,
 ) {
     let id = claimed.lease.id;
@@ -466,12 +463,9 @@ async fn execute(
                 tracing::debug!("released at shutdown before it started");
                 Some(Outcome::Released { at: shared.orch.clock().now(), started: false })
             }
-            permit = permits.acquire() => {
+            permit = shared.permits.acquire() => {
                 let _permit = permit.expect("the permits are never closed");
-                shared.active.fetch_add(1, Ordering::Relaxed);
-                let outcome = run_attempt(shared, &claimed, &stop, &reason).await;
-                shared.active.fetch_sub(1, Ordering::Relaxed);
-                outcome
+                run_attempt(shared, &claimed, &stop, &reason).await
             }
         };
         if let Some(outcome) = outcome {

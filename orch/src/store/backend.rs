@@ -244,6 +244,33 @@ pub fn outcome_follow_ups(outcome: &Outcome) -> &[InsertCommand] {
     }
 }
 
+/// What a backend adds to the SET of the fenced update that applies `outcome`: a release
+/// of a command whose handler never started gives its attempt back; nothing otherwise.
+pub fn attempt_given_back(outcome: &Outcome) -> &'static str {
+    if matches!(outcome, Outcome::Released { started: false, .. }) { ", attempts = attempts - 1" } else { "" }
+}
+
+/// The completions of a batch that a backend may apply with one statement: the
+/// successes of commands that appear once in the batch, as indexes in id order; none
+/// when there are fewer than two.
+pub fn distinct_successes(completions: &[Completion]) -> Vec<usize> {
+    let mut seen: std::collections::HashMap<CommandId, usize> = std::collections::HashMap::new();
+    for c in completions {
+        *seen.entry(c.lease.id).or_default() += 1;
+    }
+    let mut together: Vec<usize> = (0..completions.len())
+        .filter(|&i| {
+            let c = &completions[i];
+            matches!(c.outcome, Outcome::Succeeded { .. }) && seen[&c.lease.id] == 1
+        })
+        .collect();
+    together.sort_by_key(|&i| completions[i].lease.id);
+    if together.len() < 2 {
+        together.clear();
+    }
+    together
+}
+
 /// The error text (kind `cancelled`) of a blocked command cancelled because one of its
 /// dependencies, directly or through others, ended `state` (failed or cancelled).
 pub fn dependency_failure_message(dependency: CommandId, state: State) -> String {
