@@ -26,6 +26,7 @@ use orch::store::{
 };
 use orch::{FailureKind, State, Timestamp};
 
+use crate::prepared::Prepare;
 use crate::{Tables, TxResult};
 use crate::{dependencies, journal};
 
@@ -279,7 +280,7 @@ async fn insert_rows(
         return Ok(());
     }
     let query = diesel::sql_query(CommandArrays::sql(&tables.commands, 1)).into_boxed::<Pg>();
-    CommandArrays::of(commands)?.bind(query).execute(conn).await?;
+    CommandArrays::of(commands)?.bind(query).prepared().execute(conn).await?;
     dependencies::insert_edges(conn, tables, commands).await
 }
 
@@ -317,6 +318,7 @@ pub(crate) async fn insert_and_notify(
     journal::JournalArrays::of(&entries)
         .bind(query)
         .bind::<Text, _>(tables.channel.clone())
+        .prepared()
         .execute(conn)
         .await?;
     Ok(())
@@ -334,6 +336,10 @@ pub(crate) async fn claim(
     // claim holds; EvalPlanQual re-checks `state = 'pending'` on rows changed meanwhile,
     // so a command is never leased twice. `entries` writes each claim's journal entry,
     // its message the lease's end as `Timestamp` prints it (`NewJournalEntry::claimed`).
+    // The claim commits without waiting for its WAL flush (`synchronous_commit` off for
+    // this statement's transaction only): a claim lost to a server crash leaves the
+    // command pending, to run again, as a worker crash after the claim would; the
+    // completion's flush covers the claim before it, so no result depends on it.
     let sql = format!(
         "WITH batch AS (SELECT id FROM {t} WHERE state = 'pending' AND target = $1 AND name = ANY($2) \
          AND scheduled_at <= $3 ORDER BY scheduled_at, id LIMIT $4 FOR UPDATE SKIP LOCKED), \
@@ -344,7 +350,7 @@ pub(crate) async fn claim(
          SELECT id, $3, '{kind}', attempts, $6, 'lease until ' || \
          to_char(TIMESTAMP 'epoch' + lease_expires_at * INTERVAL '1 microsecond', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
          FROM claimed ORDER BY scheduled_at, id) \
-         SELECT * FROM claimed",
+         SELECT * FROM claimed WHERE (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL",
         t = tables.commands,
         j = tables.journal,
         kind = JournalKind::Claimed.as_str(),
@@ -358,6 +364,7 @@ pub(crate) async fn claim(
         .bind::<Uuid, _>(token.as_uuid())
         .bind::<Text, _>(&p.worker)
         .bind::<BigInt, _>(micros(p.lease_buffer))
+        .prepared()
         .load(conn)
         .await?;
     rows.sort_by_key(|r| (r.scheduled_at, r.id));
@@ -411,6 +418,7 @@ async fn current_attempt(conn: &mut AsyncPgConnection, tables: &Tables, id: Comm
     let rows: Vec<Attempts> =
         diesel::sql_query(format!("SELECT attempts FROM {} WHERE id = $1", tables.commands))
             .bind::<Uuid, _>(id.as_uuid())
+            .prepared()
             .load(conn)
             .await?;
     Ok(rows.into_iter().next().map_or(0, |r| u32_of(i64::from(r.attempts))))
@@ -440,6 +448,7 @@ pub(crate) async fn heartbeat(
         .bind::<BigInt, _>(micros(p.lease_buffer))
         .bind::<Array<Uuid>, _>(&ids)
         .bind::<Array<Uuid>, _>(&tokens)
+        .prepared()
         .load(conn)
         .await?;
     let held: HashMap<(uuid::Uuid, uuid::Uuid), bool> =
@@ -543,7 +552,7 @@ async fn apply(conn: &mut AsyncPgConnection, tables: &Tables, c: &Completion) ->
         d = tables.dependencies,
         given = attempt_given_back(&c.outcome),
     );
-    let rows: Vec<Applied> = st.query().load(conn).await?;
+    let rows: Vec<Applied> = st.query().prepared().load(conn).await?;
     Ok(rows.into_iter().next())
 }
 
@@ -587,7 +596,7 @@ async fn apply_successes(
     .bind::<Array<Uuid>, _>(&tokens)
     .bind::<Array<Text>, _>(&outputs)
     .bind::<Array<BigInt>, _>(&nows)
-    .load(conn)
+    .prepared().load(conn)
     .await?;
     Ok(rows.into_iter().map(|r| (r.id, r.applied)).collect())
 }
@@ -629,6 +638,7 @@ pub(crate) async fn complete(
             tables.commands
         ))
         .bind::<Array<Uuid>, _>(&all)
+        .prepared()
         .execute(conn)
         .await?;
         apply_successes(conn, tables, &successes).await?
@@ -727,7 +737,7 @@ pub(crate) async fn cancel(
         d = tables.dependencies,
     ))
     .bind::<Uuid, _>(id.as_uuid())
-    .load(conn)
+    .prepared().load(conn)
     .await?;
     // A blocked one (or a missing one) is locked together with its blocked dependents,
     // in the one id-ordered statement a cascade through it would use, so the two
@@ -756,6 +766,7 @@ pub(crate) async fn cancel(
     diesel::sql_query(format!("UPDATE {} SET {set} WHERE id = $2", tables.commands))
         .bind::<BigInt, _>(now.as_micros())
         .bind::<Uuid, _>(id.as_uuid())
+        .prepared()
         .execute(conn)
         .await?;
     let attempt = u32_of(i64::from(attempts));
@@ -819,6 +830,7 @@ pub(crate) async fn rescue(
         .bind::<BigInt, _>(now.as_micros())
         .bind::<BigInt, _>(i64_of(limit))
         .bind::<Text, _>(FailureKind::LeaseExpired.as_str())
+        .prepared()
         .load(conn)
         .await?;
     let mut rescued = Vec::with_capacity(rows.len());
@@ -852,6 +864,7 @@ pub(crate) async fn follow_ups_due(
     ))
     .bind::<Array<Text>, _>(names)
     .bind::<BigInt, _>(i64_of(limit))
+    .prepared()
     .load(conn)
     .await?;
     records(rows)
@@ -871,7 +884,7 @@ pub(crate) async fn resolve_follow_ups(
     ))
     .bind::<BigInt, _>(now.as_micros())
     .bind::<Uuid, _>(id.as_uuid())
-    .load(conn)
+    .prepared().load(conn)
     .await?;
     let Some(row) = rows.into_iter().next() else {
         return Ok(false);
@@ -895,6 +908,7 @@ pub(crate) async fn get(
     let rows: Vec<CommandRow> =
         diesel::sql_query(format!("SELECT {} FROM {} WHERE id = $1", *COLUMNS, tables.commands))
             .bind::<Uuid, _>(id.as_uuid())
+            .prepared()
             .load(conn)
             .await?;
     Ok(rows.into_iter().next().map(CommandRow::into_record).transpose()?)
@@ -956,7 +970,7 @@ pub(crate) async fn workflows(
     q: &WorkflowQuery,
 ) -> TxResult<Vec<WorkflowSummary>> {
     let rows: Vec<WorkflowSqlRow> =
-        bind(sql::workflows(Placeholders::Numbered, &tables.commands, q)).load(conn).await?;
+        bind(sql::workflows(Placeholders::Numbered, &tables.commands, q)).prepared().load(conn).await?;
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -990,6 +1004,7 @@ pub(crate) async fn counts(conn: &mut AsyncPgConnection, tables: &Tables) -> TxR
          ORDER BY name, target, state",
         tables.commands
     ))
+    .prepared()
     .load(conn)
     .await?;
     rows.into_iter()
@@ -1028,7 +1043,7 @@ pub(crate) async fn queue_stats(
     now: Timestamp,
 ) -> TxResult<Vec<QueueStats>> {
     let rows: Vec<StatsSqlRow> =
-        bind(sql::queue_stats(Placeholders::Numbered, &tables.commands, now)).load(conn).await?;
+        bind(sql::queue_stats(Placeholders::Numbered, &tables.commands, now)).prepared().load(conn).await?;
     let mut stats = Vec::new();
     for r in rows {
         add_queue_count(&mut stats, r.name, r.target, State::parse(&r.state)?, r.n, r.due, r.oldest);
@@ -1060,6 +1075,7 @@ pub(crate) async fn retry(
         tables.commands
     ))
     .bind::<Uuid, _>(id.as_uuid())
+    .prepared()
     .load(conn)
     .await?;
     let Some(row) = rows.into_iter().next() else {
@@ -1079,6 +1095,7 @@ pub(crate) async fn retry(
         c = tables.commands
     ))
     .bind::<Uuid, _>(id.as_uuid())
+    .prepared()
     .load(conn)
     .await?;
     let next = if unmet.is_empty() { "pending" } else { "blocked" };
@@ -1091,6 +1108,7 @@ pub(crate) async fn retry(
     .bind::<BigInt, _>(now.as_micros())
     .bind::<Uuid, _>(id.as_uuid())
     .bind::<Text, _>(next)
+    .prepared()
     .execute(conn)
     .await?;
     let entry = NewJournalEntry::retry_requested(id, now, u32_of(i64::from(row.attempts)), state);

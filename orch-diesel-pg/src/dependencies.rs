@@ -23,6 +23,7 @@ use orch::store::{CommandId, InsertCommand, WorkflowId, WorkflowStepRecord};
 use orch::{Error, FailureKind, State, Timestamp};
 
 use crate::commands::{C_COLUMNS, CommandRow};
+use crate::prepared::Prepare;
 use crate::{Tables, TxResult};
 
 /// The edges of newly inserted commands as (command, dependency, position), after
@@ -104,6 +105,7 @@ pub(crate) async fn insert_edges(
     .bind::<Array<Uuid>, _>(&command_ids)
     .bind::<Array<Uuid>, _>(&dependency_ids)
     .bind::<Array<Integer>, _>(&positions)
+    .prepared()
     .execute(conn)
     .await?;
     Ok(())
@@ -161,6 +163,7 @@ async fn lock(
         .bind::<Array<Uuid>, _>(ended)
         .bind::<Array<Uuid>, _>(succeeded)
         .bind::<Bool, _>(with_ended)
+        .prepared()
         .load(conn)
         .await?)
 }
@@ -250,6 +253,7 @@ async fn unblock(
     ))
     .bind::<BigInt, _>(now.as_micros())
     .bind::<Array<Uuid>, _>(candidates)
+    .prepared()
     .load(conn)
     .await?;
     Ok(sorted_ids(rows))
@@ -298,6 +302,7 @@ pub(crate) async fn cascade(
     .bind::<Array<Uuid>, _>(&ids)
     .bind::<Array<Text>, _>(&errors)
     .bind::<Array<BigInt>, _>(&finished_at)
+    .prepared()
     .load(conn)
     .await?;
     let entries = sorted_ids(rows)
@@ -334,6 +339,7 @@ pub(crate) async fn workflow_steps(
         d = tables.dependencies,
     ))
     .bind::<Uuid, _>(workflow_id.as_uuid())
+    .prepared()
     .load(conn)
     .await?;
     rows.into_iter()

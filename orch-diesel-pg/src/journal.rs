@@ -9,6 +9,7 @@ use orch::Timestamp;
 use orch::store::backend::{NewJournalEntry, u32_of};
 use orch::store::{CommandId, JournalEntry, JournalKind};
 
+use crate::prepared::Prepare;
 use crate::{Tables, TxResult};
 
 /// Journal entries as one array per column, for an `INSERT … SELECT … FROM unnest(…)`
@@ -80,7 +81,7 @@ pub(crate) async fn append(
         return Ok(());
     }
     let query = diesel::sql_query(JournalArrays::sql(&tables.journal, 1)).into_boxed::<Pg>();
-    JournalArrays::of(entries).bind(query).execute(conn).await?;
+    JournalArrays::of(entries).bind(query).prepared().execute(conn).await?;
     Ok(())
 }
 
@@ -113,7 +114,7 @@ pub(crate) async fn read(
         tables.journal
     ))
     .bind::<Uuid, _>(id.as_uuid())
-    .load(conn)
+    .prepared().load(conn)
     .await?;
     rows.into_iter()
         .map(|r| {

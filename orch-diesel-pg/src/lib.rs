@@ -54,6 +54,7 @@ mod dependencies;
 mod journal;
 mod listener;
 mod migrations;
+mod prepared;
 mod sagas;
 mod workers;
 

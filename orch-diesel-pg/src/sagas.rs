@@ -15,6 +15,7 @@ use orch::Timestamp;
 use orch::store::{CommandId, SagaQuery, SagaRecord, SagaStatus, SagaWrite, SagaWriteStatus};
 
 use crate::commands::{self, Bind, Statement};
+use crate::prepared::Prepare;
 use crate::{Tables, TxResult, notify};
 
 const COLUMNS: &str = "saga, correlation_id, state, status, data, version, compensations, last_event, \
@@ -80,6 +81,7 @@ pub(crate) async fn get(
     ))
     .bind::<Text, _>(saga)
     .bind::<Text, _>(correlation_id)
+    .prepared()
     .load(conn)
     .await?;
     Ok(rows.into_iter().next().map(SagaRow::into_record).transpose()?)
@@ -114,6 +116,7 @@ pub(crate) async fn save(
             .bind::<Nullable<BigInt>, _>(timeout_at)
             .bind::<BigInt, _>(r.created_at.as_micros())
             .bind::<BigInt, _>(r.updated_at.as_micros())
+            .prepared()
             .execute(conn)
             .await?
         }
@@ -135,6 +138,7 @@ pub(crate) async fn save(
             .bind::<Text, _>(&r.saga)
             .bind::<Text, _>(&r.correlation_id)
             .bind::<BigInt, _>(expected)
+            .prepared()
             .execute(conn)
             .await?
         }

@@ -7,6 +7,7 @@ use orch::store::WorkerRecord;
 use orch::store::backend::{decode_names, encode_names, u32_of};
 use orch::{Error, Timestamp};
 
+use crate::prepared::Prepare;
 use crate::{Tables, TxResult};
 
 const COLUMNS: &str = "id, instance_key, host, pid, names, concurrency, running, started_at, heartbeat_at";
@@ -73,6 +74,7 @@ pub(crate) async fn record(conn: &mut AsyncPgConnection, tables: &Tables, w: &Wo
     .bind::<Integer, _>(integer(w.running))
     .bind::<BigInt, _>(w.started_at.as_micros())
     .bind::<BigInt, _>(w.heartbeat_at.as_micros())
+    .prepared()
     .execute(conn)
     .await?;
     Ok(())
@@ -82,6 +84,7 @@ pub(crate) async fn record(conn: &mut AsyncPgConnection, tables: &Tables, w: &Wo
 pub(crate) async fn remove(conn: &mut AsyncPgConnection, tables: &Tables, id: &str) -> TxResult<()> {
     diesel::sql_query(format!("DELETE FROM {} WHERE id = $1", tables.workers))
         .bind::<Text, _>(id)
+        .prepared()
         .execute(conn)
         .await?;
     Ok(())
@@ -90,7 +93,10 @@ pub(crate) async fn remove(conn: &mut AsyncPgConnection, tables: &Tables, id: &s
 /// Every row, by id.
 pub(crate) async fn list(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResult<Vec<WorkerRecord>> {
     let rows: Vec<WorkerRow> =
-        diesel::sql_query(format!("SELECT {COLUMNS} FROM {} ORDER BY id", tables.workers)).load(conn).await?;
+        diesel::sql_query(format!("SELECT {COLUMNS} FROM {} ORDER BY id", tables.workers))
+            .prepared()
+            .load(conn)
+            .await?;
     Ok(rows.into_iter().map(WorkerRow::into_record).collect::<orch::Result<_>>()?)
 }
 
@@ -98,6 +104,7 @@ pub(crate) async fn list(conn: &mut AsyncPgConnection, tables: &Tables) -> TxRes
 pub(crate) async fn prune(conn: &mut AsyncPgConnection, tables: &Tables, before: Timestamp) -> TxResult<u64> {
     let deleted = diesel::sql_query(format!("DELETE FROM {} WHERE heartbeat_at < $1", tables.workers))
         .bind::<BigInt, _>(before.as_micros())
+        .prepared()
         .execute(conn)
         .await?;
     Ok(u64::try_from(deleted).unwrap_or(u64::MAX))

@@ -19,6 +19,7 @@ use orch::store::{
 };
 use orch::{Error, State, Timestamp};
 
+use crate::prepared::{Prepare, shaped_chunks};
 use crate::{Tables, TxResult};
 use crate::{dependencies, journal};
 
@@ -28,8 +29,8 @@ pub(crate) const COLUMNS: &str = "id, name, target, state, input, output, error_
      lease_token, lease_expires_at, worker, cancel_requested, follow_ups_due, parent_id, correlation_id, \
      workflow_id, step";
 
-/// Rows per INSERT: 15 binds each stays far below SQLite's bind limit.
-const INSERT_CHUNK: usize = 500;
+/// Most rows per INSERT, a power of two (`shaped_chunks`): 15 binds each.
+const INSERT_CHUNK: usize = 64;
 
 #[derive(QueryableByName)]
 pub(crate) struct CommandRow {
@@ -135,7 +136,7 @@ pub(crate) fn insert(
     tables: &Tables,
     commands: &[InsertCommand],
 ) -> TxResult<()> {
-    for chunk in commands.chunks(INSERT_CHUNK) {
+    for chunk in shaped_chunks(commands, INSERT_CHUNK) {
         let mut sql = format!(
             "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
              scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step) VALUES ",
@@ -165,7 +166,7 @@ pub(crate) fn insert(
                 .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.workflow_id.to_string()))
                 .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.step.clone()));
         }
-        query.execute(conn)?;
+        query.prepared().execute(conn)?;
     }
     dependencies::insert_edges(conn, tables, commands)?;
     let entries: Vec<NewJournalEntry> = commands.iter().map(NewJournalEntry::enqueued).collect();
@@ -204,7 +205,7 @@ pub(crate) fn claim(
         query = query.bind::<Text, _>(name.clone());
     }
     query = query.bind::<BigInt, _>(i64::try_from(p.limit).unwrap_or(i64::MAX));
-    let mut rows: Vec<CommandRow> = query.load(conn)?;
+    let mut rows: Vec<CommandRow> = query.prepared().load(conn)?;
     rows.sort_by(|a, b| (a.scheduled_at, &a.id).cmp(&(b.scheduled_at, &b.id)));
     let mut claimed = Vec::with_capacity(rows.len());
     let mut entries = Vec::with_capacity(rows.len());
@@ -252,6 +253,7 @@ fn current_attempt(conn: &mut SqliteConnection, tables: &Tables, id: CommandId) 
     let rows: Vec<Attempts> =
         diesel::sql_query(format!("SELECT attempts FROM {} WHERE id = ?", tables.commands))
             .bind::<Text, _>(id.to_string())
+            .prepared()
             .load(conn)?;
     Ok(rows.first().map_or(0, |r| u32_of(r.attempts.into())))
 }
@@ -287,6 +289,7 @@ pub(crate) fn heartbeat(
             .bind::<BigInt, _>(p.now.as_micros())
             .bind::<Text, _>(lease.id.to_string())
             .bind::<Text, _>(lease.token.to_string())
+            .prepared()
             .load(conn)?;
         statuses.push(match rows.first() {
             Some(row) => LeaseStatus::Held { cancel_requested: row.cancel_requested != 0 },
@@ -362,6 +365,7 @@ pub(crate) fn complete(
         .bind::<BigInt, _>(now)
         .bind::<Text, _>(c.lease.id.to_string())
         .bind::<Text, _>(c.lease.token.to_string())
+        .prepared()
         .load(conn)?;
     let Some(row) = rows.first() else {
         lease_lost_entry(conn, tables, c.lease, c.now, Some(c.worker.clone()), "recording the outcome")?;
@@ -418,6 +422,7 @@ pub(crate) fn cancel(
     let rows: Vec<StateRow> =
         diesel::sql_query(format!("SELECT state, attempts FROM {} WHERE id = ?", tables.commands))
             .bind::<Text, _>(id.to_string())
+            .prepared()
             .load(conn)?;
     let Some(row) = rows.first() else {
         return Ok(CancelStatus::NotFound);
@@ -436,6 +441,7 @@ pub(crate) fn cancel(
         .bind::<BigInt, _>(now.as_micros())
         .bind::<Text, _>(id.to_string())
         .bind::<Text, _>(state.as_str())
+        .prepared()
         .execute(conn)?;
     journal::append(conn, tables, &[NewJournalEntry::cancel(id, now, u32_of(row.attempts.into()), state)])?;
     if status == CancelStatus::Cancelled {
@@ -483,6 +489,7 @@ pub(crate) fn rescue(
         .bind::<BigInt, _>(now.as_micros())
         .bind::<BigInt, _>(now.as_micros())
         .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+        .prepared()
         .load(conn)?;
     let mut rescued = Vec::with_capacity(rows.len());
     let mut entries = Vec::with_capacity(rows.len());
@@ -517,7 +524,7 @@ pub(crate) fn follow_ups_due(
         query = query.bind::<Text, _>(name.clone());
     }
     let rows: Vec<CommandRow> =
-        query.bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX)).load(conn)?;
+        query.bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX)).prepared().load(conn)?;
     Ok(rows.into_iter().map(CommandRow::into_record).collect::<Result<_, _>>()?)
 }
 
@@ -534,7 +541,7 @@ pub(crate) fn resolve_follow_ups(
     ))
     .bind::<BigInt, _>(now.as_micros())
     .bind::<Text, _>(id.to_string())
-    .load(conn)?;
+    .prepared().load(conn)?;
     let Some(row) = rows.first() else {
         return Ok(false);
     };
@@ -552,6 +559,7 @@ pub(crate) fn get(
     let rows: Vec<CommandRow> =
         diesel::sql_query(format!("SELECT {COLUMNS} FROM {} WHERE id = ?", tables.commands))
             .bind::<Text, _>(id.to_string())
+            .prepared()
             .load(conn)?;
     Ok(rows.into_iter().next().map(CommandRow::into_record).transpose()?)
 }
@@ -610,7 +618,7 @@ pub(crate) fn workflows(
     q: &WorkflowQuery,
 ) -> TxResult<Vec<WorkflowSummary>> {
     let rows: Vec<WorkflowSqlRow> =
-        bind(sql::workflows(Placeholders::Question, &tables.commands, q)).load(conn)?;
+        bind(sql::workflows(Placeholders::Question, &tables.commands, q)).prepared().load(conn)?;
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -637,7 +645,7 @@ pub(crate) fn counts(conn: &mut SqliteConnection, tables: &Tables) -> TxResult<V
         "SELECT name, target, state, COUNT(*) AS count FROM {} GROUP BY state, name, target ORDER BY name, target, state",
         tables.commands
     ))
-    .load(conn)?;
+    .prepared().load(conn)?;
     rows.into_iter()
         .map(|r| {
             Ok(CountRow {
@@ -672,7 +680,7 @@ pub(crate) fn queue_stats(
     now: Timestamp,
 ) -> TxResult<Vec<QueueStats>> {
     let rows: Vec<StatsSqlRow> =
-        bind(sql::queue_stats(Placeholders::Question, &tables.commands, now)).load(conn)?;
+        bind(sql::queue_stats(Placeholders::Question, &tables.commands, now)).prepared().load(conn)?;
     let mut stats = Vec::new();
     for r in rows {
         add_queue_count(&mut stats, r.name, r.target, State::parse(&r.state)?, r.n, r.due, r.oldest);
@@ -689,6 +697,7 @@ pub(crate) fn retry(
     let rows: Vec<StateRow> =
         diesel::sql_query(format!("SELECT state, attempts FROM {} WHERE id = ?", tables.commands))
             .bind::<Text, _>(id.to_string())
+            .prepared()
             .load(conn)?;
     let Some(row) = rows.first() else {
         return Ok(RetryStatus::NotFound);
@@ -705,6 +714,7 @@ pub(crate) fn retry(
         c = tables.commands
     ))
     .bind::<Text, _>(id.to_string())
+    .prepared()
     .load(conn)?;
     let next = if unmet.is_empty() { "pending" } else { "blocked" };
     diesel::sql_query(format!(
@@ -716,7 +726,7 @@ pub(crate) fn retry(
     .bind::<BigInt, _>(now.as_micros())
     .bind::<Text, _>(id.to_string())
     .bind::<Text, _>(next)
-    .execute(conn)?;
+    .prepared().execute(conn)?;
     let entry = NewJournalEntry::retry_requested(id, now, u32_of(row.attempts.into()), state);
     journal::append(conn, tables, &[entry])?;
     Ok(RetryStatus::Retried)

@@ -13,10 +13,11 @@ use orch::store::{CommandId, InsertCommand, WorkflowId, WorkflowStepRecord};
 use orch::{State, Timestamp};
 
 use crate::commands::{COLUMNS, CommandRow, placeholders};
+use crate::prepared::{Prepare, shaped_chunks};
 use crate::{Tables, TxResult, journal};
 
-/// Rows per INSERT: 2 binds each.
-const CHUNK: usize = 400;
+/// Most rows per INSERT, a power of two (`shaped_chunks`): 2 binds each.
+const CHUNK: usize = 256;
 
 #[derive(QueryableByName)]
 struct Id {
@@ -40,7 +41,7 @@ pub(crate) fn insert_edges(
 ) -> TxResult<()> {
     let edges: Vec<(CommandId, CommandId)> =
         commands.iter().flat_map(|c| c.depends_on.iter().map(move |d| (c.id, *d))).collect();
-    for chunk in edges.chunks(CHUNK) {
+    for chunk in shaped_chunks(&edges, CHUNK) {
         let mut sql = format!("INSERT INTO {} (command_id, depends_on) VALUES ", tables.dependencies);
         for i in 0..chunk.len() {
             sql.push_str(if i == 0 { "(?, ?)" } else { ", (?, ?)" });
@@ -49,7 +50,7 @@ pub(crate) fn insert_edges(
         for (command, dependency) in chunk {
             query = query.bind::<Text, _>(command.to_string()).bind::<Text, _>(dependency.to_string());
         }
-        query.execute(conn)?;
+        query.prepared().execute(conn)?;
     }
     Ok(())
 }
@@ -59,7 +60,9 @@ fn ids_query(conn: &mut SqliteConnection, sql: String, ids: &[String]) -> TxResu
     for id in ids {
         query = query.bind::<Text, _>(id.clone());
     }
-    Ok(query.load::<Id>(conn)?.into_iter().map(|r| r.id).collect())
+    // One id (a single completion's dependents) is the hot shape; longer lists vary.
+    let rows: Vec<Id> = if ids.len() == 1 { query.prepared().load(conn)? } else { query.load(conn)? };
+    Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
 /// The blocked commands that depend directly on any of `ids`.
@@ -170,6 +173,7 @@ pub(crate) fn workflow_steps(
         tables.commands
     ))
     .bind::<Text, _>(workflow_id.to_string())
+    .prepared()
     .load(conn)?;
     let edges: Vec<Edge> = diesel::sql_query(format!(
         "SELECT d.command_id, d.depends_on FROM {d} d JOIN {c} c ON c.id = d.command_id \
@@ -178,6 +182,7 @@ pub(crate) fn workflow_steps(
         c = tables.commands
     ))
     .bind::<Text, _>(workflow_id.to_string())
+    .prepared()
     .load(conn)?;
     let mut steps = Vec::with_capacity(rows.len());
     for row in rows {

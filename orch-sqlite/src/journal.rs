@@ -7,17 +7,18 @@ use orch::Timestamp;
 use orch::store::backend::NewJournalEntry;
 use orch::store::{CommandId, JournalEntry, JournalKind};
 
+use crate::prepared::{Prepare, shaped_chunks};
 use crate::{Tables, TxResult};
 
-/// Rows per INSERT: 6 binds each stays far below SQLite's bind limit.
-const CHUNK: usize = 200;
+/// Most rows per INSERT, a power of two (`shaped_chunks`): 6 binds each.
+const CHUNK: usize = 128;
 
 pub(crate) fn append(
     conn: &mut SqliteConnection,
     tables: &Tables,
     entries: &[NewJournalEntry],
 ) -> TxResult<()> {
-    for chunk in entries.chunks(CHUNK) {
+    for chunk in shaped_chunks(entries, CHUNK) {
         let mut sql = format!(
             "INSERT INTO {} (command_id, at, kind, attempt, worker, message) VALUES ",
             tables.journal
@@ -35,7 +36,7 @@ pub(crate) fn append(
                 .bind::<Nullable<Text>, _>(e.worker.clone())
                 .bind::<Nullable<Text>, _>(e.message.clone());
         }
-        query.execute(conn)?;
+        query.prepared().execute(conn)?;
     }
     Ok(())
 }
@@ -68,7 +69,7 @@ pub(crate) fn read(
         tables.journal
     ))
     .bind::<Text, _>(id.to_string())
-    .load(conn)?;
+    .prepared().load(conn)?;
     rows.into_iter()
         .map(|r| {
             Ok(JournalEntry {

@@ -6,6 +6,7 @@ use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
 use orch::Timestamp;
 use orch::store::{SagaQuery, SagaRecord, SagaStatus, SagaWrite, SagaWriteStatus};
 
+use crate::prepared::Prepare;
 use crate::{Tables, TxResult, commands};
 
 const COLUMNS: &str = "saga, correlation_id, state, status, data, version, compensations, last_event, \
@@ -70,6 +71,7 @@ pub(crate) fn get(
     ))
     .bind::<Text, _>(saga)
     .bind::<Text, _>(correlation_id)
+    .prepared()
     .load(conn)?;
     Ok(rows.into_iter().next().map(SagaRow::into_record).transpose()?)
 }
@@ -97,7 +99,7 @@ pub(crate) fn save(
         .bind::<Nullable<BigInt>, _>(r.timeout_at.map(Timestamp::as_micros))
         .bind::<BigInt, _>(r.created_at.as_micros())
         .bind::<BigInt, _>(r.updated_at.as_micros())
-        .execute(conn)?,
+        .prepared().execute(conn)?,
         Some(expected) => diesel::sql_query(format!(
             "UPDATE {} SET state = ?, status = ?, data = ?, version = ?, compensations = ?, last_event = ?, \
              timeout_at = ?, updated_at = ? WHERE saga = ? AND correlation_id = ? AND version = ?",
@@ -114,7 +116,7 @@ pub(crate) fn save(
         .bind::<Text, _>(&r.saga)
         .bind::<Text, _>(&r.correlation_id)
         .bind::<BigInt, _>(expected)
-        .execute(conn)?,
+        .prepared().execute(conn)?,
     };
     if changed == 0 {
         return Ok(SagaWriteStatus::Conflict);

@@ -6,6 +6,7 @@ use orch::store::WorkerRecord;
 use orch::store::backend::{decode_names, encode_names, u32_of};
 use orch::{Error, Timestamp};
 
+use crate::prepared::Prepare;
 use crate::{Tables, TxResult};
 
 #[derive(QueryableByName)]
@@ -47,13 +48,14 @@ pub(crate) fn record(conn: &mut SqliteConnection, tables: &Tables, w: &WorkerRec
     .bind::<Integer, _>(i32::try_from(w.running).unwrap_or(i32::MAX))
     .bind::<BigInt, _>(w.started_at.as_micros())
     .bind::<BigInt, _>(w.heartbeat_at.as_micros())
-    .execute(conn)?;
+    .prepared().execute(conn)?;
     Ok(())
 }
 
 pub(crate) fn remove(conn: &mut SqliteConnection, tables: &Tables, id: &str) -> TxResult<()> {
     diesel::sql_query(format!("DELETE FROM {} WHERE id = ?", tables.workers))
         .bind::<Text, _>(id)
+        .prepared()
         .execute(conn)?;
     Ok(())
 }
@@ -61,6 +63,7 @@ pub(crate) fn remove(conn: &mut SqliteConnection, tables: &Tables, id: &str) -> 
 pub(crate) fn prune(conn: &mut SqliteConnection, tables: &Tables, before: Timestamp) -> TxResult<u64> {
     let removed = diesel::sql_query(format!("DELETE FROM {} WHERE heartbeat_at < ?", tables.workers))
         .bind::<BigInt, _>(before.as_micros())
+        .prepared()
         .execute(conn)?;
     Ok(removed as u64)
 }
@@ -70,7 +73,7 @@ pub(crate) fn list(conn: &mut SqliteConnection, tables: &Tables) -> TxResult<Vec
         "SELECT id, instance_key, host, pid, names, concurrency, running, started_at, heartbeat_at FROM {} ORDER BY id",
         tables.workers
     ))
-    .load(conn)?;
+    .prepared().load(conn)?;
     rows.into_iter()
         .map(|r| {
             Ok(WorkerRecord {
