@@ -2096,3 +2096,29 @@ async fn applied_versions(conn: &mut AsyncPgConnection, prefix: &str) -> Vec<i32
         .map(|v| v.version)
         .collect()
 }
+
+#[derive(QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = Text)]
+    synchronous_commit: String,
+}
+
+/// A claim commits without waiting for its WAL flush, and only the claim: the setting
+/// ends with the claim's own transaction, so the pushes and completions that follow on
+/// the same connection are synced.
+#[tokio::test]
+#[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
+async fn unsynced_claim_leaves_the_connection_synced() {
+    let Some(url) = server_url() else { return };
+    let store = PgStore::builder(&url).prefix(fresh_prefix()).max_connections(1).connect().await.unwrap();
+    store.migrate().await.unwrap();
+    let t0 = Timestamp::from_millis(1_000);
+    store.enqueue(vec![row("job", t0)]).await.unwrap();
+    let claimed = store.claim(claim_params(&["job"], t0, "w", 10)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let mut conn = store.conn().await.unwrap();
+    let setting: Setting = diesel::sql_query("SHOW synchronous_commit").get_result(&mut *conn).await.unwrap();
+    assert_eq!(setting.synchronous_commit, "on");
+    drop(conn);
+    store.drop_tables().await.unwrap();
+}

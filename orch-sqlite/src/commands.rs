@@ -4,12 +4,12 @@
 //! `BEGIN IMMEDIATE`, for anything that changes rows).
 
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
-use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
 use diesel::sqlite::Sqlite;
 use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
 use orch::store::backend::{
-    NewJournalEntry, RawCommand, add_queue_count, attempt_given_back, encode_policy, finish_queue_stats,
-    micros, millis, outcome_follow_ups, u32_of,
+    NewJournalEntry, RawCommand, add_queue_count, attempt_given_back, distinct_successes, encode_policy,
+    finish_queue_stats, micros, millis, outcome_follow_ups, u32_of,
 };
 use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::store::{
@@ -300,6 +300,101 @@ pub(crate) fn heartbeat(
         });
     }
     Ok(statuses)
+}
+
+#[derive(QueryableByName)]
+struct AppliedSuccess {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Bool)]
+    has_dependents: bool,
+}
+
+/// Applies a batch of completions, each fenced on its lease and with its consequences;
+/// says of each whether it made commands due (follow-ups inserted, dependents
+/// unblocked). The successes of commands that appear once in the batch are applied by
+/// one statement that reads them from a JSON array (`json_each`, so its text is the
+/// same for any batch) and journaled by one insert; the rest one by one.
+pub(crate) fn complete_batch(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    completions: &[Completion],
+) -> TxResult<Vec<(CompletionStatus, bool)>> {
+    let together = distinct_successes(completions);
+    let mut results: Vec<Option<(CompletionStatus, bool)>> = vec![None; completions.len()];
+    if !together.is_empty() {
+        let rows: Vec<serde_json::Value> = together
+            .iter()
+            .filter_map(|&i| {
+                let c = &completions[i];
+                let Outcome::Succeeded { output, .. } = &c.outcome else { return None };
+                Some(serde_json::json!([
+                    c.lease.id.to_string(),
+                    c.lease.token.to_string(),
+                    output,
+                    c.now.as_micros()
+                ]))
+            })
+            .collect();
+        let batch = serde_json::Value::Array(rows).to_string();
+        // `+state`: the planner must look each row up by id from the array, never walk
+        // the running rows (the state index) once per array element.
+        let applied: Vec<AppliedSuccess> = diesel::sql_query(format!(
+            "UPDATE {t} SET state = 'succeeded', output = json_extract(v.value, '$[2]'), \
+             finished_at = json_extract(v.value, '$[3]'), updated_at = json_extract(v.value, '$[3]'), \
+             lease_token = NULL, lease_expires_at = NULL \
+             FROM json_each(?) AS v \
+             WHERE {t}.id = json_extract(v.value, '$[0]') AND {t}.lease_token = json_extract(v.value, '$[1]') \
+             AND +{t}.state = 'running' \
+             RETURNING {t}.id AS id, {t}.attempts AS attempts, \
+             EXISTS (SELECT 1 FROM {d} AS d WHERE d.depends_on = {t}.id) AS has_dependents",
+            t = tables.commands,
+            d = tables.dependencies,
+        ))
+        .bind::<Text, _>(batch)
+        .prepared()
+        .load(conn)?;
+        let applied: std::collections::HashMap<String, AppliedSuccess> =
+            applied.into_iter().map(|a| (a.id.clone(), a)).collect();
+        let mut entries = Vec::with_capacity(together.len());
+        for &i in &together {
+            let c = &completions[i];
+            let Some(a) = applied.get(&c.lease.id.to_string()) else {
+                lease_lost_entry(
+                    conn,
+                    tables,
+                    c.lease,
+                    c.now,
+                    Some(c.worker.clone()),
+                    "recording the outcome",
+                )?;
+                results[i] = Some((CompletionStatus::LeaseLost, false));
+                continue;
+            };
+            entries.extend(NewJournalEntry::completion(c, u32_of(a.attempts.into())));
+            let follow_ups = outcome_follow_ups(&c.outcome);
+            if !follow_ups.is_empty() {
+                insert(conn, tables, follow_ups)?;
+            }
+            let unblocked = if a.has_dependents {
+                dependencies::unblock_dependents(conn, tables, c.lease.id, c.now)?
+            } else {
+                0
+            };
+            results[i] = Some((CompletionStatus::Applied, unblocked > 0 || !follow_ups.is_empty()));
+        }
+        journal::append(conn, tables, &entries)?;
+    }
+    completions
+        .iter()
+        .zip(results)
+        .map(|(c, done)| match done {
+            Some(result) => Ok(result),
+            None => complete(conn, tables, c),
+        })
+        .collect()
 }
 
 /// Applies one completion, fenced on its lease; also says whether it made commands due

@@ -328,11 +328,8 @@ impl Store for SqliteStore {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        let results: Vec<(CompletionStatus, bool)> = self
-            .write(move |conn, tables| {
-                completions.iter().map(|c| commands::complete(conn, tables, c)).collect()
-            })
-            .await?;
+        let results: Vec<(CompletionStatus, bool)> =
+            self.write(move |conn, tables| commands::complete_batch(conn, tables, &completions)).await?;
         if results.iter().any(|(_, made_due)| *made_due) {
             self.inner.wake.notify_waiters();
         }
@@ -484,6 +481,38 @@ mod tests {
         let got = store.get(id).await.unwrap().unwrap();
         assert_eq!(got.input, r#"{"a":1}"#);
         assert_eq!(got.state, orch::State::Pending);
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct Synced {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        synchronous: i32,
+    }
+
+    /// A claim's transaction runs unsynced; every write after it is synced again.
+    #[tokio::test]
+    async fn unsynced_claim_restores_full_sync() {
+        use diesel::RunQueryDsl;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("orch.db")).unwrap();
+        store.migrate().await.unwrap();
+        let now = Timestamp::from_millis(1);
+        let row = orch::NewCommand::raw("job", serde_json::json!({})).resolve(now).unwrap();
+        store.enqueue(vec![row]).await.unwrap();
+        let params = ClaimParams {
+            target: orch::DEFAULT_TARGET.into(),
+            names: vec!["job".into()],
+            limit: 10,
+            now,
+            worker: "w".into(),
+            lease_buffer: Duration::from_secs(1),
+        };
+        assert_eq!(store.claim(params).await.unwrap().len(), 1);
+        let sync = store
+            .with_conn(|conn, _| Ok(diesel::sql_query("PRAGMA synchronous").get_result::<Synced>(conn)?))
+            .await
+            .unwrap();
+        assert_eq!(sync.synchronous, 2, "FULL");
     }
 
     #[tokio::test]

@@ -1048,9 +1048,15 @@ pub async fn held_commands_wait_for_a_slot(h: &dyn Harness) {
 pub async fn batched_successes_are_fenced(h: &dyn Harness) {
     let store = h.store().await;
     let now = Timestamp::from_micros(1_000_000);
-    store.enqueue((0..6).map(|_| insert("batch", now)).collect()).await.unwrap();
+    let mut rows: Vec<InsertCommand> = (0..6).map(|_| insert("batch", now)).collect();
+    // A dependent of the fourth, which a batched success unblocks.
+    let mut dependent = insert("dependent", now);
+    dependent.depends_on = vec![rows[3].id];
+    rows.push(dependent.clone());
+    store.enqueue(rows).await.unwrap();
     let claimed = store.claim(claim_params(&["batch"], now, "w1", 6)).await.unwrap();
     assert_eq!(claimed.len(), 6);
+    assert_eq!(claimed[3].lease.id, dependent.depends_on[0], "claimed in push order");
     let later = Timestamp::from_micros(2_000_000);
     let mut completions: Vec<Completion> = claimed
         .iter()
@@ -1062,6 +1068,11 @@ pub async fn batched_successes_are_fenced(h: &dyn Harness) {
             outcome: Outcome::Succeeded { output: format!("{{\"n\":{i}}}"), follow_ups: Vec::new() },
         })
         .collect();
+    // One batched success pushes a follow-up.
+    let follow_up = insert("after_batch", later);
+    if let Outcome::Succeeded { follow_ups, .. } = &mut completions[2].outcome {
+        follow_ups.push(follow_up.clone());
+    }
     completions[4].lease =
         orch::store::Lease { id: claimed[4].lease.id, token: orch::store::LeaseToken::generate() };
     completions[5].outcome = Outcome::Retry {
@@ -1094,6 +1105,8 @@ pub async fn batched_successes_are_fenced(h: &dyn Harness) {
             _ => assert_eq!((r.state, r.scheduled_at), (State::Pending, Timestamp::from_micros(3_000_000))),
         }
     }
+    assert_eq!(record(&store, follow_up.id).await.state, State::Pending, "the follow-up is pushed");
+    assert_eq!(record(&store, dependent.id).await.state, State::Pending, "unblocked by its dependency");
 }
 
 /// `list` with `unfinished` returns exactly the blocked, pending and running commands,
