@@ -361,27 +361,32 @@ pub(crate) async fn heartbeat(
     tables: &Tables,
     p: &HeartbeatParams,
 ) -> TxResult<Vec<LeaseStatus>> {
-    let sql = format!(
-        "UPDATE {} SET lease_expires_at = ? + timeout_ms * 1000 + ?, updated_at = ? \
-         WHERE id = ? AND lease_token = ? AND state = 'running'",
-        tables.commands
-    );
     let now = p.now.as_micros();
     let buffer = micros(p.lease_buffer);
     let ids: Vec<CommandId> = p.leases.iter().map(|l| l.id).collect();
-    let mut held = vec![false; p.leases.len()];
-    for i in id_order(&ids) {
-        let lease = p.leases[i];
-        // Found rows, not changed rows: a renewal to the same expiry still counts.
-        let matched = query(sql.clone())
-            .bind::<BigInt, _>(now)
-            .bind::<BigInt, _>(buffer)
-            .bind::<BigInt, _>(now)
-            .bind::<Text, _>(lease.id.to_string())
-            .bind::<Text, _>(lease.token.to_string())
-            .execute(conn)
-            .await?;
-        held[i] = matched > 0;
+    // Locked in id order (as completions lock them, so the two never deadlock), then
+    // every lease still held is renewed by one statement.
+    let tokens = lock_leases(conn, tables, &ids).await?;
+    let held: Vec<bool> = p
+        .leases
+        .iter()
+        .map(|l| tokens.get(&l.id.to_string()).is_some_and(|t| *t == l.token.to_string()))
+        .collect();
+    let renew: Vec<String> =
+        p.leases.iter().zip(&held).filter(|(_, h)| **h).map(|(l, _)| l.id.to_string()).collect();
+    if !renew.is_empty() {
+        query(format!(
+            "UPDATE {} AS c JOIN JSON_TABLE(?, '$[*]' COLUMNS (\
+             id CHAR(36) CHARACTER SET ascii COLLATE ascii_bin PATH '$')) AS v ON c.id = v.id \
+             SET c.lease_expires_at = ? + c.timeout_ms * 1000 + ?, c.updated_at = ?",
+            tables.commands
+        ))
+        .bind::<Text, _>(serde_json::Value::from(renew).to_string())
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(buffer)
+        .bind::<BigInt, _>(now)
+        .execute(conn)
+        .await?;
     }
     // The renewed rows stay locked by this transaction, so their flags are current.
     let id_texts: Vec<String> = ids.iter().map(CommandId::to_string).collect();
@@ -439,49 +444,36 @@ async fn lock_leases(
     Ok(out)
 }
 
-/// Successes per UPDATE: 7 binds each.
-const SUCCESS_CHUNK: usize = 500;
-
 /// Records successes whose leases are held (their rows locked by [`lock_leases`]) in one
-/// UPDATE per chunk instead of one per command.
+/// UPDATE instead of one per command: the rows are read from a JSON array by
+/// `JSON_TABLE` and joined by primary key, so the statement's text and its cost per row
+/// do not grow with the batch (a `CASE id WHEN …` per column is quadratic: 20 ms for
+/// 360 rows on MariaDB).
 async fn apply_successes(
     conn: &mut AsyncMysqlConnection,
     tables: &Tables,
     held: &[&Completion],
 ) -> TxResult<()> {
-    for chunk in held.chunks(SUCCESS_CHUNK) {
-        let cases = |column: &str| {
-            let mut sql = format!("{column} = CASE id");
-            for _ in chunk {
-                sql.push_str(" WHEN ? THEN ?");
-            }
-            sql.push_str(" END");
-            sql
-        };
-        let mut q = query(format!(
-            "UPDATE {} SET state = 'succeeded', {}, {}, {}, lease_token = NULL, lease_expires_at = NULL \
-             WHERE id IN ({}) AND state = 'running'",
-            tables.commands,
-            cases("output"),
-            cases("finished_at"),
-            cases("updated_at"),
-            placeholders(chunk.len())
-        ));
-        for c in chunk {
-            let Outcome::Succeeded { output, .. } = &c.outcome else { continue };
-            q = q.bind::<Text, _>(c.lease.id.to_string()).bind::<Text, _>(output.clone());
-        }
-        for _ in 0..2 {
-            for c in chunk {
-                q = q.bind::<Text, _>(c.lease.id.to_string()).bind::<BigInt, _>(c.now.as_micros());
-            }
-        }
-        for c in chunk {
-            q = q.bind::<Text, _>(c.lease.id.to_string());
-        }
-        let matched = q.execute(conn).await?;
-        debug_assert_eq!(matched, chunk.len(), "every locked, held row is updated");
-    }
+    let rows: Vec<serde_json::Value> = held
+        .iter()
+        .filter_map(|c| {
+            let Outcome::Succeeded { output, .. } = &c.outcome else { return None };
+            Some(serde_json::json!([c.lease.id.to_string(), output, c.now.as_micros()]))
+        })
+        .collect();
+    let expected = rows.len();
+    let matched = query(format!(
+        "UPDATE {} AS c JOIN JSON_TABLE(?, '$[*]' COLUMNS (\
+         id CHAR(36) CHARACTER SET ascii COLLATE ascii_bin PATH '$[0]', \
+         output LONGTEXT PATH '$[1]', now BIGINT PATH '$[2]')) AS v ON c.id = v.id \
+         SET c.state = 'succeeded', c.output = v.output, c.finished_at = v.now, c.updated_at = v.now, \
+         c.lease_token = NULL, c.lease_expires_at = NULL WHERE c.state = 'running'",
+        tables.commands
+    ))
+    .bind::<Text, _>(serde_json::Value::Array(rows).to_string())
+    .execute(conn)
+    .await?;
+    debug_assert_eq!(matched, expected, "every locked, held row is updated");
     Ok(())
 }
 
