@@ -18,7 +18,13 @@
 //! Claims lease their batch with one `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED)`
 //! statement, so any number of workers in any number of processes claim concurrently
 //! without waiting on each other and without ever leasing a command twice. Every change
-//! to a running command is fenced on `(id, lease token, state = running)`.
+//! to a running command is fenced on `(id, lease token, state = running)`. A claim
+//! commits with `synchronous_commit` off for its own transaction (a claim lost to a
+//! server crash only makes its commands run again); every other write is synced.
+//!
+//! The store's statements are prepared once per connection and reused. Behind
+//! PgBouncer, use session pooling, or transaction pooling with PgBouncer 1.21+ and
+//! `max_prepared_statements` set.
 //!
 //! Pushes send a `NOTIFY` on the channel `<prefix>wake` in their transaction. With
 //! [`PgBuilder::listen`] on (the default) the store keeps one extra connection, outside

@@ -49,7 +49,9 @@ const BACKEND: &str = "sqlite";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Synchronous {
     /// Every commit is on disk before it returns: nothing acknowledged is lost on power
-    /// failure. The default.
+    /// failure. The default. Claims are the one exception: a claim's commit is not
+    /// synced (the next synced commit carries it), since losing a claim only makes its
+    /// commands run again, as a crash after the claim would.
     #[default]
     Full,
     /// Commits may be lost on power failure (never on a process crash), in exchange for
@@ -73,6 +75,7 @@ pub struct SqliteBuilder {
     prefix: String,
     busy_timeout: Duration,
     synchronous: Synchronous,
+    cache_mib: u32,
 }
 
 impl SqliteBuilder {
@@ -91,6 +94,15 @@ impl SqliteBuilder {
     /// The sync mode (default [`Synchronous::Full`]).
     pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
         self.synchronous = synchronous;
+        self
+    }
+
+    /// The most memory SQLite's page cache may use, in MiB (default 64; it grows only
+    /// as pages are read). SQLite's own default, 2 MiB, keeps a table of a million
+    /// finished commands mostly out of the cache: processing beside one ran at 75 % of
+    /// the empty-table rate with it, 94 % with 64 MiB.
+    pub fn cache_mib(mut self, mib: u32) -> Self {
+        self.cache_mib = mib;
         self
     }
 
@@ -116,8 +128,12 @@ impl SqliteBuilder {
         if !memory {
             conn.batch_execute("PRAGMA journal_mode = WAL;").map_err(|e| Error::backend(BACKEND, e))?;
         }
-        conn.batch_execute(&format!("PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"))
-            .map_err(|e| Error::backend(BACKEND, e))?;
+        // A negative cache_size is in KiB.
+        let cache_kib = u64::from(self.cache_mib) * 1024;
+        conn.batch_execute(&format!(
+            "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA cache_size = -{cache_kib};"
+        ))
+        .map_err(|e| Error::backend(BACKEND, e))?;
         tracing::debug!(path, prefix = %prefix, "opened sqlite store");
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -225,6 +241,7 @@ impl SqliteStore {
             prefix: TablePrefix::default_prefix().as_str().to_owned(),
             busy_timeout: Duration::from_secs(5),
             synchronous: Synchronous::default(),
+            cache_mib: 64,
         }
     }
 
