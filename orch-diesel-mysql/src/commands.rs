@@ -17,7 +17,7 @@ use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 use orch::store::backend::{
-    NewJournalEntry, RawCommand, add_queue_count, attempt_given_back, distinct_successes, encode_policy,
+    NewJournalEntry, PolicyEncoder, RawCommand, add_queue_count, attempt_given_back, distinct_successes,
     finish_queue_stats, lease_expired_message, micros, millis, outcome_follow_ups, u32_of,
 };
 use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
@@ -173,6 +173,7 @@ pub(crate) async fn insert(
     tables: &Tables,
     commands: &[&InsertCommand],
 ) -> TxResult<()> {
+    let mut policies = PolicyEncoder::default();
     for chunk in commands.chunks(INSERT_CHUNK) {
         let mut sql = format!(
             "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
@@ -185,6 +186,7 @@ pub(crate) async fn insert(
         }
         let mut q = query(sql);
         for c in chunk {
+            let policy = policies.encode(&c.retry_policy)?;
             q = q
                 .bind::<Text, _>(c.id.to_string())
                 .bind::<Text, _>(c.name.clone())
@@ -193,7 +195,7 @@ pub(crate) async fn insert(
                 .bind::<Text, _>(c.input.clone())
                 .bind::<BigInt, _>(i64::from(c.max_attempts))
                 .bind::<BigInt, _>(millis(c.timeout))
-                .bind::<Text, _>(encode_policy(&c.retry_policy)?)
+                .bind::<Text, _>(policy)
                 .bind::<BigInt, _>(c.scheduled_at.as_micros())
                 .bind::<BigInt, _>(c.created_at.as_micros())
                 .bind::<BigInt, _>(c.created_at.as_micros())

@@ -15,8 +15,8 @@ use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Uuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use orch::store::backend::{
-    COMMAND_COLUMNS, NewJournalEntry, RawCommand, add_queue_count, attempt_given_back, distinct_successes,
-    encode_policy, finish_queue_stats, micros, millis, outcome_follow_ups, u32_of,
+    COMMAND_COLUMNS, NewJournalEntry, PolicyEncoder, RawCommand, add_queue_count, attempt_given_back,
+    distinct_successes, finish_queue_stats, micros, millis, outcome_follow_ups, u32_of,
 };
 use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::store::{
@@ -216,6 +216,7 @@ impl CommandArrays {
             workflows: Vec::with_capacity(n),
             steps: Vec::with_capacity(n),
         };
+        let mut policies = PolicyEncoder::default();
         for c in commands {
             a.ids.push(c.id.as_uuid());
             a.names.push(c.name.clone());
@@ -224,7 +225,7 @@ impl CommandArrays {
             a.inputs.push(c.input.clone());
             a.max_attempts.push(i32_of(c.max_attempts));
             a.timeouts.push(millis(c.timeout));
-            a.policies.push(encode_policy(&c.retry_policy)?);
+            a.policies.push(policies.encode(&c.retry_policy)?);
             a.scheduled.push(c.scheduled_at.as_micros());
             a.created.push(c.created_at.as_micros());
             a.parents.push(c.parent_id.map(|p| p.as_uuid()));

@@ -8,7 +8,7 @@ use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
 use diesel::sqlite::Sqlite;
 use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
 use orch::store::backend::{
-    NewJournalEntry, RawCommand, add_queue_count, attempt_given_back, distinct_successes, encode_policy,
+    NewJournalEntry, PolicyEncoder, RawCommand, add_queue_count, attempt_given_back, distinct_successes,
     finish_queue_stats, micros, millis, outcome_follow_ups, u32_of,
 };
 use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
@@ -136,6 +136,7 @@ pub(crate) fn insert(
     tables: &Tables,
     commands: &[InsertCommand],
 ) -> TxResult<()> {
+    let mut policies = PolicyEncoder::default();
     for chunk in shaped_chunks(commands, INSERT_CHUNK) {
         let mut sql = format!(
             "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
@@ -148,7 +149,7 @@ pub(crate) fn insert(
         }
         let mut query = diesel::sql_query(sql).into_boxed::<Sqlite>();
         for c in chunk {
-            let policy = encode_policy(&c.retry_policy)?;
+            let policy = policies.encode(&c.retry_policy)?;
             query = query
                 .bind::<Text, _>(c.id.to_string())
                 .bind::<Text, _>(c.name.clone())

@@ -287,6 +287,27 @@ pub fn encode_policy(policy: &RetryPolicy) -> Result<String> {
     serde_json::to_string(policy).map_err(|source| Error::Encode { what: "retry policy".into(), source })
 }
 
+/// Encodes the retry policies of many rows, reusing the text of the previous row when
+/// the policy is the same (the rows of one push usually share one).
+#[derive(Debug, Default)]
+pub struct PolicyEncoder {
+    last: Option<(RetryPolicy, String)>,
+}
+
+impl PolicyEncoder {
+    /// `policy` as stored, as [`encode_policy`] writes it.
+    pub fn encode(&mut self, policy: &RetryPolicy) -> Result<String> {
+        if let Some((last, text)) = &self.last
+            && last == policy
+        {
+            return Ok(text.clone());
+        }
+        let text = encode_policy(policy)?;
+        self.last = Some((*policy, text.clone()));
+        Ok(text)
+    }
+}
+
 /// Clamps a stored integer to `u32` (negative values, which no store writes, read as 0).
 pub fn u32_of(v: i64) -> u32 {
     u32::try_from(v.max(0)).unwrap_or(u32::MAX)
@@ -542,6 +563,16 @@ impl RawCommand {
 mod tests {
     use super::*;
     use crate::store::LeaseToken;
+
+    #[test]
+    fn policy_encoder_matches_encode_policy() {
+        let mut encoder = PolicyEncoder::default();
+        for policy in
+            [RetryPolicy::default(), RetryPolicy::default(), RetryPolicy::immediate(), RetryPolicy::default()]
+        {
+            assert_eq!(encoder.encode(&policy).unwrap(), encode_policy(&policy).unwrap());
+        }
+    }
 
     fn raw() -> RawCommand {
         RawCommand {
