@@ -11,8 +11,9 @@
 //!   `--latency-rate` per second; push → handler start, p50/p95/p99.
 //! - **idle**: store calls per second of an idle worker with the default configuration
 //!   (2 s poll, 10 s rescue tick), counted by a wrapper around the store.
-//! - **history**: `--history` finished commands written straight into the table, then
-//!   the process phase again; the slowdown against the empty table.
+//! - **history**: `--history` finished commands written straight into the table (then
+//!   checkpointed where the backend allows, as rows accumulated over time would be),
+//!   then the process phase again; the slowdown against the empty table.
 //!
 //! Timing uses the wall clock (`Instant`); this is the one place measuring it is the
 //! point.
