@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
-use orch::store::backend::{NewJournalEntry, dependency_failure_message};
+use orch::store::backend::{NewJournalEntry, dependency_edges, dependency_failure_message};
 use orch::store::{CommandId, InsertCommand, WorkflowId, WorkflowStepRecord};
 use orch::{FailureKind, State, Timestamp};
 
@@ -45,9 +45,8 @@ pub(crate) async fn insert_edges(
     tables: &Tables,
     commands: &[&InsertCommand],
 ) -> TxResult<()> {
-    let edges: BTreeSet<(CommandId, CommandId)> =
-        commands.iter().flat_map(|c| c.depends_on.iter().map(|d| (c.id, *d))).collect();
-    let edges: Vec<_> = edges.into_iter().collect();
+    let edges: Vec<(CommandId, CommandId)> =
+        dependency_edges(commands)?.into_iter().map(|e| (e.command, e.dependency)).collect();
     for chunk in edges.chunks(EDGE_CHUNK) {
         let mut sql = format!("INSERT INTO {} (command_id, depends_on) VALUES ", tables.dependencies);
         for i in 0..chunk.len() {

@@ -13,76 +13,18 @@
 //! first to commit, so its check sees both B and C succeeded and unblocks D; the first
 //! saw the other one still running and left D blocked.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 
 use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Uuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use orch::store::backend::{NewJournalEntry, dependency_failure_message};
+use orch::store::backend::{NewJournalEntry, dependency_edges, dependency_failure_message};
 use orch::store::{CommandId, InsertCommand, WorkflowId, WorkflowStepRecord};
-use orch::{Error, FailureKind, State, Timestamp};
+use orch::{FailureKind, State, Timestamp};
 
 use crate::commands::{C_COLUMNS, CommandRow};
 use crate::prepared::Prepare;
 use crate::{Tables, TxResult};
-
-/// The edges of newly inserted commands as (command, dependency, position), after
-/// checking that each dependency is another command of the same insert and that the
-/// edges form no cycle (a command in one would stay blocked for ever). A dependency
-/// listed twice is stored once.
-fn edges(commands: &[&InsertCommand]) -> orch::Result<Vec<(uuid::Uuid, uuid::Uuid, i32)>> {
-    if commands.iter().all(|c| c.depends_on.is_empty()) {
-        return Ok(Vec::new());
-    }
-    let ids: HashSet<CommandId> = commands.iter().map(|c| c.id).collect();
-    let mut edges = Vec::new();
-    let mut waiting_on: HashMap<CommandId, usize> = HashMap::new();
-    let mut dependents: HashMap<CommandId, Vec<CommandId>> = HashMap::new();
-    for c in commands {
-        let mut seen = HashSet::new();
-        for &dependency in &c.depends_on {
-            if dependency == c.id {
-                return Err(Error::invalid_config(format!("command {} depends on itself", c.id)));
-            }
-            if !ids.contains(&dependency) {
-                return Err(Error::invalid_config(format!(
-                    "command {} depends on {dependency}, which is not inserted with it",
-                    c.id
-                )));
-            }
-            if seen.insert(dependency) {
-                let position = i32::try_from(seen.len() - 1).unwrap_or(i32::MAX);
-                edges.push((c.id.as_uuid(), dependency.as_uuid(), position));
-                dependents.entry(dependency).or_default().push(c.id);
-            }
-        }
-        waiting_on.insert(c.id, seen.len());
-    }
-    // Kahn: whatever never becomes free of dependencies is on (or behind) a cycle.
-    let mut free: VecDeque<CommandId> =
-        waiting_on.iter().filter(|(_, n)| **n == 0).map(|(id, _)| *id).collect();
-    let mut done = 0;
-    while let Some(id) = free.pop_front() {
-        done += 1;
-        for dependent in dependents.get(&id).into_iter().flatten() {
-            let n = waiting_on.get_mut(dependent).expect("every command is counted");
-            *n -= 1;
-            if *n == 0 {
-                free.push_back(*dependent);
-            }
-        }
-    }
-    if done < waiting_on.len() {
-        let mut stuck: Vec<String> =
-            waiting_on.iter().filter(|(_, n)| **n > 0).map(|(id, _)| id.to_string()).collect();
-        stuck.sort();
-        return Err(Error::invalid_config(format!(
-            "the dependencies of commands {} form a cycle",
-            stuck.join(", ")
-        )));
-    }
-    Ok(edges)
-}
 
 /// Stores the dependency edges of newly inserted commands, in one statement.
 pub(crate) async fn insert_edges(
@@ -90,13 +32,13 @@ pub(crate) async fn insert_edges(
     tables: &Tables,
     commands: &[&InsertCommand],
 ) -> TxResult<()> {
-    let edges = edges(commands)?;
+    let edges = dependency_edges(commands)?;
     if edges.is_empty() {
         return Ok(());
     }
-    let command_ids: Vec<uuid::Uuid> = edges.iter().map(|e| e.0).collect();
-    let dependency_ids: Vec<uuid::Uuid> = edges.iter().map(|e| e.1).collect();
-    let positions: Vec<i32> = edges.iter().map(|e| e.2).collect();
+    let command_ids: Vec<uuid::Uuid> = edges.iter().map(|e| e.command.as_uuid()).collect();
+    let dependency_ids: Vec<uuid::Uuid> = edges.iter().map(|e| e.dependency.as_uuid()).collect();
+    let positions: Vec<i32> = edges.iter().map(|e| i32::try_from(e.position).unwrap_or(i32::MAX)).collect();
     diesel::sql_query(format!(
         "INSERT INTO {} (command_id, depends_on, position) \
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::integer[])",
@@ -350,46 +292,4 @@ pub(crate) async fn workflow_steps(
             })
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::edges;
-    use orch::store::InsertCommand;
-    use orch::{Error, NewCommand, Timestamp};
-
-    fn rows(n: usize) -> Vec<InsertCommand> {
-        let now = Timestamp::from_millis(1_000);
-        (0..n).map(|_| NewCommand::raw("job", serde_json::json!({})).resolve(now).unwrap()).collect()
-    }
-
-    #[test]
-    fn edges_keep_the_listed_order_and_reject_what_cannot_run() {
-        let mut r = rows(4);
-        let (a, b, c) = (r[0].id, r[1].id, r[2].id);
-        r[3].depends_on = vec![c, a, c, b];
-        let refs: Vec<&InsertCommand> = r.iter().collect();
-        let found = edges(&refs).unwrap();
-        let listed: Vec<(uuid::Uuid, i32)> = found.iter().map(|e| (e.1, e.2)).collect();
-        assert_eq!(listed, vec![(c.as_uuid(), 0), (a.as_uuid(), 1), (b.as_uuid(), 2)]);
-
-        let outsider = rows(1)[0].id;
-        let mut r = rows(2);
-        r[1].depends_on = vec![outsider];
-        let refs: Vec<&InsertCommand> = r.iter().collect();
-        assert!(matches!(edges(&refs), Err(Error::InvalidConfig(m)) if m.contains("not inserted with it")));
-
-        let mut r = rows(3);
-        let (a, b, c) = (r[0].id, r[1].id, r[2].id);
-        r[0].depends_on = vec![c];
-        r[1].depends_on = vec![a];
-        r[2].depends_on = vec![b];
-        let refs: Vec<&InsertCommand> = r.iter().collect();
-        assert!(matches!(edges(&refs), Err(Error::InvalidConfig(m)) if m.contains("cycle")));
-
-        let mut r = rows(1);
-        r[0].depends_on = vec![r[0].id];
-        let refs: Vec<&InsertCommand> = r.iter().collect();
-        assert!(matches!(edges(&refs), Err(Error::InvalidConfig(m)) if m.contains("itself")));
-    }
 }

@@ -8,7 +8,7 @@
 use diesel::sql_types::Text;
 use diesel::sqlite::Sqlite;
 use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
-use orch::store::backend::{NewJournalEntry, dependency_failure_message};
+use orch::store::backend::{NewJournalEntry, dependency_edges, dependency_failure_message};
 use orch::store::{CommandId, InsertCommand, WorkflowId, WorkflowStepRecord};
 use orch::{State, Timestamp};
 
@@ -40,7 +40,7 @@ pub(crate) fn insert_edges(
     commands: &[InsertCommand],
 ) -> TxResult<()> {
     let edges: Vec<(CommandId, CommandId)> =
-        commands.iter().flat_map(|c| c.depends_on.iter().map(move |d| (c.id, *d))).collect();
+        dependency_edges(commands)?.into_iter().map(|e| (e.command, e.dependency)).collect();
     for chunk in shaped_chunks(&edges, CHUNK) {
         let mut sql = format!("INSERT INTO {} (command_id, depends_on) VALUES ", tables.dependencies);
         for i in 0..chunk.len() {

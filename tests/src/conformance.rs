@@ -1109,6 +1109,28 @@ pub async fn batched_successes_are_fenced(h: &dyn Harness) {
     assert_eq!(record(&store, dependent.id).await.state, State::Pending, "unblocked by its dependency");
 }
 
+/// A command may only depend on commands pushed with it, in an order that can run: a
+/// dependency pushed earlier may have finished already (the dependent would wait for
+/// ever), and so would a cycle. Either push is refused whole with a clear error.
+pub async fn dependencies_are_pushed_together(h: &dyn Harness) {
+    let store = h.store().await;
+    let now = Timestamp::from_millis(1_000);
+    let earlier = insert("first", now);
+    store.enqueue(vec![earlier.clone()]).await.unwrap();
+    let mut late = insert("late", now);
+    late.depends_on = vec![earlier.id];
+    let err = store.enqueue(vec![late.clone()]).await.unwrap_err();
+    assert!(matches!(&err, orch::Error::InvalidConfig(m) if m.contains("not inserted with it")), "{err}");
+    assert!(store.get(late.id).await.unwrap().is_none(), "nothing of the refused push is stored");
+
+    let (mut a, mut b) = (insert("a", now), insert("b", now));
+    a.depends_on = vec![b.id];
+    b.depends_on = vec![a.id];
+    let err = store.enqueue(vec![a.clone(), b.clone()]).await.unwrap_err();
+    assert!(matches!(&err, orch::Error::InvalidConfig(m) if m.contains("cycle")), "{err}");
+    assert!(store.get(a.id).await.unwrap().is_none() && store.get(b.id).await.unwrap().is_none());
+}
+
 /// `list` with `unfinished` returns exactly the blocked, pending and running commands,
 /// in id order.
 pub async fn list_finds_unfinished(h: &dyn Harness) {

@@ -63,6 +63,7 @@ macro_rules! conformance_suite {
             shutdown_releases_unfinished,
             held_commands_wait_for_a_slot,
             batched_successes_are_fenced,
+            dependencies_are_pushed_together,
             list_finds_unfinished,
             cancel_request_wins_over_retry,
             workers_are_recorded,

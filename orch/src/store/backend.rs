@@ -271,6 +271,80 @@ pub fn distinct_successes(completions: &[Completion]) -> Vec<usize> {
     together
 }
 
+/// One dependency edge of a newly inserted command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DependencyEdge {
+    /// The command that waits.
+    pub command: CommandId,
+    /// The command it waits for.
+    pub dependency: CommandId,
+    /// The dependency's place in the command's list (duplicates removed).
+    pub position: u32,
+}
+
+/// The edges of newly inserted commands, after checking that each dependency is another
+/// command of the same insert and that the edges form no cycle: a dependency outside
+/// the insert could have finished already, and a command on a cycle would stay
+/// blocked for ever. A dependency listed twice is stored once. Every backend calls
+/// this before writing a command's edges.
+pub fn dependency_edges<C: std::borrow::Borrow<InsertCommand>>(
+    commands: &[C],
+) -> Result<Vec<DependencyEdge>> {
+    use std::collections::{HashMap, HashSet, VecDeque};
+    let commands: Vec<&InsertCommand> = commands.iter().map(|c| c.borrow()).collect();
+    if commands.iter().all(|c| c.depends_on.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let ids: HashSet<CommandId> = commands.iter().map(|c| c.id).collect();
+    let mut edges = Vec::new();
+    let mut waiting_on: HashMap<CommandId, usize> = HashMap::new();
+    let mut dependents: HashMap<CommandId, Vec<CommandId>> = HashMap::new();
+    for c in commands {
+        let mut seen = HashSet::new();
+        for &dependency in &c.depends_on {
+            if dependency == c.id {
+                return Err(Error::invalid_config(format!("command {} depends on itself", c.id)));
+            }
+            if !ids.contains(&dependency) {
+                return Err(Error::invalid_config(format!(
+                    "command {} depends on {dependency}, which is not inserted with it",
+                    c.id
+                )));
+            }
+            if seen.insert(dependency) {
+                let position = u32::try_from(seen.len() - 1).unwrap_or(u32::MAX);
+                edges.push(DependencyEdge { command: c.id, dependency, position });
+                dependents.entry(dependency).or_default().push(c.id);
+            }
+        }
+        waiting_on.insert(c.id, seen.len());
+    }
+    // Kahn: whatever never becomes free of dependencies is on (or behind) a cycle.
+    let mut free: VecDeque<CommandId> =
+        waiting_on.iter().filter(|(_, n)| **n == 0).map(|(id, _)| *id).collect();
+    let mut done = 0;
+    while let Some(id) = free.pop_front() {
+        done += 1;
+        for dependent in dependents.get(&id).into_iter().flatten() {
+            let n = waiting_on.get_mut(dependent).expect("every command is counted");
+            *n -= 1;
+            if *n == 0 {
+                free.push_back(*dependent);
+            }
+        }
+    }
+    if done < waiting_on.len() {
+        let mut stuck: Vec<String> =
+            waiting_on.iter().filter(|(_, n)| **n > 0).map(|(id, _)| id.to_string()).collect();
+        stuck.sort();
+        return Err(Error::invalid_config(format!(
+            "the dependencies of commands {} form a cycle",
+            stuck.join(", ")
+        )));
+    }
+    Ok(edges)
+}
+
 /// The error text (kind `cancelled`) of a blocked command cancelled because one of its
 /// dependencies, directly or through others, ended `state` (failed or cancelled).
 pub fn dependency_failure_message(dependency: CommandId, state: State) -> String {
@@ -563,6 +637,43 @@ impl RawCommand {
 mod tests {
     use super::*;
     use crate::store::LeaseToken;
+
+    fn insert_rows(n: usize) -> Vec<InsertCommand> {
+        let now = Timestamp::from_millis(1_000);
+        (0..n).map(|_| crate::NewCommand::raw("job", serde_json::json!({})).resolve(now).unwrap()).collect()
+    }
+
+    #[test]
+    fn edges_keep_the_listed_order_and_reject_what_cannot_run() {
+        let mut r = insert_rows(4);
+        let (a, b, c) = (r[0].id, r[1].id, r[2].id);
+        r[3].depends_on = vec![c, a, c, b];
+        let refs: Vec<&InsertCommand> = r.iter().collect();
+        let found = dependency_edges(&refs).unwrap();
+        let listed: Vec<(CommandId, u32)> = found.iter().map(|e| (e.dependency, e.position)).collect();
+        assert_eq!(listed, vec![(c, 0), (a, 1), (b, 2)]);
+
+        let outsider = insert_rows(1)[0].id;
+        let mut r = insert_rows(2);
+        r[1].depends_on = vec![outsider];
+        let refs: Vec<&InsertCommand> = r.iter().collect();
+        assert!(
+            matches!(dependency_edges(&refs), Err(Error::InvalidConfig(m)) if m.contains("not inserted with it"))
+        );
+
+        let mut r = insert_rows(3);
+        let (a, b, c) = (r[0].id, r[1].id, r[2].id);
+        r[0].depends_on = vec![c];
+        r[1].depends_on = vec![a];
+        r[2].depends_on = vec![b];
+        let refs: Vec<&InsertCommand> = r.iter().collect();
+        assert!(matches!(dependency_edges(&refs), Err(Error::InvalidConfig(m)) if m.contains("cycle")));
+
+        let mut r = insert_rows(1);
+        r[0].depends_on = vec![r[0].id];
+        let refs: Vec<&InsertCommand> = r.iter().collect();
+        assert!(matches!(dependency_edges(&refs), Err(Error::InvalidConfig(m)) if m.contains("itself")));
+    }
 
     #[test]
     fn policy_encoder_matches_encode_policy() {
