@@ -456,6 +456,9 @@ async fn apply_successes(
     tables: &Tables,
     held: &[&Completion],
 ) -> TxResult<()> {
+    if held.is_empty() {
+        return Ok(());
+    }
     let rows: Vec<serde_json::Value> = held
         .iter()
         .filter_map(|c| {

@@ -360,6 +360,8 @@ pub(crate) fn complete_batch(
         let applied: std::collections::HashMap<String, AppliedSuccess> =
             applied.into_iter().map(|a| (a.id.clone(), a)).collect();
         let mut entries = Vec::with_capacity(together.len());
+        // The follow-ups of every batched success, inserted together after the loop.
+        let mut follow_ups: Vec<InsertCommand> = Vec::new();
         for &i in &together {
             let c = &completions[i];
             let Some(a) = applied.get(&c.lease.id.to_string()) else {
@@ -375,16 +377,17 @@ pub(crate) fn complete_batch(
                 continue;
             };
             entries.extend(NewJournalEntry::completion(c, u32_of(a.attempts.into())));
-            let follow_ups = outcome_follow_ups(&c.outcome);
-            if !follow_ups.is_empty() {
-                insert(conn, tables, follow_ups)?;
-            }
+            let pushes = outcome_follow_ups(&c.outcome);
+            follow_ups.extend_from_slice(pushes);
             let unblocked = if a.has_dependents {
                 dependencies::unblock_dependents(conn, tables, c.lease.id, c.now)?
             } else {
                 0
             };
-            results[i] = Some((CompletionStatus::Applied, unblocked > 0 || !follow_ups.is_empty()));
+            results[i] = Some((CompletionStatus::Applied, unblocked > 0 || !pushes.is_empty()));
+        }
+        if !follow_ups.is_empty() {
+            insert(conn, tables, &follow_ups)?;
         }
         journal::append(conn, tables, &entries)?;
     }
