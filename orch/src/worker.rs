@@ -15,6 +15,7 @@
 //!   pushes the follow-ups of commands that finished outside a worker.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -186,6 +187,11 @@ struct Running {
     lease: Lease,
     stop: CancellationToken,
     reason: StopSlot,
+    /// When the lease runs out unless renewed again, by this worker's clock (micros):
+    /// set at the claim, moved on by each renewal.
+    expires: Arc<AtomicI64>,
+    /// The attempt's timeout, to compute a renewed lease's end.
+    timeout: Duration,
 }
 
 /// Why a running attempt was stopped, set once by whoever stops it.
@@ -449,11 +455,17 @@ async fn execute(
     async {
         let stop = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
-        shared
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Running { lease: claimed.lease, stop: stop.clone(), reason: Arc::clone(&reason) });
+        let expires = Arc::new(AtomicI64::new(claimed.lease_expires_at.as_micros()));
+        shared.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id,
+            Running {
+                lease: claimed.lease,
+                stop: stop.clone(),
+                reason: Arc::clone(&reason),
+                expires: Arc::clone(&expires),
+                timeout: claimed.timeout,
+            },
+        );
         // Held commands wait here for a handler slot; a stop or the worker's shutdown
         // reaches them before their handler starts.
         let outcome = tokio::select! {
@@ -465,7 +477,11 @@ async fn execute(
             }
             permit = shared.permits.acquire() => {
                 let _permit = permit.expect("the permits are never closed");
-                run_attempt(shared, &claimed, &stop, &reason).await
+                if lease_still_held(shared, &claimed, &expires).await {
+                    run_attempt(shared, &claimed, &stop, &reason).await
+                } else {
+                    None
+                }
             }
         };
         if let Some(outcome) = outcome {
@@ -491,6 +507,39 @@ async fn execute(
     }
     .instrument(span)
     .await
+}
+
+/// Whether a held command's lease is still this worker's, checked before its handler
+/// starts. A lease renewed within the last heartbeats is taken as held without asking;
+/// one whose end is near or past by this worker's clock (the process was paused, or
+/// renewals failed) is renewed first, and the handler does not start unless the store
+/// says it is still held: a lease taken back by a rescue must not run its command a
+/// second time.
+async fn lease_still_held(shared: &Arc<Shared>, claimed: &ClaimedCommand, expires: &AtomicI64) -> bool {
+    let now = shared.orch.clock().now();
+    let margin = shared.config.heartbeat_interval;
+    if now + margin < Timestamp::from_micros(expires.load(Ordering::Relaxed)) {
+        return true;
+    }
+    let params =
+        HeartbeatParams { leases: vec![claimed.lease], now, lease_buffer: shared.config.lease_buffer };
+    match shared.orch.store().heartbeat(params).await.as_deref() {
+        Ok([LeaseStatus::Held { .. }]) => {
+            let renewed = now + claimed.timeout + shared.config.lease_buffer;
+            expires.store(renewed.as_micros(), Ordering::Relaxed);
+            true
+        }
+        Ok(_) => {
+            tracing::warn!("lease lost while the command waited for a handler slot; not starting it");
+            false
+        }
+        Err(e) => {
+            // Unknown: starting could run the command twice; leaving it lets the lease
+            // run out and a rescue make it due again.
+            tracing::warn!(error = %e, "could not confirm the lease of a held command; not starting it");
+            false
+        }
+    }
 }
 
 /// The outcome of an attempt stopped by a cancel request, a lost lease or shutdown
@@ -788,21 +837,30 @@ async fn maintainer(shared: Arc<Shared>, stop: CancellationToken) {
 const PRUNE_WORKERS_EVERY: u64 = 6;
 
 async fn heartbeat(shared: &Arc<Shared>) {
-    let entries: Vec<(Lease, CancellationToken, StopSlot)> = {
+    type Entry = (Lease, CancellationToken, StopSlot, Arc<AtomicI64>, Duration);
+    let entries: Vec<Entry> = {
         let running = shared.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.values().map(|r| (r.lease, r.stop.clone(), Arc::clone(&r.reason))).collect()
+        running
+            .values()
+            .map(|r| (r.lease, r.stop.clone(), Arc::clone(&r.reason), Arc::clone(&r.expires), r.timeout))
+            .collect()
     };
     if entries.is_empty() {
         return;
     }
     let params = HeartbeatParams {
-        leases: entries.iter().map(|(lease, _, _)| *lease).collect(),
+        leases: entries.iter().map(|(lease, ..)| *lease).collect(),
         now: shared.orch.clock().now(),
         lease_buffer: shared.config.lease_buffer,
     };
+    let params_now = params.now;
     match shared.orch.store().heartbeat(params).await {
         Ok(statuses) => {
-            for ((lease, stop, reason), status) in entries.into_iter().zip(statuses) {
+            for ((lease, stop, reason, expires, timeout), status) in entries.into_iter().zip(statuses) {
+                if let LeaseStatus::Held { .. } = status {
+                    let renewed = params_now + timeout + shared.config.lease_buffer;
+                    expires.store(renewed.as_micros(), Ordering::Relaxed);
+                }
                 match status {
                     LeaseStatus::Held { cancel_requested: false } => {}
                     LeaseStatus::Held { cancel_requested: true } => {

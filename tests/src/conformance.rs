@@ -1043,6 +1043,89 @@ pub async fn held_commands_wait_for_a_slot(h: &dyn Harness) {
     }
 }
 
+/// Waits for a gate; its timeout is long enough never to fire in a test.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GatedCommand;
+impl Command for GatedCommand {
+    type Output = ();
+    const TIMEOUT: Duration = Duration::from_secs(3_600);
+}
+
+/// A worker whose process stood still past its leases (here its clock moves on with no
+/// renewal) while another worker took them back: on resuming it must not start the
+/// commands its local queue held, only find their leases gone.
+pub async fn held_command_with_lapsed_lease_does_not_start(h: &dyn Harness) {
+    let store = h.store().await;
+    let clock = ManualClock::starting_2030();
+    let orch = Orch::new(Arc::clone(&store)).with_clock(Arc::new(clock.clone()));
+    let started: Arc<Mutex<Vec<CommandId>>> = Arc::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut registry = Registry::new();
+    let (seen, open) = (Arc::clone(&started), Arc::clone(&gate));
+    registry
+        .register_fn(move |_: GatedCommand, ctx: Context| {
+            let (seen, open) = (Arc::clone(&seen), Arc::clone(&open));
+            async move {
+                seen.lock().unwrap().push(ctx.id());
+                let _pass = open.acquire().await;
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(orch.push(&GatedCommand).await.unwrap());
+    }
+    // No renewals or rescues of its own within the test's manual time.
+    let config = orch::WorkerConfig {
+        concurrency: 1,
+        prefetch: 2,
+        max_pull: 4,
+        heartbeat_interval: Duration::from_secs(24 * 3_600),
+        rescue_interval: Duration::from_secs(24 * 3_600),
+        lease_buffer: Duration::from_secs(48 * 3_600),
+        ..manual_config("paused")
+    };
+    let lease = GatedCommand::TIMEOUT + config.lease_buffer;
+    let worker = Worker::new(orch.clone(), registry, config).unwrap().start();
+    eventually("one handler running and all three commands leased", || async {
+        let leased = all(&store).await.iter().filter(|r| r.state == State::Running).count();
+        (started.lock().unwrap().len() == 1 && leased == 3).then_some(())
+    })
+    .await;
+    let first = started.lock().unwrap()[0];
+
+    // Past every lease, another worker rescues them and claims them again; then the
+    // stalled worker's clock catches up (its running handler times out, so the held
+    // commands get their slot one after another).
+    let later = clock.now() + lease + Duration::from_secs(1);
+    assert_eq!(store.rescue(later, 10).await.unwrap().len(), 3);
+    let thief =
+        store.claim(claim_params(&[GatedCommand::name().as_ref()], later, "thief", 10)).await.unwrap();
+    assert_eq!(thief.len(), 3);
+    clock.set(later);
+    gate.add_permits(10);
+    eventually("each command's stale lease refused", || async {
+        let mut refused = 0;
+        for &id in &ids {
+            refused += usize::from(kinds(&store, id).await.contains(&JournalKind::LeaseLost));
+        }
+        (refused == 3).then_some(())
+    })
+    .await;
+    worker.shutdown().await;
+    assert_eq!(*started.lock().unwrap(), vec![first], "no held command started on a lapsed lease");
+    for c in &thief {
+        let r = record(&store, c.lease.id).await;
+        assert_eq!(
+            (r.state, r.lease_token, r.attempts),
+            (State::Running, Some(c.lease.token), 2),
+            "{}",
+            r.id
+        );
+    }
+}
+
 /// One completion batch of many successes (which stores may apply in one statement),
 /// one of them on a stale lease, and a retry: each is fenced on its own lease.
 pub async fn batched_successes_are_fenced(h: &dyn Harness) {

@@ -5,6 +5,8 @@
 //!   `Store` trait and the public API;
 //! - [`property`]: a model-based property test of the lifecycle under a manual clock;
 //! - [`multiprocess`]: worker processes (`orch-test-worker`) sharing one database;
+//! - [`chaos`]: worker processes killed and paused under load, and the checker of what
+//!   they left;
 //! - [`wake`]: idle workers woken by pushes, and pushes inside a caller's transaction.
 //!
 //! A backend's test file runs everything with one macro call:
@@ -17,6 +19,7 @@
 //! which produces tests named `sqlite::claim_is_exclusive` and so on.
 
 pub mod bench;
+pub mod chaos;
 pub mod conformance;
 pub mod conformance_monitor;
 pub mod conformance_sagas;
@@ -62,6 +65,7 @@ macro_rules! conformance_suite {
             unstorable_follow_up_fails_the_command,
             shutdown_releases_unfinished,
             held_commands_wait_for_a_slot,
+            held_command_with_lapsed_lease_does_not_start,
             batched_successes_are_fenced,
             dependencies_are_pushed_together,
             list_finds_unfinished,

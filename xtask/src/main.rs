@@ -7,10 +7,13 @@
 //!   skipped (a server backend runs when `ORCH_PG_URL` / `ORCH_MYSQL_URL` is set).
 //! - `bench [--backend …] [--commands N]`: the release-mode benchmark, figures printed
 //!   and written as JSON under `target/bench/`.
+//! - `chaos [--backend …] [--commands N] [--kills K]`: the fault soak's long profile,
+//!   worker processes killed and paused under load, then checked.
 //! - `demo [--url …]`: fills a store with demo work and keeps workers running, to
 //!   watch with `orch-tui`.
 
 mod bench;
+mod chaos;
 mod ci;
 mod demo;
 mod test;
@@ -24,6 +27,7 @@ fn main() -> ExitCode {
         Some("test") => test::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("chaos") => chaos::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print_help();
             Ok(())
@@ -51,6 +55,11 @@ fn print_help() {
             "release-mode benchmark per backend (push, process,",
         ),
         ("", "pickup latency, idle calls, 1M-row history); JSON in target/bench/"),
+        (
+            "chaos [--backend B] [--commands N] [--kills K] [--pauses P]",
+            "fault soak: worker processes killed (SIGKILL) and",
+        ),
+        ("", "paused (SIGSTOP) under load, then checked; JSON in target/chaos/"),
         ("help", "this text"),
     ];
     println!("cargo xtask <command>\n\ncommands:");

@@ -4,7 +4,8 @@
 //! `orch-test-worker --backend postgres|mysql|sqlite --url URL --prefix P --instance KEY --ledger FILE`
 //!
 //! With `--mode crash` it runs the crash test's workflow and saga commands instead
-//! (`--ledger` is then not needed).
+//! (`--ledger` is then not needed); with `--mode chaos` the fault soak's commands, each
+//! execution's start and end in the ledger (`orch_tests::chaos`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,7 @@ async fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (backend, url, prefix) = (arg(&args, "--backend")?, arg(&args, "--url")?, arg(&args, "--prefix")?);
     let instance = arg(&args, "--instance")?;
-    let crash_mode = arg(&args, "--mode").is_ok_and(|m| m == "crash");
+    let mode = arg(&args, "--mode").unwrap_or_default();
     let store: Arc<dyn Store> = match backend.as_str() {
         "postgres" => Arc::new(
             orch_diesel_pg::PgStore::builder(url)
@@ -54,8 +55,13 @@ async fn main() -> Result<(), String> {
         ),
         other => return Err(format!("unknown backend {other}")),
     };
-    let (registry, config) = if crash_mode {
+    let (registry, config) = if mode == "crash" {
         (orch_tests::crash::registry(), orch_tests::crash::config(&instance))
+    } else if mode == "chaos" {
+        let ledger = arg(&args, "--ledger")?;
+        let ledger = orch_tests::chaos::ExecutionLedger::open(ledger.as_ref()).map_err(|e| e.to_string())?;
+        let config = WorkerConfig { instance_key: instance, ..orch_tests::chaos::config() };
+        (orch_tests::chaos::registry(Arc::new(ledger)), config)
     } else {
         let ledger = arg(&args, "--ledger")?;
         let ledger = Arc::new(Ledger::open(ledger.as_ref(), &instance).map_err(|e| e.to_string())?);
