@@ -446,11 +446,14 @@ pub async fn soak(target: &Target, store: Arc<dyn Store>, plan: Plan) -> Report 
         let work = |rng: &mut Rng| if pause { 300 + rng.below(200) } else { rng.below(plan.max_work_ms + 1) };
         let batch: Vec<NewCommand> =
             (from..to).map(|n| NewCommand::of(&SoakCommand { n, millis: work(&mut rng) })).collect();
+        let wave_start = pushed.len();
         for chunk in batch.chunks(1_000) {
             // The driver's own connections are killed too; a push cut off is retried.
             pushed.extend(push_retrying(&client, chunk).await);
         }
-        if fault < connection_rounds {
+        let wave_ids: std::collections::HashSet<CommandId> = pushed[wave_start..].iter().copied().collect();
+        // Not ahead of a pause: the paused process must be at work, not reconnecting.
+        if fault < connection_rounds && !pause {
             tokio::time::sleep(Duration::from_millis(10 + rng.below(40))).await;
             let killed = kill_connections(target).await;
             faults.push(Fault::Connections { at: clock.now(), killed });
@@ -470,7 +473,8 @@ pub async fn soak(target: &Target, store: Arc<dyn Store>, plan: Plan) -> Report 
         let victim = if pause { 0 } else { rng.below(workers.len() as u64) as usize };
         let pid = workers[victim].pid();
         if pause {
-            // Strike while the process holds leases (it may not have polled yet).
+            // Strike while the process runs commands of this wave, whose work is long
+            // (it may not have polled yet).
             let holds = || async {
                 let params = orch::store::ListParams {
                     state: Some(State::Running),
@@ -478,7 +482,9 @@ pub async fn soak(target: &Target, store: Arc<dyn Store>, plan: Plan) -> Report 
                     ..Default::default()
                 };
                 let running = store.list(params).await.unwrap_or_default();
-                running.iter().any(|r| r.worker.as_deref() == Some(worker_id(pid).as_str()))
+                running
+                    .iter()
+                    .any(|r| wave_ids.contains(&r.id) && r.worker.as_deref() == Some(worker_id(pid).as_str()))
             };
             let deadline = clock.now() + Duration::from_secs(5);
             while !holds().await && clock.now() < deadline {
@@ -563,7 +569,8 @@ pub async fn soak(target: &Target, store: Arc<dyn Store>, plan: Plan) -> Report 
         drain_bound_ms: drain_bound.as_millis() as u64,
         ..Report::default()
     };
-    check(&mut report, &store, &pushed, &read_ledgers(dir.path()), &faults).await;
+    let one_writer = target.backend == "sqlite";
+    check(&mut report, &store, &pushed, &read_ledgers(dir.path()), &faults, one_writer).await;
     report.elapsed_ms = clock.now().saturating_duration_since(started).as_millis() as u64;
     report
 }
@@ -574,6 +581,7 @@ async fn check(
     pushed: &[CommandId],
     runs: &HashMap<CommandId, Vec<Execution>>,
     faults: &[Fault],
+    one_writer: bool,
 ) {
     let killed: Vec<u32> = faults
         .iter()
@@ -591,13 +599,16 @@ async fn check(
         .collect();
     // An execution whose result a pause may have held back: it started before the
     // process resumed and ended (if at all) no more than a lease before it stopped (a
-    // result waits for its batch to be written).
+    // result waits for its batch to be written). With one writer for the whole
+    // database (SQLite), a process stopped while it holds the write lock holds back
+    // every process's results, so a pause of any process counts.
     let lease = SOAK_TIMEOUT + SOAK_LEASE_BUFFER;
-    let held_by_pause = |e: &Execution| {
+    let in_pause = |e: &Execution, any_process: bool| {
         paused.iter().any(|&(pid, from, to)| {
-            e.pid == pid && e.start <= to && e.end.is_none_or(|end| end + lease >= from)
+            (e.pid == pid || any_process) && e.start <= to && e.end.is_none_or(|end| end + lease >= from)
         })
     };
+    let held_by_pause = |e: &Execution| in_pause(e, one_writer);
     let pid_of = |worker: &str| worker.strip_prefix("chaos-").and_then(|p| p.parse::<u32>().ok());
     let now = SystemClock.now();
     report.executions = runs.values().map(Vec::len).sum();
@@ -653,7 +664,7 @@ async fn check(
         };
         let others =
             || executions.iter().filter(|e| !(e.pid == accepted.pid && e.attempt == accepted.attempt));
-        report.late_results_rejected += others().filter(|e| held_by_pause(e)).count();
+        report.late_results_rejected += others().filter(|e| in_pause(e, false)).count();
         if executions.len() > 1 {
             let explained = others().all(|e| killed.contains(&e.pid) || held_by_pause(e));
             if !explained {

@@ -486,6 +486,128 @@ pub async fn timeout_cancels_and_retries(h: &dyn Harness) {
     assert_eq!(record(&store, id).await.attempts, 2);
 }
 
+/// Panics with a message naming its input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PanicCommand;
+/// Loops, yielding, and never looks at its cancellation token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SpinCommand;
+/// Never returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NeverCommand;
+/// Succeeds at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FineCommand;
+macro_rules! poison_command {
+    ($($t:ty),*) => {$(
+        impl Command for $t {
+            type Output = ();
+            const TIMEOUT: Duration = Duration::from_secs(10);
+            const RETRIES: u32 = 1;
+            fn retry_policy() -> RetryPolicy {
+                RetryPolicy::fixed(Duration::from_secs(1))
+            }
+        }
+    )*};
+}
+poison_command!(PanicCommand, SpinCommand, NeverCommand, FineCommand);
+
+/// Counts the handler futures dropped (by an abort, at a timeout).
+struct DropCount(Arc<AtomicU32>);
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Poison handlers (one panics, one spins ignoring its cancellation token, one never
+/// returns) cost their commands their attempts and nothing else: a panic is a failed
+/// attempt with its message in the journal, the others time out and are retried, their
+/// futures are dropped, and the worker goes on running other commands.
+pub async fn poison_handlers_spare_the_worker(h: &dyn Harness) {
+    let store = h.store().await;
+    let clock = ManualClock::starting_2030();
+    let orch = Orch::new(Arc::clone(&store)).with_clock(Arc::new(clock.clone()));
+    let dropped: Arc<AtomicU32> = Arc::default();
+    let mut registry = Registry::new();
+    registry
+        .register_fn(|_: PanicCommand, ctx: Context| async move {
+            assert!(ctx.attempt() == 0, "poisoned input in attempt {}", ctx.attempt());
+            Ok::<_, HandlerError>(())
+        })
+        .unwrap();
+    let guard = Arc::clone(&dropped);
+    registry
+        .register_fn(move |_: SpinCommand, _ctx: Context| {
+            let guard = DropCount(Arc::clone(&guard));
+            async move {
+                let _guard = guard;
+                loop {
+                    tokio::task::yield_now().await;
+                }
+                #[allow(unreachable_code)]
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .unwrap();
+    let guard = Arc::clone(&dropped);
+    registry
+        .register_fn(move |_: NeverCommand, _ctx: Context| {
+            let guard = DropCount(Arc::clone(&guard));
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .unwrap();
+    registry.register_fn(|_: FineCommand, _ctx: Context| async { Ok::<_, HandlerError>(()) }).unwrap();
+    let worker = Worker::new(orch.clone(), registry, manual_config("poison")).unwrap().start();
+    let panicking = orch.push(&PanicCommand).await.unwrap();
+    let spinning = orch.push(&SpinCommand).await.unwrap();
+    let never = orch.push(&NeverCommand).await.unwrap();
+    drive_until(&clock, Duration::from_millis(500), "the poison commands to end", || async {
+        let mut ended = true;
+        for id in [panicking, spinning, never] {
+            ended &= orch.status(id).await.unwrap().is_final();
+        }
+        ended.then_some(())
+    })
+    .await;
+    // The worker is still there and runs the next command.
+    let fine = orch.push(&FineCommand).await.unwrap();
+    drive_until(&clock, Duration::from_millis(100), "a fine command after the poison", || async {
+        matches!(orch.status(fine).await.unwrap(), Status::Success(_)).then_some(())
+    })
+    .await;
+    assert!(!worker.is_finished(), "the worker survived its poison handlers");
+    worker.shutdown().await;
+
+    let r = record(&store, panicking).await;
+    assert_eq!((r.state, r.attempts), (State::Failed, 2));
+    assert_eq!(r.error.as_ref().map(|e| e.kind), Some(FailureKind::Panic));
+    let failed: Vec<String> = store
+        .journal(panicking)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == JournalKind::Failed)
+        .map(|e| e.message.unwrap_or_default())
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    for (attempt, message) in (1..).zip(&failed) {
+        assert!(message.contains(&format!("poisoned input in attempt {attempt}")), "{message}");
+    }
+    for id in [spinning, never] {
+        let r = record(&store, id).await;
+        assert_eq!((r.state, r.attempts), (State::Failed, 2), "{id}");
+        assert_eq!(r.error.as_ref().map(|e| e.kind), Some(FailureKind::Timeout));
+        let timed_out = kinds(&store, id).await.iter().filter(|k| **k == JournalKind::TimedOut).count();
+        assert_eq!(timed_out, 2, "{id}");
+    }
+    assert_eq!(dropped.load(Ordering::SeqCst), 4, "each timed-out attempt's future was dropped");
+}
+
 /// 6. A delayed command is not claimed before its time, and is at its time.
 pub async fn delayed_command_waits(h: &dyn Harness) {
     let store = h.store().await;

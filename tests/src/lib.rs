@@ -51,6 +51,7 @@ macro_rules! conformance_suite {
             retries_then_failure_follow_ups,
             backoff_delays_next_attempt,
             timeout_cancels_and_retries,
+            poison_handlers_spare_the_worker,
             delayed_command_waits,
             target_routing,
             success_follow_ups_commit_with_success,
