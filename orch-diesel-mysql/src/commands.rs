@@ -17,8 +17,9 @@ use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 use orch::store::backend::{
-    NewJournalEntry, PolicyEncoder, RawCommand, add_queue_count, attempt_given_back, distinct_successes,
-    finish_queue_stats, lease_expired_message, micros, millis, outcome_follow_ups, u32_of,
+    NewJournalEntry, PolicyEncoder, RawCommand, UNREADABLE_ROW, add_queue_count, attempt_given_back,
+    distinct_successes, finish_queue_stats, lease_expired_message, micros, millis, outcome_follow_ups,
+    u32_of,
 };
 use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::store::{
@@ -274,8 +275,17 @@ pub(crate) async fn claim(
     rows.sort_by(|a, b| (a.scheduled_at, &a.id).cmp(&(b.scheduled_at, &b.id)));
     let mut claimed = Vec::with_capacity(rows.len());
     let mut entries = Vec::with_capacity(rows.len());
+    let mut unreadable: Vec<(String, u32, String)> = Vec::new();
     for row in rows {
-        let record = row.into_record()?;
+        let (raw_id, attempts) = (row.id.clone(), u32_of(row.attempts));
+        let record = match row.into_record() {
+            Ok(record) => record,
+            // A row a producer damaged by hand: failed alone, so it holds up no claim.
+            Err(e) => {
+                unreadable.push((raw_id, attempts, e.to_string()));
+                continue;
+            }
+        };
         let lease_expires_at = record.lease_expires_at.unwrap_or(p.now);
         entries.push(NewJournalEntry::claimed(
             record.id,
@@ -296,6 +306,26 @@ pub(crate) async fn claim(
             correlation_id: record.correlation_id,
             workflow: record.workflow,
         });
+    }
+    for (raw_id, attempt, message) in &unreadable {
+        tracing::error!(id = raw_id, error = message, "failing a stored row that does not read as a command");
+        let text = format!("{UNREADABLE_ROW}: {message}");
+        diesel::sql_query(format!(
+            "UPDATE {} SET state = 'failed', error_kind = 'decode', error = ?, finished_at = ?, updated_at = ?, \
+             lease_token = NULL, lease_expires_at = NULL WHERE id = ? AND lease_token = ? AND state = 'running'",
+            tables.commands
+        ))
+        .bind::<Text, _>(&text)
+        .bind::<BigInt, _>(p.now.as_micros())
+        .bind::<BigInt, _>(p.now.as_micros())
+        .bind::<Text, _>(raw_id)
+        .bind::<Text, _>(token.to_string())
+        .execute(conn)
+        .await?;
+        // The journal needs the id as a UUID; one that is not stays unjournaled.
+        if let Ok(id) = raw_id.parse::<CommandId>() {
+            entries.push(NewJournalEntry::unreadable(id, p.now, *attempt, &p.worker, message));
+        }
     }
     journal::append(conn, tables, &entries).await?;
     Ok(claimed)

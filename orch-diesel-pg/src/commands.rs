@@ -371,7 +371,15 @@ pub(crate) async fn claim(
     rows.sort_by_key(|r| (r.scheduled_at, r.id));
     let mut claimed = Vec::with_capacity(rows.len());
     for row in rows {
-        let record = row.into_record()?;
+        let (id, attempts) = (CommandId::from_uuid(row.id), u32_of(i64::from(row.attempts)));
+        let record = match row.into_record() {
+            Ok(record) => record,
+            // A row a producer damaged by hand: failed alone, so it holds up no claim.
+            Err(e) => {
+                fail_unreadable(conn, tables, Lease { id, token }, attempts, &e.to_string(), p).await?;
+                continue;
+            }
+        };
         let lease_expires_at = record.lease_expires_at.unwrap_or(p.now);
         claimed.push(ClaimedCommand {
             lease: Lease { id: record.id, token },
@@ -387,6 +395,32 @@ pub(crate) async fn claim(
         });
     }
     Ok(claimed)
+}
+
+/// Fails a claimed row that does not read as a command (a value written into the table
+/// by hand that does not parse), fenced on the claim's lease, with its journal entry.
+async fn fail_unreadable(
+    conn: &mut AsyncPgConnection,
+    tables: &Tables,
+    lease: Lease,
+    attempt: u32,
+    message: &str,
+    p: &ClaimParams,
+) -> TxResult<()> {
+    tracing::error!(id = %lease.id, error = message, "failing a stored row that does not read as a command");
+    let entry = NewJournalEntry::unreadable(lease.id, p.now, attempt, &p.worker, message);
+    diesel::sql_query(format!(
+        "UPDATE {} SET state = 'failed', error_kind = 'decode', error = $1, finished_at = $2, updated_at = $2, \
+         lease_token = NULL, lease_expires_at = NULL WHERE id = $3 AND lease_token = $4 AND state = 'running'",
+        tables.commands
+    ))
+    .bind::<Text, _>(entry.message.clone().unwrap_or_default())
+    .bind::<BigInt, _>(p.now.as_micros())
+    .bind::<Uuid, _>(lease.id.as_uuid())
+    .bind::<Uuid, _>(lease.token.as_uuid())
+    .execute(conn)
+    .await?;
+    journal::append(conn, tables, &[entry]).await
 }
 
 #[derive(QueryableByName)]

@@ -4,12 +4,12 @@
 //! `BEGIN IMMEDIATE`, for anything that changes rows).
 
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
-use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
+use diesel::sql_types::{BigInt, Binary, Bool, Integer, Nullable, Text};
 use diesel::sqlite::Sqlite;
 use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
 use orch::store::backend::{
-    NewJournalEntry, PolicyEncoder, RawCommand, add_queue_count, attempt_given_back, distinct_successes,
-    finish_queue_stats, micros, millis, outcome_follow_ups, u32_of,
+    NewJournalEntry, PolicyEncoder, RawCommand, UNREADABLE_ROW, add_queue_count, attempt_given_back,
+    distinct_successes, finish_queue_stats, micros, millis, outcome_follow_ups, u32_of,
 };
 use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::store::{
@@ -17,7 +17,7 @@ use orch::store::{
     CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome,
     QueueStats, Rescued, RetryStatus, WorkflowQuery, WorkflowSummary,
 };
-use orch::{Error, State, Timestamp};
+use orch::{Error, Failure, FailureKind, State, Timestamp};
 
 use crate::prepared::{Prepare, shaped_chunks};
 use crate::{Tables, TxResult};
@@ -42,8 +42,10 @@ pub(crate) struct CommandRow {
     target: String,
     #[diesel(sql_type = Text)]
     state: String,
-    #[diesel(sql_type = Text)]
-    input: String,
+    /// Read as bytes: SQLite stores whatever text a producer gives it, valid UTF-8 or
+    /// not, and one such row must not make every read of the table fail.
+    #[diesel(sql_type = Binary)]
+    input: Vec<u8>,
     #[diesel(sql_type = Nullable<Text>)]
     output: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -89,13 +91,22 @@ pub(crate) struct CommandRow {
 }
 
 impl CommandRow {
+    /// Why the stored input cannot be handed to a handler, if it cannot.
+    fn input_error(&self) -> Option<String> {
+        std::str::from_utf8(&self.input)
+            .err()
+            .map(|e| format!("the stored input is not valid UTF-8 (at byte {})", e.valid_up_to()))
+    }
+
+    /// The record; an input that is not valid UTF-8 is shown with replacement characters.
     pub(crate) fn into_record(self) -> Result<CommandRecord, Error> {
         RawCommand {
             id: self.id,
             name: self.name,
             target: self.target,
             state: self.state,
-            input: self.input,
+            input: String::from_utf8(self.input)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
             output: self.output,
             error_kind: self.error_kind,
             error: self.error,
@@ -210,8 +221,31 @@ pub(crate) fn claim(
     rows.sort_by(|a, b| (a.scheduled_at, &a.id).cmp(&(b.scheduled_at, &b.id)));
     let mut claimed = Vec::with_capacity(rows.len());
     let mut entries = Vec::with_capacity(rows.len());
+    // Rows a careless producer damaged: failed below, each alone, so they hold up
+    // nothing else.
+    let mut damaged: Vec<(Lease, String)> = Vec::new();
     for row in rows {
-        let record = row.into_record()?;
+        let input_error = row.input_error();
+        let (raw_id, attempt) = (row.id.clone(), u32_of(row.attempts.into()));
+        let record = match row.into_record() {
+            Ok(record) => record,
+            Err(e) => {
+                fail_unreadable(conn, tables, (&raw_id, &token), attempt, &e.to_string(), p)?;
+                continue;
+            }
+        };
+        if let Some(message) = input_error {
+            let lease_expires_at = record.lease_expires_at.unwrap_or(p.now);
+            entries.push(NewJournalEntry::claimed(
+                record.id,
+                p.now,
+                record.attempts,
+                &p.worker,
+                lease_expires_at,
+            ));
+            damaged.push((Lease { id: record.id, token }, message));
+            continue;
+        }
         let lease_expires_at = record.lease_expires_at.unwrap_or(p.now);
         entries.push(NewJournalEntry::claimed(
             record.id,
@@ -234,7 +268,48 @@ pub(crate) fn claim(
         });
     }
     journal::append(conn, tables, &entries)?;
+    for (lease, message) in damaged {
+        tracing::error!(id = %lease.id, error = %message, "failing a command whose stored input cannot be read");
+        let failure = Failure::new(FailureKind::Decode, message);
+        let outcome = Outcome::Failed { failure, follow_ups: Vec::new() };
+        complete(conn, tables, &Completion { lease, now: p.now, worker: p.worker.clone(), outcome })?;
+    }
     Ok(claimed)
+}
+
+/// Fails a claimed row that does not even read as a command (an id that is no UUID, a
+/// retry policy that does not parse), by its stored id and the claim's lease: it cannot
+/// be handed to a worker, and left running it would only be claimed again after its
+/// lease, failing every claim it is part of.
+fn fail_unreadable(
+    conn: &mut SqliteConnection,
+    tables: &Tables,
+    (raw_id, token): (&str, &LeaseToken),
+    attempt: u32,
+    message: &str,
+    p: &ClaimParams,
+) -> TxResult<()> {
+    tracing::error!(id = raw_id, error = message, "failing a stored row that does not read as a command");
+    diesel::sql_query(format!(
+        "UPDATE {} SET state = 'failed', error_kind = 'decode', error = ?, finished_at = ?, updated_at = ?, \
+         lease_token = NULL, lease_expires_at = NULL WHERE id = ? AND lease_token = ? AND state = 'running'",
+        tables.commands
+    ))
+    .bind::<Text, _>(format!("{UNREADABLE_ROW}: {message}"))
+    .bind::<BigInt, _>(p.now.as_micros())
+    .bind::<BigInt, _>(p.now.as_micros())
+    .bind::<Text, _>(raw_id)
+    .bind::<Text, _>(token.to_string())
+    .execute(conn)?;
+    // The journal needs the id as a UUID; one that is not stays unjournaled.
+    match raw_id.parse::<CommandId>() {
+        Ok(id) => journal::append(
+            conn,
+            tables,
+            &[NewJournalEntry::unreadable(id, p.now, attempt, &p.worker, message)],
+        ),
+        Err(_) => Ok(()),
+    }
 }
 
 #[derive(QueryableByName)]

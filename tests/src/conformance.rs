@@ -499,10 +499,10 @@ struct NeverCommand;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct FineCommand;
 macro_rules! poison_command {
-    ($($t:ty),*) => {$(
+    ($($t:ty: $timeout:expr),*) => {$(
         impl Command for $t {
             type Output = ();
-            const TIMEOUT: Duration = Duration::from_secs(10);
+            const TIMEOUT: Duration = $timeout;
             const RETRIES: u32 = 1;
             fn retry_policy() -> RetryPolicy {
                 RetryPolicy::fixed(Duration::from_secs(1))
@@ -510,7 +510,14 @@ macro_rules! poison_command {
         }
     )*};
 }
-poison_command!(PanicCommand, SpinCommand, NeverCommand, FineCommand);
+// The manual clock runs ahead of real time while the test waits: only the commands
+// meant to time out may have a timeout it can reach.
+poison_command!(
+    PanicCommand: Duration::from_secs(3_600),
+    SpinCommand: Duration::from_secs(10),
+    NeverCommand: Duration::from_secs(10),
+    FineCommand: Duration::from_secs(3_600)
+);
 
 /// Counts the handler futures dropped (by an abort, at a timeout).
 struct DropCount(Arc<AtomicU32>);
@@ -867,6 +874,94 @@ pub async fn undecodable_input_fails_at_once(h: &dyn Harness) {
     let status = finish(&orch, good).await;
     worker.shutdown().await;
     assert_eq!(status, Status::Success("9".into()), "the worker keeps running");
+}
+
+/// Rows damaged in the table by hand, as a careless producer would leave them: each
+/// ends failed with a typed decoding error in its journal (or, where the database
+/// refuses the damage, runs as pushed), none takes the worker or the other commands
+/// down.
+pub async fn malformed_rows_fail_alone(h: &dyn Harness) {
+    let (store, location) = h.located_store().await;
+    let orch = Orch::new(Arc::clone(&store));
+    let backend = h.backend();
+    let nested = format!("'{}{}'", "[".repeat(10_000), "]".repeat(10_000));
+    let large = format!("'{{\"n\": 7, \"pad\": \"{}\"}}'", "x".repeat(10 << 20));
+    let (nul, bad_utf8) = match backend {
+        "sqlite" => ("'{\"n\": 1' || char(0) || '}'", "CAST(X'7B226E223A20317DFF' AS TEXT)"),
+        "mysql" => ("CONCAT('{\"n\": 1', CHAR(0), '}')", "CONCAT('{\"n\": 1}', UNHEX('FF'))"),
+        _ => ("'{\"n\": 1' || chr(0) || '}'", "convert_from('\\x7b226e223a20317dff'::bytea, 'UTF8')"),
+    };
+    let damage: Vec<(&str, String)> = vec![
+        ("invalid JSON", "'{not json'".to_owned()),
+        ("the wrong shape", "'{\"unexpected\": true}'".to_owned()),
+        ("a NUL byte", nul.to_owned()),
+        ("invalid UTF-8", bad_utf8.to_owned()),
+        ("10,000 levels of nesting", nested),
+    ];
+    let mut damaged = Vec::new();
+    let mut refused = Vec::new();
+    for (what, value) in &damage {
+        let id = orch.push(&EchoCommand { n: 1 }).await.unwrap();
+        match h
+            .sql_execute(&location, &format!("UPDATE {{commands}} SET input = {value} WHERE id = '{id}'"))
+            .await
+        {
+            Ok(()) => damaged.push((*what, id)),
+            Err(e) => refused.push((*what, id, e)),
+        }
+    }
+    // A column the library itself reads: the row cannot even be read as a command.
+    let unreadable = orch.push(&EchoCommand { n: 1 }).await.unwrap();
+    h.sql_execute(
+        &location,
+        &format!("UPDATE {{commands}} SET retry_policy = '{{bad' WHERE id = '{unreadable}'"),
+    )
+    .await
+    .expect("any text fits the retry policy column");
+    let big = orch.push(&EchoCommand { n: 1 }).await.unwrap();
+    h.sql_execute(&location, &format!("UPDATE {{commands}} SET input = {large} WHERE id = '{big}'"))
+        .await
+        .expect("a 10 MB input fits every backend's text column");
+    let worker = Worker::new(orch.clone(), echo_registry(), fast_config("default")).unwrap().start();
+    let good = orch.push(&EchoCommand { n: 9 }).await.unwrap();
+    for &(what, id) in &damaged {
+        let status = finish(&orch, id).await;
+        let Status::Failed(failure) = status else {
+            panic!("{backend}, {what}: expected a failure, got {status:?}")
+        };
+        assert_eq!(failure.kind, FailureKind::Decode, "{backend}, {what}: {}", failure.message);
+        let r = record(&store, id).await;
+        assert_eq!((r.state, r.attempts), (State::Failed, 1), "{backend}, {what}");
+        assert!(kinds(&store, id).await.contains(&JournalKind::Failed), "{backend}, {what}");
+    }
+    // The row that does not read as a command is failed by the claim that met it, and
+    // reading it gives a typed error; the state is read with plain SQL.
+    eventually("the unreadable row to be failed", || async {
+        let counts = h.sql_state_counts(&location).await;
+        (counts.get("failed").copied().unwrap_or(0) == damaged.len() as i64 + 1).then_some(())
+    })
+    .await;
+    assert!(
+        matches!(store.get(unreadable).await, Err(Error::Corrupt(_))),
+        "{backend}: reading the damaged row"
+    );
+    // What the database refused to store is as it was pushed, and runs.
+    for (what, id, error) in &refused {
+        assert_eq!(
+            finish(&orch, *id).await,
+            Status::Success("1".into()),
+            "{backend}, {what} (refused: {error})"
+        );
+    }
+    // Unknown fields are ignored: the padded input decodes.
+    assert_eq!(finish(&orch, big).await, Status::Success("7".into()), "{backend}: the 10 MB input");
+    assert_eq!(finish(&orch, good).await, Status::Success("9".into()), "{backend}: the worker keeps running");
+    worker.shutdown().await;
+    // Text columns: PostgreSQL refuses NUL bytes and invalid UTF-8 outright; SQLite
+    // stores both.
+    if backend == "sqlite" {
+        assert!(refused.is_empty(), "SQLite stores whatever it is given: {refused:?}");
+    }
 }
 
 /// 11. A command whose name no worker handles is never claimed and stays visible.

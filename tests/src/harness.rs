@@ -26,6 +26,11 @@ pub trait Harness: Send + Sync + 'static {
     /// The commands of the store at `location` counted by state with plain SQL,
     /// independently of the library's queries.
     async fn sql_state_counts(&self, location: &StoreLocation) -> BTreeMap<String, i64>;
+
+    /// Runs one plain SQL statement against the store at `location`, as a careless
+    /// producer would, `{commands}` standing for its commands table; the database's
+    /// refusal as text.
+    async fn sql_execute(&self, location: &StoreLocation, sql: &str) -> Result<(), String>;
 }
 
 /// Where a store lives.
@@ -108,6 +113,14 @@ impl Harness for SqliteHarness {
         let sql = STATE_COUNTS_SQL.replace("{commands}", &format!("{}commands", location.prefix));
         let rows: Vec<StateCount> = diesel::sql_query(sql).load(&mut conn).expect("count by state");
         rows.into_iter().map(|r| (r.state, r.n)).collect()
+    }
+
+    async fn sql_execute(&self, location: &StoreLocation, sql: &str) -> Result<(), String> {
+        use diesel::{Connection, RunQueryDsl, SqliteConnection};
+        let path = location.url.trim_start_matches("sqlite://");
+        let mut conn = SqliteConnection::establish(path).map_err(|e| e.to_string())?;
+        let sql = sql.replace("{commands}", &format!("{}commands", location.prefix));
+        diesel::sql_query(sql).execute(&mut conn).map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
@@ -286,6 +299,25 @@ impl Harness for ServerHarness {
             }
         };
         rows.into_iter().map(|r| (r.state, r.n)).collect()
+    }
+
+    async fn sql_execute(&self, location: &StoreLocation, sql: &str) -> Result<(), String> {
+        use orch_diesel_mysql::diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+        use orch_diesel_pg::diesel_async::AsyncPgConnection;
+        match self.server {
+            Server::Postgres => {
+                let mut conn =
+                    AsyncPgConnection::establish(&location.url).await.map_err(|e| e.to_string())?;
+                let sql = sql.replace("{commands}", &format!("\"{}commands\"", location.prefix));
+                diesel::sql_query(sql).execute(&mut conn).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            Server::Mysql => {
+                let mut conn =
+                    AsyncMysqlConnection::establish(&location.url).await.map_err(|e| e.to_string())?;
+                let sql = sql.replace("{commands}", &format!("`{}commands`", location.prefix));
+                diesel::sql_query(sql).execute(&mut conn).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+        }
     }
 }
 

@@ -57,6 +57,7 @@ macro_rules! conformance_suite {
             success_follow_ups_commit_with_success,
             cancel_defaults_to_failure_follow_ups,
             undecodable_input_fails_at_once,
+            malformed_rows_fail_alone,
             unknown_name_stays_pending,
             expired_lease_is_rescued,
             invalid_prefix_is_rejected,

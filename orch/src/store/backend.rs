@@ -11,6 +11,9 @@ use crate::store::{
     CommandId, CommandRecord, Completion, InsertCommand, JournalKind, Lease, Outcome, State, StepOf,
 };
 
+/// The start of the error text of a row failed because it does not read as a command.
+pub const UNREADABLE_ROW: &str = "the stored row does not read as a command";
+
 /// A journal row to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewJournalEntry {
@@ -41,6 +44,20 @@ impl NewJournalEntry {
                 Some(parent) => format!("follow-up of {parent}; due {}", command.scheduled_at),
                 None => format!("due {}", command.scheduled_at),
             }),
+        }
+    }
+
+    /// The `failed` entry of a claimed row that does not read as a command (a value a
+    /// producer wrote into the table by hand that the library cannot parse); the store
+    /// fails such a row by itself, so it holds up no claim.
+    pub fn unreadable(id: CommandId, at: Timestamp, attempt: u32, worker: &str, message: &str) -> Self {
+        NewJournalEntry {
+            command_id: id,
+            at,
+            kind: JournalKind::Failed,
+            attempt,
+            worker: Some(worker.to_owned()),
+            message: Some(format!("{UNREADABLE_ROW}: {message}")),
         }
     }
 
