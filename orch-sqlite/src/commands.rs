@@ -234,18 +234,6 @@ pub(crate) fn claim(
                 continue;
             }
         };
-        if let Some(message) = input_error {
-            let lease_expires_at = record.lease_expires_at.unwrap_or(p.now);
-            entries.push(NewJournalEntry::claimed(
-                record.id,
-                p.now,
-                record.attempts,
-                &p.worker,
-                lease_expires_at,
-            ));
-            damaged.push((Lease { id: record.id, token }, message));
-            continue;
-        }
         let lease_expires_at = record.lease_expires_at.unwrap_or(p.now);
         entries.push(NewJournalEntry::claimed(
             record.id,
@@ -254,6 +242,10 @@ pub(crate) fn claim(
             &p.worker,
             lease_expires_at,
         ));
+        if let Some(message) = input_error {
+            damaged.push((Lease { id: record.id, token }, message));
+            continue;
+        }
         claimed.push(ClaimedCommand {
             lease: Lease { id: record.id, token },
             name: record.name,
