@@ -163,6 +163,11 @@ pub enum Server {
 }
 
 impl Server {
+    /// `postgres` or `mysql`.
+    pub fn label(self) -> &'static str {
+        self.name()
+    }
+
     fn name(self) -> &'static str {
         match self {
             Server::Postgres => "postgres",
