@@ -17,9 +17,9 @@ use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 use orch::store::backend::{
-    NewJournalEntry, PolicyEncoder, RawCommand, UNREADABLE_ROW, add_queue_count, attempt_given_back,
-    distinct_successes, finish_queue_stats, lease_expired_message, micros, millis, outcome_follow_ups,
-    u32_of,
+    NewJournalEntry, PolicyEncoder, RawCommand, add_queue_count, attempt_given_back, distinct_successes,
+    finish_queue_stats, lease_expired_message, micros, millis, outcome_follow_ups, u32_of,
+    unreadable_completion, unreadable_message,
 };
 use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::store::{
@@ -275,14 +275,23 @@ pub(crate) async fn claim(
     rows.sort_by(|a, b| (a.scheduled_at, &a.id).cmp(&(b.scheduled_at, &b.id)));
     let mut claimed = Vec::with_capacity(rows.len());
     let mut entries = Vec::with_capacity(rows.len());
-    let mut unreadable: Vec<(String, u32, String)> = Vec::new();
+    let mut unreadable: Vec<Completion> = Vec::new();
     for row in rows {
-        let (raw_id, attempts) = (row.id.clone(), u32_of(row.attempts));
+        let raw_id = row.id.clone();
         let record = match row.into_record() {
             Ok(record) => record,
             // A row a producer damaged by hand: failed alone, so it holds up no claim.
             Err(e) => {
-                unreadable.push((raw_id, attempts, e.to_string()));
+                tracing::error!(id = raw_id, error = %e, "failing a stored row that does not read as a command");
+                match raw_id.parse::<CommandId>() {
+                    Ok(id) => unreadable.push(unreadable_completion(
+                        Lease { id, token },
+                        p.now,
+                        &p.worker,
+                        &e.to_string(),
+                    )),
+                    Err(_) => fail_unparsable_id(conn, tables, &raw_id, token, &e.to_string(), p.now).await?,
+                }
                 continue;
             }
         };
@@ -307,28 +316,37 @@ pub(crate) async fn claim(
             workflow: record.workflow,
         });
     }
-    for (raw_id, attempt, message) in &unreadable {
-        tracing::error!(id = raw_id, error = message, "failing a stored row that does not read as a command");
-        let text = format!("{UNREADABLE_ROW}: {message}");
-        diesel::sql_query(format!(
-            "UPDATE {} SET state = 'failed', error_kind = 'decode', error = ?, finished_at = ?, updated_at = ?, \
-             lease_token = NULL, lease_expires_at = NULL WHERE id = ? AND lease_token = ? AND state = 'running'",
-            tables.commands
-        ))
-        .bind::<Text, _>(&text)
-        .bind::<BigInt, _>(p.now.as_micros())
-        .bind::<BigInt, _>(p.now.as_micros())
-        .bind::<Text, _>(raw_id)
-        .bind::<Text, _>(token.to_string())
-        .execute(conn)
-        .await?;
-        // The journal needs the id as a UUID; one that is not stays unjournaled.
-        if let Ok(id) = raw_id.parse::<CommandId>() {
-            entries.push(NewJournalEntry::unreadable(id, p.now, *attempt, &p.worker, message));
-        }
-    }
     journal::append(conn, tables, &entries).await?;
+    if !unreadable.is_empty() {
+        complete(conn, tables, &unreadable).await?;
+    }
     Ok(claimed)
+}
+
+/// Fails a claimed row whose id is not even a UUID, by its stored id and the claim's
+/// lease: no completion (nor journal entry) can name it, and left running it would be
+/// claimed again after its lease, failing every claim it is part of.
+async fn fail_unparsable_id(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    raw_id: &str,
+    token: LeaseToken,
+    why: &str,
+    now: Timestamp,
+) -> TxResult<()> {
+    query(format!(
+        "UPDATE {} SET state = 'failed', error_kind = 'decode', error = ?, finished_at = ?, updated_at = ?, \
+         lease_token = NULL, lease_expires_at = NULL WHERE id = ? AND lease_token = ? AND state = 'running'",
+        tables.commands
+    ))
+    .bind::<Text, _>(unreadable_message(why))
+    .bind::<BigInt, _>(now.as_micros())
+    .bind::<BigInt, _>(now.as_micros())
+    .bind::<Text, _>(raw_id.to_owned())
+    .bind::<Text, _>(token.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 #[derive(QueryableByName)]

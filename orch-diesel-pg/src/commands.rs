@@ -13,10 +13,11 @@ use diesel::QueryableByName;
 use diesel::pg::Pg;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Uuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use orch::store::backend::{
     COMMAND_COLUMNS, NewJournalEntry, PolicyEncoder, RawCommand, add_queue_count, attempt_given_back,
     distinct_successes, finish_queue_stats, micros, millis, outcome_follow_ups, u32_of,
+    unreadable_completion,
 };
 use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::store::{
@@ -27,7 +28,7 @@ use orch::store::{
 use orch::{FailureKind, State, Timestamp};
 
 use crate::prepared::Prepare;
-use crate::{Tables, TxResult};
+use crate::{Tables, TxError, TxResult};
 use crate::{dependencies, journal};
 
 /// Every column, in [`RawCommand`]'s order.
@@ -370,13 +371,15 @@ pub(crate) async fn claim(
         .await?;
     rows.sort_by_key(|r| (r.scheduled_at, r.id));
     let mut claimed = Vec::with_capacity(rows.len());
+    let mut unreadable: Vec<Completion> = Vec::new();
     for row in rows {
-        let (id, attempts) = (CommandId::from_uuid(row.id), u32_of(i64::from(row.attempts)));
+        let id = CommandId::from_uuid(row.id);
         let record = match row.into_record() {
             Ok(record) => record,
             // A row a producer damaged by hand: failed alone, so it holds up no claim.
             Err(e) => {
-                fail_unreadable(conn, tables, Lease { id, token }, attempts, &e.to_string(), p).await?;
+                tracing::error!(%id, error = %e, "failing a stored row that does not read as a command");
+                unreadable.push(unreadable_completion(Lease { id, token }, p.now, &p.worker, &e.to_string()));
                 continue;
             }
         };
@@ -394,33 +397,11 @@ pub(crate) async fn claim(
             workflow: record.workflow,
         });
     }
+    if !unreadable.is_empty() {
+        conn.transaction::<_, TxError, _>(async |conn| complete(conn, tables, &unreadable).await.map(drop))
+            .await?;
+    }
     Ok(claimed)
-}
-
-/// Fails a claimed row that does not read as a command (a value written into the table
-/// by hand that does not parse), fenced on the claim's lease, with its journal entry.
-async fn fail_unreadable(
-    conn: &mut AsyncPgConnection,
-    tables: &Tables,
-    lease: Lease,
-    attempt: u32,
-    message: &str,
-    p: &ClaimParams,
-) -> TxResult<()> {
-    tracing::error!(id = %lease.id, error = message, "failing a stored row that does not read as a command");
-    let entry = NewJournalEntry::unreadable(lease.id, p.now, attempt, &p.worker, message);
-    diesel::sql_query(format!(
-        "UPDATE {} SET state = 'failed', error_kind = 'decode', error = $1, finished_at = $2, updated_at = $2, \
-         lease_token = NULL, lease_expires_at = NULL WHERE id = $3 AND lease_token = $4 AND state = 'running'",
-        tables.commands
-    ))
-    .bind::<Text, _>(entry.message.clone().unwrap_or_default())
-    .bind::<BigInt, _>(p.now.as_micros())
-    .bind::<Uuid, _>(lease.id.as_uuid())
-    .bind::<Uuid, _>(lease.token.as_uuid())
-    .execute(conn)
-    .await?;
-    journal::append(conn, tables, &[entry]).await
 }
 
 #[derive(QueryableByName)]

@@ -8,8 +8,9 @@ use diesel::sql_types::{BigInt, Binary, Bool, Integer, Nullable, Text};
 use diesel::sqlite::Sqlite;
 use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
 use orch::store::backend::{
-    NewJournalEntry, PolicyEncoder, RawCommand, UNREADABLE_ROW, add_queue_count, attempt_given_back,
-    distinct_successes, finish_queue_stats, micros, millis, outcome_follow_ups, u32_of,
+    NewJournalEntry, PolicyEncoder, RawCommand, add_queue_count, attempt_given_back, distinct_successes,
+    finish_queue_stats, micros, millis, outcome_follow_ups, u32_of, unreadable_completion,
+    unreadable_message,
 };
 use orch::store::sql::{self, Placeholders, SqlStatement, SqlValue};
 use orch::store::{
@@ -17,7 +18,7 @@ use orch::store::{
     CountRow, HeartbeatParams, InsertCommand, Lease, LeaseStatus, LeaseToken, ListParams, Outcome,
     QueueStats, Rescued, RetryStatus, WorkflowQuery, WorkflowSummary,
 };
-use orch::{Error, Failure, FailureKind, State, Timestamp};
+use orch::{Error, State, Timestamp};
 
 use crate::prepared::{Prepare, shaped_chunks};
 use crate::{Tables, TxResult};
@@ -223,14 +224,23 @@ pub(crate) fn claim(
     let mut entries = Vec::with_capacity(rows.len());
     // Rows a careless producer damaged: failed below, each alone, so they hold up
     // nothing else.
-    let mut damaged: Vec<(Lease, String)> = Vec::new();
+    let mut damaged: Vec<Completion> = Vec::new();
     for row in rows {
         let input_error = row.input_error();
-        let (raw_id, attempt) = (row.id.clone(), u32_of(row.attempts.into()));
+        let raw_id = row.id.clone();
         let record = match row.into_record() {
             Ok(record) => record,
             Err(e) => {
-                fail_unreadable(conn, tables, (&raw_id, &token), attempt, &e.to_string(), p)?;
+                tracing::error!(id = raw_id, error = %e, "failing a stored row that does not read as a command");
+                match raw_id.parse::<CommandId>() {
+                    Ok(id) => damaged.push(unreadable_completion(
+                        Lease { id, token },
+                        p.now,
+                        &p.worker,
+                        &e.to_string(),
+                    )),
+                    Err(_) => fail_unparsable_id(conn, tables, &raw_id, token, &e.to_string(), p.now)?,
+                }
                 continue;
             }
         };
@@ -242,8 +252,9 @@ pub(crate) fn claim(
             &p.worker,
             lease_expires_at,
         ));
-        if let Some(message) = input_error {
-            damaged.push((Lease { id: record.id, token }, message));
+        if let Some(why) = input_error {
+            tracing::error!(id = %record.id, error = %why, "failing a command whose stored input cannot be read");
+            damaged.push(unreadable_completion(Lease { id: record.id, token }, p.now, &p.worker, &why));
             continue;
         }
         claimed.push(ClaimedCommand {
@@ -260,48 +271,35 @@ pub(crate) fn claim(
         });
     }
     journal::append(conn, tables, &entries)?;
-    for (lease, message) in damaged {
-        tracing::error!(id = %lease.id, error = %message, "failing a command whose stored input cannot be read");
-        let failure = Failure::new(FailureKind::Decode, message);
-        let outcome = Outcome::Failed { failure, follow_ups: Vec::new() };
-        complete(conn, tables, &Completion { lease, now: p.now, worker: p.worker.clone(), outcome })?;
+    for c in &damaged {
+        complete(conn, tables, c)?;
     }
     Ok(claimed)
 }
 
-/// Fails a claimed row that does not even read as a command (an id that is no UUID, a
-/// retry policy that does not parse), by its stored id and the claim's lease: it cannot
-/// be handed to a worker, and left running it would only be claimed again after its
-/// lease, failing every claim it is part of.
-fn fail_unreadable(
+/// Fails a claimed row whose id is not even a UUID, by its stored id and the claim's
+/// lease: no completion (nor journal entry) can name it, and left running it would be
+/// claimed again after its lease, failing every claim it is part of.
+fn fail_unparsable_id(
     conn: &mut SqliteConnection,
     tables: &Tables,
-    (raw_id, token): (&str, &LeaseToken),
-    attempt: u32,
-    message: &str,
-    p: &ClaimParams,
+    raw_id: &str,
+    token: LeaseToken,
+    why: &str,
+    now: Timestamp,
 ) -> TxResult<()> {
-    tracing::error!(id = raw_id, error = message, "failing a stored row that does not read as a command");
     diesel::sql_query(format!(
         "UPDATE {} SET state = 'failed', error_kind = 'decode', error = ?, finished_at = ?, updated_at = ?, \
          lease_token = NULL, lease_expires_at = NULL WHERE id = ? AND lease_token = ? AND state = 'running'",
         tables.commands
     ))
-    .bind::<Text, _>(format!("{UNREADABLE_ROW}: {message}"))
-    .bind::<BigInt, _>(p.now.as_micros())
-    .bind::<BigInt, _>(p.now.as_micros())
+    .bind::<Text, _>(unreadable_message(why))
+    .bind::<BigInt, _>(now.as_micros())
+    .bind::<BigInt, _>(now.as_micros())
     .bind::<Text, _>(raw_id)
     .bind::<Text, _>(token.to_string())
     .execute(conn)?;
-    // The journal needs the id as a UUID; one that is not stays unjournaled.
-    match raw_id.parse::<CommandId>() {
-        Ok(id) => journal::append(
-            conn,
-            tables,
-            &[NewJournalEntry::unreadable(id, p.now, attempt, &p.worker, message)],
-        ),
-        Err(_) => Ok(()),
-    }
+    Ok(())
 }
 
 #[derive(QueryableByName)]

@@ -945,6 +945,10 @@ pub async fn malformed_rows_fail_alone(h: &dyn Harness) {
         matches!(store.get(unreadable).await, Err(Error::Corrupt(_))),
         "{backend}: reading the damaged row"
     );
+    assert!(
+        kinds(&store, unreadable).await.contains(&JournalKind::Failed),
+        "{backend}: the damaged row's journal"
+    );
     // What the database refused to store is as it was pushed, and runs.
     for (what, id, error) in &refused {
         assert_eq!(

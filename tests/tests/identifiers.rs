@@ -19,6 +19,18 @@ struct Name {
     name: String,
 }
 
+/// The canary keeps its one row, and every table belongs to the canary or to an
+/// accepted prefix (compared in lower case).
+fn assert_untouched(canary_notes: &[Name], tables: &[Name], accepted: &BTreeSet<String>) {
+    let notes: Vec<&str> = canary_notes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(notes, ["untouched"], "the canary row");
+    for t in tables {
+        let lower = t.name.to_ascii_lowercase();
+        let owned = lower == "canary" || accepted.iter().any(|p| lower.starts_with(p.as_str()));
+        assert!(owned, "table {} belongs to no accepted prefix", t.name);
+    }
+}
+
 fn is_plain_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
@@ -106,16 +118,11 @@ async fn generated_prefixes_never_reach_other_tables() {
     assert!(rejected > 1_000 && !accepted.is_empty(), "{rejected} rejected, {} accepted", accepted.len());
 
     let notes: Vec<Name> = diesel::sql_query("SELECT note AS name FROM canary").load(&mut conn).unwrap();
-    assert_eq!(notes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["untouched"], "the canary row");
     let tables: Vec<Name> =
         diesel::sql_query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
             .load(&mut conn)
             .unwrap();
-    for t in &tables {
-        let lower = t.name.to_ascii_lowercase();
-        let owned = lower == "canary" || accepted.iter().any(|p| lower.starts_with(p.as_str()));
-        assert!(owned, "table {} belongs to no accepted prefix", t.name);
-    }
+    assert_untouched(&notes, &tables, &accepted);
     eprintln!(
         "{} generated prefixes: {rejected} rejected, {} accepted and run ({} tables); canary untouched",
         generated.len(),
@@ -203,13 +210,8 @@ async fn on_server(harness: ServerHarness) {
     }
     assert!(rejected > 1_000 && !accepted.is_empty(), "{rejected} rejected, {} accepted", accepted.len());
     let notes = run(notes_sql).await.unwrap();
-    assert_eq!(notes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["untouched"], "the canary row");
     let tables = run(tables_sql).await.unwrap();
-    for t in &tables {
-        let lower = t.name.to_ascii_lowercase();
-        let owned = lower == "canary" || accepted.iter().any(|p| lower.starts_with(p.as_str()));
-        assert!(owned, "table {} belongs to no accepted prefix", t.name);
-    }
+    assert_untouched(&notes, &tables, &accepted);
     eprintln!(
         "{}: {} generated prefixes, {rejected} rejected, {} accepted and run ({} tables); canary untouched",
         harness.server().label(),

@@ -14,6 +14,28 @@ use crate::store::{
 /// The start of the error text of a row failed because it does not read as a command.
 pub const UNREADABLE_ROW: &str = "the stored row does not read as a command";
 
+/// The error text of a claimed row that does not read as a command (`why`: what does
+/// not parse).
+pub fn unreadable_message(why: &str) -> String {
+    format!("{UNREADABLE_ROW}: {why}")
+}
+
+/// The completion a claim applies to a row it leased that does not read as a command (a
+/// value a producer wrote into the table by hand that the library cannot parse): failed
+/// for good, kind `decode`, through the store's ordinary completion (journal, dependents
+/// cancelled), so the row holds up no claim.
+pub fn unreadable_completion(lease: Lease, now: Timestamp, worker: &str, why: &str) -> Completion {
+    Completion {
+        lease,
+        now,
+        worker: worker.to_owned(),
+        outcome: Outcome::Failed {
+            failure: Failure::new(FailureKind::Decode, unreadable_message(why)),
+            follow_ups: Vec::new(),
+        },
+    }
+}
+
 /// A journal row to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewJournalEntry {
@@ -44,20 +66,6 @@ impl NewJournalEntry {
                 Some(parent) => format!("follow-up of {parent}; due {}", command.scheduled_at),
                 None => format!("due {}", command.scheduled_at),
             }),
-        }
-    }
-
-    /// The `failed` entry of a claimed row that does not read as a command (a value a
-    /// producer wrote into the table by hand that the library cannot parse); the store
-    /// fails such a row by itself, so it holds up no claim.
-    pub fn unreadable(id: CommandId, at: Timestamp, attempt: u32, worker: &str, message: &str) -> Self {
-        NewJournalEntry {
-            command_id: id,
-            at,
-            kind: JournalKind::Failed,
-            attempt,
-            worker: Some(worker.to_owned()),
-            message: Some(format!("{UNREADABLE_ROW}: {message}")),
         }
     }
 
