@@ -267,6 +267,8 @@ pub struct Report {
     pub succeeded: u64,
     /// Commands not succeeded when the run ended (any other state, or missing).
     pub lost: Vec<String>,
+    /// The pushed commands by state when the run ended.
+    pub final_states: BTreeMap<String, u64>,
     /// Successes recorded from a stale lease: not by the last claimed attempt.
     pub stale_completions: Vec<String>,
     /// Successes with no `end` line of the accepted attempt in the ledgers.
@@ -336,11 +338,12 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  succeeded {}; lost {}; stuck {}; worker processes that exited on their own {}",
+            "  succeeded {}; lost {}; stuck {}; worker processes that exited on their own {}; states {:?}",
             self.succeeded,
             few(&self.lost),
             few(&self.stuck),
-            few(&self.worker_exits)
+            few(&self.worker_exits),
+            self.final_states
         )?;
         writeln!(
             f,
@@ -614,14 +617,14 @@ async fn check(
     report.executions = runs.values().map(Vec::len).sum();
     report.duplicated = runs.values().filter(|r| r.len() > 1).count();
 
-    let mut states: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let states = &mut report.final_states;
     for &id in pushed {
         let record = store.get(id).await.expect("read a command");
         let Some(record) = record else {
             report.lost.push(format!("{id} (missing)"));
             continue;
         };
-        *states.entry(record.state.as_str()).or_default() += 1;
+        *states.entry(record.state.as_str().to_owned()).or_default() += 1;
         if record.state == State::Running && record.lease_expires_at.is_some_and(|t| t < now) {
             report.stuck.push(id.to_string());
         }
@@ -688,9 +691,6 @@ async fn check(
                 ));
             }
         }
-    }
-    if !report.lost.is_empty() {
-        report.lost.insert(0, format!("states {states:?}"));
     }
 }
 
