@@ -88,6 +88,7 @@ pub struct Orch {
     clock: SharedClock,
     signals: Arc<Signals>,
     wait_poll: Duration,
+    max_input_bytes: Option<usize>,
 }
 
 impl std::fmt::Debug for Orch {
@@ -104,6 +105,7 @@ impl Orch {
             clock: Arc::new(SystemClock),
             signals: Arc::default(),
             wait_poll: Duration::from_millis(100),
+            max_input_bytes: Some(crate::command::DEFAULT_MAX_INPUT_BYTES),
         }
     }
 
@@ -118,6 +120,24 @@ impl Orch {
     pub fn with_wait_poll(mut self, every: Duration) -> Self {
         self.wait_poll = every.max(Duration::from_millis(1));
         self
+    }
+
+    /// The largest JSON input (in bytes) a push through this client or its workers
+    /// accepts, `None` for no limit (default [`crate::DEFAULT_MAX_INPUT_BYTES`]).
+    ///
+    /// A larger input is refused with [`Error::InputTooLarge`] before anything is
+    /// stored: a push fails as a whole; a handler's follow-up is treated as any
+    /// invalid follow-up (the command fails, or an `on_failure`/`on_cancel`
+    /// follow-up is dropped with an error in the log); a saga transition that would
+    /// push one fails for good.
+    pub fn with_max_input_bytes(mut self, limit: Option<usize>) -> Self {
+        self.max_input_bytes = limit;
+        self
+    }
+
+    /// The input size limit in force (see [`Orch::with_max_input_bytes`]).
+    pub fn max_input_bytes(&self) -> Option<usize> {
+        self.max_input_bytes
     }
 
     /// The store.
@@ -167,6 +187,7 @@ impl Orch {
         if rows.is_empty() {
             return Ok(ids);
         }
+        crate::command::check_input_sizes(&rows, self.max_input_bytes)?;
         let count = rows.len();
         self.store.enqueue(rows).await?;
         tracing::debug!(count, "commands pushed");

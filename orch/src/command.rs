@@ -166,6 +166,23 @@ fn snake_case(s: &str) -> String {
     out
 }
 
+/// The largest JSON input a push accepts unless configured otherwise: 4 MiB.
+///
+/// Every database `orch` supports can store more, but a queue row that large slows
+/// each claim that reads it and, on MariaDB, runs into `max_allowed_packet` (16 MiB by
+/// default) once a batch holds a few of them. Large data belongs in a blob store, with
+/// its address in the input. [`crate::Orch::with_max_input_bytes`] changes the limit.
+pub const DEFAULT_MAX_INPUT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Checks each row's input against `limit` (`None`: no limit).
+pub(crate) fn check_input_sizes(rows: &[InsertCommand], limit: Option<usize>) -> Result<()> {
+    let Some(limit) = limit else { return Ok(()) };
+    match rows.iter().find(|row| row.input.len() > limit) {
+        Some(row) => Err(Error::InputTooLarge { name: row.name.clone(), bytes: row.input.len(), limit }),
+        None => Ok(()),
+    }
+}
+
 /// A command ready to push: its name, JSON input and options, each overridable.
 ///
 /// Built from a typed command with [`NewCommand::of`] (which takes the type's
@@ -336,9 +353,12 @@ impl NewCommand {
     }
 
     /// Resolves the options into the row a store inserts, as a push at `now` would:
-    /// validates them, generates the id and computes the due time.
+    /// validates them (the input against [`DEFAULT_MAX_INPUT_BYTES`]), generates the
+    /// id and computes the due time.
     pub fn resolve(self, now: Timestamp) -> Result<InsertCommand> {
-        self.into_insert(now, None)
+        let row = self.into_insert(now, None)?;
+        check_input_sizes(std::slice::from_ref(&row), Some(DEFAULT_MAX_INPUT_BYTES))?;
+        Ok(row)
     }
 
     /// Resolves the options into the row a store inserts.

@@ -76,6 +76,20 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A command's input is larger than the configured limit; nothing was stored.
+    ///
+    /// The limit is [`crate::DEFAULT_MAX_INPUT_BYTES`] unless changed with
+    /// [`crate::Orch::with_max_input_bytes`].
+    #[error("input of command `{name}` is {bytes} bytes, over the limit of {limit} bytes")]
+    InputTooLarge {
+        /// The command's name.
+        name: String,
+        /// The size of its JSON input.
+        bytes: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+
     /// Stored JSON could not be decoded into the requested type.
     #[error("could not decode {what}: {source}")]
     Decode {

@@ -53,7 +53,10 @@ pub mod workflow;
 
 pub use client::{Orch, Status};
 pub use clock::{Clock, ManualClock, OffsetClock, SharedClock, Sleep, SystemClock, Timestamp};
-pub use command::{Command, DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, NewCommand, default_name};
+pub use command::{
+    Command, DEFAULT_MAX_INPUT_BYTES, DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, NewCommand,
+    default_name,
+};
 pub use error::{Error, Failure, FailureKind, HandlerError, Result};
 pub use handler::{Context, Handler, Registry};
 pub use retry::RetryPolicy;

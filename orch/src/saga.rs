@@ -674,6 +674,8 @@ impl Handler<SagaEventCommand> for SagaHandler {
             }
         };
         let (write, note) = build_write(&cmd, current.as_ref(), applied, machine.timeout(), ctx.id(), now)?;
+        crate::command::check_input_sizes(&write.commands, orch.max_input_bytes())
+            .map_err(|e| HandlerError::permanent(format!("the transition's commands are invalid: {e}")))?;
         match orch.store().save_saga(write).await? {
             SagaWriteStatus::Saved => {
                 tracing::info!(saga = %cmd.saga, correlation_id = %cmd.correlation_id, "{note}");

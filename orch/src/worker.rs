@@ -691,7 +691,9 @@ fn resolve(
     claimed: &ClaimedCommand,
     follow_ups: Vec<NewCommand>,
 ) -> Result<Vec<InsertCommand>> {
-    resolve_for(shared.orch.clock().now(), claimed.lease.id, &claimed.correlation_id, follow_ups)
+    let rows = resolve_for(shared.orch.clock().now(), claimed.lease.id, &claimed.correlation_id, follow_ups)?;
+    crate::command::check_input_sizes(&rows, shared.orch.max_input_bytes())?;
+    Ok(rows)
 }
 
 fn resolve_for(
@@ -902,7 +904,12 @@ async fn rescue_and_follow_up(shared: &Arc<Shared>, now: Timestamp) {
             Ok(()) => {}
             // Follow-ups that can never be stored are dropped, as they are when a worker
             // records an outcome, so they cannot hold up the follow-ups behind them.
-            Err(e @ (Error::InvalidConfig(_) | Error::Encode { .. } | Error::InvalidWorkflow(_))) => {
+            Err(
+                e @ (Error::InvalidConfig(_)
+                | Error::Encode { .. }
+                | Error::InvalidWorkflow(_)
+                | Error::InputTooLarge { .. }),
+            ) => {
                 tracing::error!(id = %record.id, error = %e, "follow-ups are invalid; dropping them");
                 let now = shared.orch.clock().now();
                 if let Err(e) = shared.orch.store().resolve_follow_ups(record.id, Vec::new(), now).await {
@@ -931,6 +938,7 @@ async fn push_due_follow_ups(shared: &Arc<Shared>, record: &CommandRecord) -> Re
     };
     let now = shared.orch.clock().now();
     let rows = resolve_for(now, record.id, &record.correlation_id, follow_ups)?;
+    crate::command::check_input_sizes(&rows, shared.orch.max_input_bytes())?;
     let count = rows.len();
     if shared.orch.store().resolve_follow_ups(record.id, rows, now).await? {
         tracing::info!(id = %record.id, state = %record.state, count, "pushed follow-ups");

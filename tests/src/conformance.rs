@@ -162,6 +162,25 @@ impl Command for ClashCommand {
     }
 }
 
+/// Chains an echo whose input is padded to `pad` bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PaddedParentCommand {
+    pad: usize,
+}
+impl Command for PaddedParentCommand {
+    type Output = ();
+    fn on_success(&self, _: &()) -> Vec<NewCommand> {
+        vec![padded_echo(5, self.pad)]
+    }
+}
+
+/// An echo of `n` whose JSON input is exactly `bytes` long (at least 20).
+fn padded_echo(n: u64, bytes: usize) -> NewCommand {
+    let frame = format!("{{\"n\":{n},\"pad\":\"\"}}").len();
+    let pad = "x".repeat(bytes.saturating_sub(frame));
+    NewCommand::raw("echo", serde_json::json!({ "n": n, "pad": pad }))
+}
+
 // ---------------------------------------------------------------------------
 // Helpers.
 
@@ -966,6 +985,71 @@ pub async fn malformed_rows_fail_alone(h: &dyn Harness) {
     if backend == "sqlite" {
         assert!(refused.is_empty(), "SQLite stores whatever it is given: {refused:?}");
     }
+}
+
+/// Inputs over the size limit are refused at push time with a typed error, whatever
+/// pushes them, and nothing of the push is stored; the limit is configurable.
+pub async fn oversized_inputs_are_refused_at_push(h: &dyn Harness) {
+    let store = h.store().await;
+    let backend = h.backend();
+    let orch = Orch::new(Arc::clone(&store));
+    assert_eq!(orch.max_input_bytes(), Some(orch::DEFAULT_MAX_INPUT_BYTES));
+    let total = || async { store.counts().await.unwrap().iter().map(|c| c.count).sum::<u64>() };
+
+    // The default limit: one byte over is refused, the limit itself is stored.
+    let over = orch::DEFAULT_MAX_INPUT_BYTES + 1;
+    match orch.push_new(padded_echo(1, over)).await {
+        Err(Error::InputTooLarge { name, bytes, limit }) => {
+            assert_eq!(
+                (name.as_str(), bytes, limit),
+                ("echo", over, orch::DEFAULT_MAX_INPUT_BYTES),
+                "{backend}"
+            )
+        }
+        other => panic!("{backend}: expected InputTooLarge, got {other:?}"),
+    }
+    let at_limit = orch.push_new(padded_echo(2, orch::DEFAULT_MAX_INPUT_BYTES)).await.unwrap();
+    // A batch with one oversized command stores none of them.
+    let batch = vec![padded_echo(3, 100), padded_echo(4, over), padded_echo(5, 100)];
+    assert!(matches!(orch.push_many(batch).await, Err(Error::InputTooLarge { .. })), "{backend}");
+    assert_eq!(total().await, 1, "{backend}: only the command at the limit is stored");
+
+    // A configured limit applies to pushes, workflows and handlers' follow-ups.
+    let small = Orch::new(Arc::clone(&store)).with_max_input_bytes(Some(1024));
+    assert!(matches!(
+        small.push_new(padded_echo(6, 1025)).await,
+        Err(Error::InputTooLarge { limit: 1024, .. })
+    ));
+    let workflow = orch::Workflow::builder()
+        .step("a", padded_echo(7, 100))
+        .step_after("b", padded_echo(8, 2048), ["a"])
+        .build()
+        .unwrap();
+    assert!(matches!(small.start_workflow(workflow).await, Err(Error::InputTooLarge { .. })), "{backend}");
+    assert_eq!(total().await, 1, "{backend}: no step of the refused workflow is stored");
+    let mut registry = echo_registry();
+    registry
+        .register_fn(|_: PaddedParentCommand, _ctx: Context| async { Ok::<_, HandlerError>(()) })
+        .unwrap();
+    let worker = Worker::new(small.clone(), registry, fast_config("default")).unwrap().start();
+    let parent = small.push(&PaddedParentCommand { pad: 4096 }).await.unwrap();
+    let Status::Failed(failure) = finish(&small, parent).await else {
+        panic!("{backend}: expected a failure")
+    };
+    assert!(failure.message.contains("over the limit of 1024 bytes"), "{backend}: {}", failure.message);
+    let fits = small.push(&PaddedParentCommand { pad: 1000 }).await.unwrap();
+    assert_eq!(finish(&small, fits).await, Status::Success("null".into()), "{backend}");
+    assert_eq!(
+        finish(&small, at_limit).await,
+        Status::Success("2".into()),
+        "{backend}: stored inputs still run"
+    );
+    worker.shutdown().await;
+
+    // No limit: a larger input than the default is stored and read back whole.
+    let unlimited = Orch::new(Arc::clone(&store)).with_max_input_bytes(None);
+    let big = unlimited.push_new(padded_echo(9, over + 1024)).await.unwrap();
+    assert_eq!(record(&store, big).await.input.len(), over + 1024, "{backend}");
 }
 
 /// 11. A command whose name no worker handles is never claimed and stays visible.

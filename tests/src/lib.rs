@@ -58,6 +58,7 @@ macro_rules! conformance_suite {
             cancel_defaults_to_failure_follow_ups,
             undecodable_input_fails_at_once,
             malformed_rows_fail_alone,
+            oversized_inputs_are_refused_at_push,
             unknown_name_stays_pending,
             expired_lease_is_rescued,
             invalid_prefix_is_rejected,
