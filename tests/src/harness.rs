@@ -4,7 +4,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use orch::{Error, Store};
+use orch::store::{
+    CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
+    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, QueueStats, Rescued,
+    RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId, WorkflowQuery,
+    WorkflowStepRecord, WorkflowSummary,
+};
+use orch::{Error, Store, Timestamp};
 
 /// Gives the conformance suite fresh stores of one backend.
 #[async_trait]
@@ -240,23 +246,33 @@ impl ServerHarness {
 
     /// A connected (not migrated) store with `prefix` and at most `connections`.
     pub async fn open(&self, prefix: &str, connections: u32) -> Result<Arc<dyn Store>, Error> {
-        Ok(match self.server {
-            Server::Postgres => Arc::new(
-                orch_diesel_pg::PgStore::builder(self.url.clone())
-                    .prefix(prefix)
-                    .max_connections(connections)
-                    .connect()
-                    .await?,
-            ),
-            Server::Mysql => Arc::new(
-                orch_diesel_mysql::MysqlStore::builder(self.url.clone())
-                    .prefix(prefix)
-                    .max_connections(connections)
-                    .connect()
-                    .await?,
-            ),
-        })
+        open_store(self.server, &self.url, prefix, connections).await
     }
+}
+
+/// A connected (not migrated) store on `server` at `url`.
+async fn open_store(
+    server: Server,
+    url: &str,
+    prefix: &str,
+    connections: u32,
+) -> Result<Arc<dyn Store>, Error> {
+    Ok(match server {
+        Server::Postgres => Arc::new(
+            orch_diesel_pg::PgStore::builder(url)
+                .prefix(prefix)
+                .max_connections(connections)
+                .connect()
+                .await?,
+        ),
+        Server::Mysql => Arc::new(
+            orch_diesel_mysql::MysqlStore::builder(url)
+                .prefix(prefix)
+                .max_connections(connections)
+                .connect()
+                .await?,
+        ),
+    })
 }
 
 #[async_trait]
@@ -323,6 +339,360 @@ impl Harness for ServerHarness {
                 diesel::sql_query(sql).execute(&mut conn).await.map(|_| ()).map_err(|e| e.to_string())
             }
         }
+    }
+}
+
+/// The role (PostgreSQL) or user (MariaDB) that [`LeastPrivilegeHarness`] connects as.
+pub const APP_ROLE: &str = "orch_app";
+
+/// The MariaDB accounts of [`APP_ROLE`]: any host over TCP, and the local socket.
+pub const MYSQL_APP_HOSTS: [&str; 2] = ["%", "localhost"];
+
+/// The tables of a prefix that the application reads and writes (the migrations table
+/// is the owner's alone).
+pub const APP_TABLES: [&str; 5] = ["commands", "journal", "dependencies", "sagas", "workers"];
+
+/// `url` with its user (and any password) replaced by `user`.
+pub fn with_user(url: &str, user: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find('/').unwrap_or(rest.len());
+    let host = match rest[..end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    format!("{scheme}://{user}@{host}")
+}
+
+/// The database (path) of a server URL, without any query string.
+pub fn database_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = rest.find('/').map_or("", |i| &rest[i + 1..]);
+    path.split('?').next().unwrap_or("")
+}
+
+/// The statements, run by an owner, that create `role` with no rights of its own (or
+/// strip an existing one of them) and let it reach `database`; idempotent.
+pub fn app_role_setup(server: Server, database: &str, role: &str) -> Vec<String> {
+    match server {
+        Server::Postgres => vec![
+            format!(
+                "DO $$ BEGIN CREATE ROLE \"{role}\" LOGIN; \
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+            ),
+            format!(
+                "ALTER ROLE \"{role}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+            ),
+            // PostgreSQL before 15 lets every role create tables in `public`.
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC".to_owned(),
+            format!("GRANT CONNECT ON DATABASE \"{database}\" TO \"{role}\""),
+            format!("GRANT USAGE ON SCHEMA public TO \"{role}\""),
+        ],
+        Server::Mysql => MYSQL_APP_HOSTS
+            .iter()
+            .map(|host| format!("CREATE USER IF NOT EXISTS '{role}'@'{host}'"))
+            .collect(),
+    }
+}
+
+/// The statements, run by the owner after migrating, that let `role` read and write
+/// the tables of `prefix` in `database` and nothing else (the grants the README lists).
+pub fn app_table_grants(server: Server, database: &str, prefix: &str, role: &str) -> Vec<String> {
+    match server {
+        Server::Postgres => {
+            // PostgreSQL folds the unquoted names of the migrations to lower case.
+            let p = prefix.to_ascii_lowercase();
+            let tables = APP_TABLES.iter().map(|t| format!("\"{p}{t}\"")).collect::<Vec<_>>().join(", ");
+            vec![
+                format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO \"{role}\""),
+                // The journal's `seq` is a BIGSERIAL.
+                format!("GRANT USAGE ON SEQUENCE \"{p}journal_seq_seq\" TO \"{role}\""),
+            ]
+        }
+        Server::Mysql => MYSQL_APP_HOSTS
+            .iter()
+            .flat_map(|host| {
+                APP_TABLES.iter().map(move |t| {
+                    format!(
+                        "GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`{prefix}{t}` TO '{role}'@'{host}'"
+                    )
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Runs `statements` in order on a new connection to `url`.
+pub async fn run_statements(server: Server, url: &str, statements: &[String]) -> Result<(), String> {
+    use orch_diesel_mysql::diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
+    use orch_diesel_pg::diesel_async::AsyncPgConnection;
+    match server {
+        Server::Postgres => {
+            let mut conn = AsyncPgConnection::establish(url).await.map_err(|e| e.to_string())?;
+            for sql in statements {
+                conn.batch_execute(sql).await.map_err(|e| format!("{sql}: {e}"))?;
+            }
+        }
+        Server::Mysql => {
+            let mut conn = AsyncMysqlConnection::establish(url).await.map_err(|e| e.to_string())?;
+            for sql in statements {
+                conn.batch_execute(sql).await.map_err(|e| format!("{sql}: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+static PG_APP_ROLE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+static MYSQL_APP_ROLE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+
+/// Stores on a real server that the library reaches as [`APP_ROLE`], a role that may
+/// only read and write the `orch` tables. Each store's tables are created by migrating
+/// as the owner (the URL in `ORCH_PG_URL` / `ORCH_MYSQL_URL`, in this process's test
+/// database), which then grants the role [`app_table_grants`] on them; the store handed
+/// out is connected as the role. A store's [`Store::migrate`] likewise runs as the
+/// owner, as a separate migration step would. [`Harness::sql_execute`] and
+/// [`Harness::sql_state_counts`] connect as the owner.
+#[derive(Debug, Clone)]
+pub struct LeastPrivilegeHarness {
+    owner: ServerHarness,
+    app_url: String,
+}
+
+impl LeastPrivilegeHarness {
+    /// A harness for `server` when its URL variable is set (see [`server_url`]): the
+    /// role is created (once per process) and may connect to the test database.
+    pub fn from_env(server: Server) -> Option<Self> {
+        let owner = ServerHarness::from_env(server)?;
+        let cell = match server {
+            Server::Postgres => &PG_APP_ROLE,
+            Server::Mysql => &MYSQL_APP_ROLE,
+        };
+        cell.get_or_init(|| {
+            let url = owner.url().to_owned();
+            // On a thread of its own, so that it works from inside any runtime.
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let setup = app_role_setup(server, database_of(&url), APP_ROLE);
+                rt.block_on(run_statements(server, &url, &setup))
+            })
+            .join()
+            .unwrap_or_else(|_| Err("creating the role panicked".to_owned()))
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("creating the {} role {APP_ROLE}: {e}", server.name()));
+        let app_url = with_user(owner.url(), APP_ROLE);
+        Some(LeastPrivilegeHarness { owner, app_url })
+    }
+
+    /// A PostgreSQL harness, if `ORCH_PG_URL` is set.
+    pub fn postgres() -> Option<Self> {
+        Self::from_env(Server::Postgres)
+    }
+
+    /// A MySQL/MariaDB harness, if `ORCH_MYSQL_URL` is set.
+    pub fn mysql() -> Option<Self> {
+        Self::from_env(Server::Mysql)
+    }
+
+    /// The harness of the owner, connected to the same database.
+    pub fn owner(&self) -> &ServerHarness {
+        &self.owner
+    }
+
+    /// The URL of the test database as the application role.
+    pub fn app_url(&self) -> &str {
+        &self.app_url
+    }
+
+    /// Migrates `prefix`'s tables as the owner and grants the role its rights on them.
+    pub async fn provision(&self, prefix: &str) -> Result<(), Error> {
+        let owner = self.owner.open(prefix, 1).await?;
+        owner.migrate().await?;
+        let server = self.owner.server();
+        let grants = app_table_grants(server, database_of(self.owner.url()), prefix, APP_ROLE);
+        run_statements(server, self.owner.url(), &grants)
+            .await
+            .map_err(|e| Error::backend(server.name(), format!("granting {APP_ROLE} its rights: {e}")))
+    }
+
+    /// A store with `prefix` connected as the role (its tables must exist and be granted).
+    pub async fn open_app(&self, prefix: &str, connections: u32) -> Result<Arc<dyn Store>, Error> {
+        open_store(self.owner.server(), &self.app_url, prefix, connections).await
+    }
+
+    /// `location` as the owner sees it.
+    fn as_owner(&self, location: &StoreLocation) -> StoreLocation {
+        StoreLocation { url: self.owner.url().to_owned(), prefix: location.prefix.clone() }
+    }
+}
+
+#[async_trait]
+impl Harness for LeastPrivilegeHarness {
+    fn backend(&self) -> &'static str {
+        self.owner.backend()
+    }
+
+    async fn store(&self) -> Arc<dyn Store> {
+        self.located_store().await.0
+    }
+
+    async fn store_with_prefix(&self, prefix: &str) -> Result<Arc<dyn Store>, Error> {
+        if orch::TablePrefix::new(prefix).is_err() {
+            // The store's own check, which refuses before connecting.
+            return self.open_app(prefix, 4).await;
+        }
+        // Connected as the role on first use: before the owner has granted anything
+        // on a database, MariaDB refuses the role a connection to it.
+        Ok(Arc::new(OwnerMigrated {
+            harness: self.clone(),
+            prefix: prefix.to_owned(),
+            app: tokio::sync::OnceCell::new(),
+        }))
+    }
+
+    async fn located_store(&self) -> (Arc<dyn Store>, StoreLocation) {
+        let prefix = ServerHarness::fresh_prefix();
+        self.provision(&prefix).await.expect("migrate and grant as the owner");
+        let store = self.open_app(&prefix, 4).await.expect("connect as the application role");
+        (store, StoreLocation { url: self.app_url.clone(), prefix })
+    }
+
+    async fn sql_state_counts(&self, location: &StoreLocation) -> BTreeMap<String, i64> {
+        self.owner.sql_state_counts(&self.as_owner(location)).await
+    }
+
+    async fn sql_execute(&self, location: &StoreLocation, sql: &str) -> Result<(), String> {
+        self.owner.sql_execute(&self.as_owner(location), sql).await
+    }
+}
+
+/// A store of [`LeastPrivilegeHarness`] whose [`Store::migrate`] is the owner's
+/// migration and grants; everything else runs as the role.
+struct OwnerMigrated {
+    harness: LeastPrivilegeHarness,
+    prefix: String,
+    app: tokio::sync::OnceCell<Arc<dyn Store>>,
+}
+
+impl OwnerMigrated {
+    async fn app(&self) -> Result<&Arc<dyn Store>, Error> {
+        self.app.get_or_try_init(|| self.harness.open_app(&self.prefix, 4)).await
+    }
+}
+
+#[async_trait]
+impl Store for OwnerMigrated {
+    fn backend(&self) -> &'static str {
+        self.harness.backend()
+    }
+
+    async fn migrate(&self) -> orch::Result<()> {
+        self.harness.provision(&self.prefix).await?;
+        self.app().await.map(|_| ())
+    }
+
+    async fn enqueue(&self, commands: Vec<InsertCommand>) -> orch::Result<()> {
+        self.app().await?.enqueue(commands).await
+    }
+
+    async fn claim(&self, params: ClaimParams) -> orch::Result<Vec<ClaimedCommand>> {
+        self.app().await?.claim(params).await
+    }
+
+    async fn heartbeat(&self, params: HeartbeatParams) -> orch::Result<Vec<LeaseStatus>> {
+        self.app().await?.heartbeat(params).await
+    }
+
+    async fn complete(&self, completions: Vec<Completion>) -> orch::Result<Vec<CompletionStatus>> {
+        self.app().await?.complete(completions).await
+    }
+
+    async fn cancel(&self, id: CommandId, now: Timestamp) -> orch::Result<CancelStatus> {
+        self.app().await?.cancel(id, now).await
+    }
+
+    async fn rescue(&self, now: Timestamp, limit: usize) -> orch::Result<Vec<Rescued>> {
+        self.app().await?.rescue(now, limit).await
+    }
+
+    async fn follow_ups_due(&self, names: &[String], limit: usize) -> orch::Result<Vec<CommandRecord>> {
+        self.app().await?.follow_ups_due(names, limit).await
+    }
+
+    async fn resolve_follow_ups(
+        &self,
+        id: CommandId,
+        follow_ups: Vec<InsertCommand>,
+        now: Timestamp,
+    ) -> orch::Result<bool> {
+        self.app().await?.resolve_follow_ups(id, follow_ups, now).await
+    }
+
+    async fn get(&self, id: CommandId) -> orch::Result<Option<CommandRecord>> {
+        self.app().await?.get(id).await
+    }
+
+    async fn list(&self, params: ListParams) -> orch::Result<Vec<CommandRecord>> {
+        self.app().await?.list(params).await
+    }
+
+    async fn counts(&self) -> orch::Result<Vec<CountRow>> {
+        self.app().await?.counts().await
+    }
+
+    async fn journal(&self, id: CommandId) -> orch::Result<Vec<JournalEntry>> {
+        self.app().await?.journal(id).await
+    }
+
+    async fn workflow_steps(&self, workflow_id: WorkflowId) -> orch::Result<Vec<WorkflowStepRecord>> {
+        self.app().await?.workflow_steps(workflow_id).await
+    }
+
+    async fn saga(&self, saga: &str, correlation_id: &str) -> orch::Result<Option<SagaRecord>> {
+        self.app().await?.saga(saga, correlation_id).await
+    }
+
+    async fn save_saga(&self, write: SagaWrite) -> orch::Result<SagaWriteStatus> {
+        self.app().await?.save_saga(write).await
+    }
+
+    async fn sagas(&self, query: SagaQuery) -> orch::Result<Vec<SagaRecord>> {
+        self.app().await?.sagas(query).await
+    }
+
+    async fn queue_stats(&self, now: Timestamp) -> orch::Result<Vec<QueueStats>> {
+        self.app().await?.queue_stats(now).await
+    }
+
+    async fn retry(&self, id: CommandId, now: Timestamp) -> orch::Result<RetryStatus> {
+        self.app().await?.retry(id, now).await
+    }
+
+    async fn workflows(&self, query: WorkflowQuery) -> orch::Result<Vec<WorkflowSummary>> {
+        self.app().await?.workflows(query).await
+    }
+
+    async fn record_worker(&self, worker: WorkerRecord) -> orch::Result<()> {
+        self.app().await?.record_worker(worker).await
+    }
+
+    async fn remove_worker(&self, id: &str) -> orch::Result<()> {
+        self.app().await?.remove_worker(id).await
+    }
+
+    async fn workers(&self) -> orch::Result<Vec<WorkerRecord>> {
+        self.app().await?.workers().await
+    }
+
+    async fn prune_workers(&self, before: Timestamp) -> orch::Result<u64> {
+        self.app().await?.prune_workers(before).await
+    }
+
+    fn wake_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.app.get().and_then(|store| store.wake_signal())
     }
 }
 
@@ -440,6 +810,20 @@ mod admin {
                 "mysql://root@h:3306/x?ssl=false"
             );
             assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+        }
+
+        #[test]
+        fn users_and_databases_of_urls() {
+            use super::super::{database_of, with_user};
+            assert_eq!(with_user("postgres://postgres@h:5432/t", "app"), "postgres://app@h:5432/t");
+            assert_eq!(
+                with_user("mysql://root:pw@h:3306/t?ssl=false", "app"),
+                "mysql://app@h:3306/t?ssl=false"
+            );
+            assert_eq!(with_user("mysql://h:3306/t", "app"), "mysql://app@h:3306/t");
+            assert_eq!(database_of("mysql://root@h:3306/orch_t1_ab?ssl=false"), "orch_t1_ab");
+            assert_eq!(database_of("postgres://u@h/db"), "db");
+            assert_eq!(database_of("postgres://u@h"), "");
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod conformance_workflows;
 pub mod crash;
 pub mod harness;
 pub mod multiprocess;
+pub mod privilege;
 pub mod property;
 pub mod support;
 pub mod wake;
