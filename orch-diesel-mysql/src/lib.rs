@@ -107,6 +107,10 @@ const SESSION_SETUP: &[&str] = &[
     "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
 ];
 
+/// The session setting of a read-only store's connections: every later transaction,
+/// explicit or a single autocommitted statement, is read-only.
+const READ_ONLY_SETUP: &str = "SET SESSION TRANSACTION READ ONLY";
+
 /// How many times a transaction that hit a deadlock or a lock wait timeout is retried.
 const MAX_TX_RETRIES: u32 = 5;
 
@@ -132,6 +136,7 @@ pub struct MysqlBuilder {
     prefix: String,
     max_connections: u32,
     connect_timeout: Duration,
+    read_only: bool,
 }
 
 impl std::fmt::Debug for MysqlBuilder {
@@ -141,6 +146,7 @@ impl std::fmt::Debug for MysqlBuilder {
             .field("prefix", &self.prefix)
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
+            .field("read_only", &self.read_only)
             .finish()
     }
 }
@@ -166,6 +172,17 @@ impl MysqlBuilder {
         self
     }
 
+    /// Whether every connection is a read-only session (default `false`): each one
+    /// runs `SET SESSION TRANSACTION READ ONLY` when it is opened, so the server itself
+    /// refuses any write the store attempts (`Cannot execute statement in a READ ONLY
+    /// transaction`), migrations included. Reads work as usual. For monitors and other
+    /// tools that must not change the queue; grant their user `SELECT` only as well
+    /// where that is possible.
+    pub fn read_only(mut self, on: bool) -> Self {
+        self.read_only = on;
+        self
+    }
+
     /// Validates the options, opens one connection to check that the server is
     /// reachable (`SELECT 1`), and sets up the pool. Tables are created by
     /// [`Store::migrate`].
@@ -180,20 +197,24 @@ impl MysqlBuilder {
         let unreachable = |cause: String| {
             Error::backend(BACKEND, format!("cannot connect to MySQL at {redacted}: {cause}"))
         };
-        let mut first = match tokio::time::timeout(self.connect_timeout, establish(self.url.clone())).await {
-            Err(_) => return Err(unreachable(format!("timed out after {:?}", self.connect_timeout))),
-            Ok(Err(ConnectionError::InvalidConnectionUrl(e))) => {
-                return Err(Error::invalid_config(format!("invalid MySQL URL {redacted}: {e}")));
-            }
-            Ok(Err(e)) => return Err(unreachable(e.to_string())),
-            Ok(Ok(conn)) => conn,
-        };
+        let mut first =
+            match tokio::time::timeout(self.connect_timeout, establish(self.url.clone(), self.read_only))
+                .await
+            {
+                Err(_) => return Err(unreachable(format!("timed out after {:?}", self.connect_timeout))),
+                Ok(Err(ConnectionError::InvalidConnectionUrl(e))) => {
+                    return Err(Error::invalid_config(format!("invalid MySQL URL {redacted}: {e}")));
+                }
+                Ok(Err(e)) => return Err(unreachable(e.to_string())),
+                Ok(Ok(conn)) => conn,
+            };
         diesel::sql_query("SELECT 1").execute(&mut first).await.map_err(|e| unreachable(e.to_string()))?;
 
         let mut config = ManagerConfig::<AsyncMysqlConnection>::default();
+        let read_only = self.read_only;
         config.custom_setup =
-            Box::new(|url: &str| -> BoxFuture<'_, ConnectionResult<AsyncMysqlConnection>> {
-                Box::pin(establish(url.to_owned()))
+            Box::new(move |url: &str| -> BoxFuture<'_, ConnectionResult<AsyncMysqlConnection>> {
+                Box::pin(establish(url.to_owned(), read_only))
             });
         let manager = AsyncDieselConnectionManager::new_with_config(self.url.clone(), config);
         // No minimum of idle connections: `build` opens none, the checked one is added.
@@ -207,7 +228,13 @@ impl MysqlBuilder {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let _ = pool.add(first);
-        tracing::debug!(url = %redacted, prefix = %prefix, max_connections = self.max_connections, "connected mysql store");
+        tracing::debug!(
+            url = %redacted,
+            prefix = %prefix,
+            max_connections = self.max_connections,
+            read_only = self.read_only,
+            "connected mysql store"
+        );
         Ok(MysqlStore {
             inner: Arc::new(Inner {
                 pool,
@@ -222,10 +249,11 @@ impl MysqlBuilder {
     }
 }
 
-/// Opens one connection with the session settings.
-async fn establish(url: String) -> ConnectionResult<AsyncMysqlConnection> {
+/// Opens one connection with the session settings (and read-only, when `read_only`).
+async fn establish(url: String, read_only: bool) -> ConnectionResult<AsyncMysqlConnection> {
     let mut conn = AsyncMysqlConnection::establish(&url).await?;
-    for sql in SESSION_SETUP {
+    let read_only = read_only.then_some(READ_ONLY_SETUP);
+    for sql in SESSION_SETUP.iter().copied().chain(read_only) {
         conn.batch_execute(sql).await.map_err(ConnectionError::CouldntSetupConfiguration)?;
     }
     Ok(conn)
@@ -439,6 +467,7 @@ impl MysqlStore {
             prefix: TablePrefix::default_prefix().as_str().to_owned(),
             max_connections: 10,
             connect_timeout: Duration::from_secs(10),
+            read_only: false,
         }
     }
 

@@ -69,13 +69,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use diesel::result::{ConnectionError, ConnectionResult};
 use diesel::sql_types::Text;
 use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, PoolableConnection, RecyclingMethod,
 };
 use diesel_async::{
-    AnsiTransactionManager, AsyncConnection, AsyncPgConnection, RunQueryDsl, TransactionManager as _,
+    AnsiTransactionManager, AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+    TransactionManager as _,
 };
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
@@ -115,6 +117,7 @@ pub struct PgBuilder {
     max_connections: u32,
     connect_timeout: Duration,
     listen: bool,
+    read_only: bool,
 }
 
 impl fmt::Debug for PgBuilder {
@@ -125,6 +128,7 @@ impl fmt::Debug for PgBuilder {
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
             .field("listen", &self.listen)
+            .field("read_only", &self.read_only)
             .finish()
     }
 }
@@ -157,6 +161,17 @@ impl PgBuilder {
     /// this store and otherwise poll.
     pub fn listen(mut self, on: bool) -> Self {
         self.listen = on;
+        self
+    }
+
+    /// Whether every pooled connection is a read-only session (default `false`): each
+    /// one runs `SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY` when it is
+    /// opened, so PostgreSQL itself refuses any write the store attempts (`cannot
+    /// execute INSERT in a read-only transaction`), migrations included. Reads work as
+    /// usual. For monitors and other tools that must not change the queue; grant their
+    /// role `SELECT` only as well where that is possible.
+    pub fn read_only(mut self, on: bool) -> Self {
+        self.read_only = on;
         self
     }
 
@@ -196,6 +211,9 @@ impl PgBuilder {
             };
             Some(tokio::spawn(task.run(first)).abort_handle())
         } else {
+            if self.read_only {
+                read_only_session(&mut first).await.map_err(|e| connect_error(&redacted, Box::new(e)))?;
+            }
             spare = Some(first);
             None
         };
@@ -212,6 +230,9 @@ impl PgBuilder {
                     if broken { Err(diesel::result::Error::BrokenTransactionManager) } else { Ok(()) }
                 })
             }));
+        if self.read_only {
+            config.custom_setup = Box::new(|url: &str| Box::pin(establish_read_only(url.to_owned())));
+        }
         let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(&self.url, config);
         let pool = Pool::builder()
             .max_size(self.max_connections)
@@ -230,9 +251,27 @@ impl PgBuilder {
                 .await
                 .map_err(|e| connect_error(&redacted, Box::new(e)))?;
         }
-        tracing::debug!(url = %redacted, prefix = %prefix, listen = self.listen, "connected postgres store");
+        tracing::debug!(
+            url = %redacted,
+            prefix = %prefix,
+            listen = self.listen,
+            read_only = self.read_only,
+            "connected postgres store"
+        );
         Ok(PgStore { inner: Arc::new(Inner { pool, tables, prefix, url: redacted, wake, listener: guard }) })
     }
+}
+
+/// Makes every later transaction of `conn` (explicit or a single statement) read-only.
+async fn read_only_session(conn: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
+    conn.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY").await
+}
+
+/// A new pooled connection for a read-only store.
+async fn establish_read_only(url: String) -> ConnectionResult<AsyncPgConnection> {
+    let mut conn = AsyncPgConnection::establish(&url).await?;
+    read_only_session(&mut conn).await.map_err(ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
 }
 
 /// Stops the listener task when dropped.
@@ -378,6 +417,7 @@ impl PgStore {
             max_connections: 10,
             connect_timeout: Duration::from_secs(10),
             listen: true,
+            read_only: false,
         }
     }
 

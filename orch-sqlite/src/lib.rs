@@ -76,6 +76,7 @@ pub struct SqliteBuilder {
     busy_timeout: Duration,
     synchronous: Synchronous,
     cache_mib: u32,
+    read_only: bool,
 }
 
 impl SqliteBuilder {
@@ -106,6 +107,19 @@ impl SqliteBuilder {
         self
     }
 
+    /// Whether to open the database read-only (default `false`): the file is opened
+    /// with SQLite's read-only flag (a `mode=ro` URI), so it must exist already and is
+    /// never created, and the connection also sets `PRAGMA query_only`, so SQLite
+    /// itself refuses any write the store attempts (`attempt to write a readonly
+    /// database`), migrations included. Reads work as usual. The journal mode is left
+    /// as the writers set it (WAL after their [`Store::migrate`] or open). For monitors
+    /// and other tools that must not change the queue. An in-memory database gets
+    /// `query_only` alone.
+    pub fn read_only(mut self, on: bool) -> Self {
+        self.read_only = on;
+        self
+    }
+
     /// Opens the database, creating the file if needed. Tables are created by
     /// [`Store::migrate`].
     pub fn open(self) -> Result<SqliteStore> {
@@ -117,7 +131,8 @@ impl SqliteBuilder {
             Error::invalid_config(format!("database path {:?} is not valid UTF-8", self.path))
         })?;
         let memory = path == ":memory:";
-        let mut conn = SqliteConnection::establish(path).map_err(|e| Error::backend(BACKEND, e))?;
+        let target = if self.read_only && !memory { read_only_uri(path) } else { path.to_owned() };
+        let mut conn = SqliteConnection::establish(&target).map_err(|e| Error::backend(BACKEND, e))?;
         let sync = match self.synchronous {
             Synchronous::Full => "FULL",
             Synchronous::Normal => "NORMAL",
@@ -125,7 +140,7 @@ impl SqliteBuilder {
         // busy_timeout first: switching to WAL needs a lock another process may hold.
         conn.batch_execute(&format!("PRAGMA busy_timeout = {busy_ms};"))
             .map_err(|e| Error::backend(BACKEND, e))?;
-        if !memory {
+        if !memory && !self.read_only {
             conn.batch_execute("PRAGMA journal_mode = WAL;").map_err(|e| Error::backend(BACKEND, e))?;
         }
         // A negative cache_size is in KiB.
@@ -134,7 +149,10 @@ impl SqliteBuilder {
             "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA cache_size = -{cache_kib};"
         ))
         .map_err(|e| Error::backend(BACKEND, e))?;
-        tracing::debug!(path, prefix = %prefix, "opened sqlite store");
+        if self.read_only {
+            conn.batch_execute("PRAGMA query_only = ON;").map_err(|e| Error::backend(BACKEND, e))?;
+        }
+        tracing::debug!(path, prefix = %prefix, read_only = self.read_only, "opened sqlite store");
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
@@ -145,6 +163,22 @@ impl SqliteBuilder {
             }),
         })
     }
+}
+
+/// A `file:` URI that opens `path` read-only. `%`, `?` and `#` are escaped so that the
+/// path is taken as it is; an absolute path gets an empty authority (`file:///…`).
+fn read_only_uri(path: &str) -> String {
+    let mut uri = String::from(if path.starts_with('/') { "file://" } else { "file:" });
+    for c in path.chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3F"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?mode=ro");
+    uri
 }
 
 /// Table names behind the prefix, computed once.
@@ -242,6 +276,7 @@ impl SqliteStore {
             busy_timeout: Duration::from_secs(5),
             synchronous: Synchronous::default(),
             cache_mib: 64,
+            read_only: false,
         }
     }
 

@@ -15,7 +15,7 @@ use orch::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::source::{Backend, Source, sqlite_path};
+use crate::source::{Access, Backend, Source, sqlite_path};
 
 /// Sends an e-mail; addresses at `bounce.example` fail for good.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -252,7 +252,7 @@ pub async fn open_for_writing(source: &Source) -> Result<Arc<dyn Store>, Error> 
                 .map_err(|e| Error::invalid_config(format!("cannot create {path:?}: {e}")))?;
         }
     }
-    let store = source.open().await?;
+    let store = source.open_with(Access::ReadWrite).await?;
     store.migrate().await?;
     Ok(store)
 }

@@ -14,7 +14,7 @@ use tokio::time::timeout;
 use crate::app::{App, Effect, Level, Write};
 use crate::data::{Query, Snapshot, load};
 use crate::filter::short_duration;
-use crate::source::Source;
+use crate::source::{Access, Source};
 
 /// What the loader needs to know from the UI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +150,7 @@ pub async fn loader(
         let limit = read_limit(refresh);
         if forced || !paused {
             if store.is_none() {
-                match timeout(limit, source.open()).await {
+                match timeout(limit, source.open_with(Access::allowing_writes(allow_writes))).await {
                     Ok(Ok(s)) => store = Some(s),
                     Ok(Err(e)) => {
                         if updates.send(Update::Failed(e.to_string())).is_err() {

@@ -1,7 +1,12 @@
 //! Opening a store from a URL: `postgres://…`, `mysql://…` or `sqlite://path`.
 //!
 //! The monitor only reads: it never runs migrations, and a SQLite path that does not
-//! exist is an error instead of a new empty database.
+//! exist is an error instead of a new empty database. Unless it may write
+//! ([`Access::ReadWrite`], the monitor's `--allow-writes`), its sessions are read-only
+//! at the database level: PostgreSQL and MySQL/MariaDB connections are read-only
+//! sessions (`SET SESSION … READ ONLY`), a SQLite file is opened with SQLite's
+//! read-only flag and `query_only`, so the database refuses a write even if one is
+//! attempted.
 
 use std::sync::Arc;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
@@ -46,6 +51,27 @@ impl Backend {
     }
 }
 
+/// What a store opened by [`Source::open_with`] may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Access {
+    /// Read only, enforced by the database: every session refuses writes. The default.
+    #[default]
+    ReadOnly,
+    /// Read and write (the monitor's retry and cancel, the demo).
+    ReadWrite,
+}
+
+impl Access {
+    /// [`Access::ReadWrite`] when `writes` is true, else [`Access::ReadOnly`].
+    pub fn allowing_writes(writes: bool) -> Self {
+        if writes { Access::ReadWrite } else { Access::ReadOnly }
+    }
+
+    fn read_only(self) -> bool {
+        self == Access::ReadOnly
+    }
+}
+
 /// Where the monitor reads from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
@@ -66,14 +92,21 @@ impl Source {
         redact_url(&self.url)
     }
 
-    /// Opens the store (no migrations). Server stores get a small pool: the monitor
-    /// runs one refresh at a time.
+    /// Opens the store read-only at the database level (no migrations); see
+    /// [`Source::open_with`].
     pub async fn open(&self) -> Result<Arc<dyn Store>, Error> {
+        self.open_with(Access::ReadOnly).await
+    }
+
+    /// Opens the store (no migrations) with the given access. Server stores get a
+    /// small pool: the monitor runs one refresh at a time.
+    pub async fn open_with(&self, access: Access) -> Result<Arc<dyn Store>, Error> {
         let backend = self.backend()?;
+        let read_only = access.read_only();
         match backend {
-            Backend::Sqlite => open_sqlite(&self.url, &self.prefix),
-            Backend::Postgres => open_postgres(&self.url, &self.prefix).await,
-            Backend::Mysql => open_mysql(&self.url, &self.prefix).await,
+            Backend::Sqlite => open_sqlite(&self.url, &self.prefix, read_only),
+            Backend::Postgres => open_postgres(&self.url, &self.prefix, read_only).await,
+            Backend::Mysql => open_mysql(&self.url, &self.prefix, read_only).await,
         }
     }
 }
@@ -88,7 +121,7 @@ pub fn sqlite_path(url: &str) -> &str {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[cfg(feature = "sqlite")]
-fn open_sqlite(url: &str, prefix: &str) -> Result<Arc<dyn Store>, Error> {
+fn open_sqlite(url: &str, prefix: &str, read_only: bool) -> Result<Arc<dyn Store>, Error> {
     let path = sqlite_path(url);
     if path.is_empty() {
         return Err(Error::invalid_config("sqlite URL without a path: use sqlite://path/to/file.db"));
@@ -96,18 +129,19 @@ fn open_sqlite(url: &str, prefix: &str) -> Result<Arc<dyn Store>, Error> {
     if path != ":memory:" && !std::path::Path::new(path).is_file() {
         return Err(Error::invalid_config(format!("no SQLite database at {path:?}")));
     }
-    Ok(Arc::new(orch_sqlite::SqliteStore::builder(path).prefix(prefix).open()?))
+    Ok(Arc::new(orch_sqlite::SqliteStore::builder(path).prefix(prefix).read_only(read_only).open()?))
 }
 
 #[cfg(not(feature = "sqlite"))]
-fn open_sqlite(_url: &str, _prefix: &str) -> Result<Arc<dyn Store>, Error> {
+fn open_sqlite(_url: &str, _prefix: &str, _read_only: bool) -> Result<Arc<dyn Store>, Error> {
     Err(Error::invalid_config("this orch-tui was built without the `sqlite` feature"))
 }
 
 #[cfg(feature = "postgres")]
-async fn open_postgres(url: &str, prefix: &str) -> Result<Arc<dyn Store>, Error> {
+async fn open_postgres(url: &str, prefix: &str, read_only: bool) -> Result<Arc<dyn Store>, Error> {
     let store = orch_diesel_pg::PgStore::builder(url)
         .prefix(prefix)
+        .read_only(read_only)
         .max_connections(2)
         .connect_timeout(CONNECT_TIMEOUT)
         .connect()
@@ -116,18 +150,19 @@ async fn open_postgres(url: &str, prefix: &str) -> Result<Arc<dyn Store>, Error>
 }
 
 #[cfg(not(feature = "postgres"))]
-async fn open_postgres(_url: &str, _prefix: &str) -> Result<Arc<dyn Store>, Error> {
+async fn open_postgres(_url: &str, _prefix: &str, _read_only: bool) -> Result<Arc<dyn Store>, Error> {
     Err(Error::invalid_config("this orch-tui was built without the `postgres` feature"))
 }
 
 #[cfg(feature = "mysql")]
-async fn open_mysql(url: &str, prefix: &str) -> Result<Arc<dyn Store>, Error> {
+async fn open_mysql(url: &str, prefix: &str, read_only: bool) -> Result<Arc<dyn Store>, Error> {
     let url = match url.strip_prefix("mariadb://") {
         Some(rest) => format!("mysql://{rest}"),
         None => url.to_owned(),
     };
     let store = orch_diesel_mysql::MysqlStore::builder(url)
         .prefix(prefix)
+        .read_only(read_only)
         .max_connections(2)
         .connect_timeout(CONNECT_TIMEOUT)
         .connect()
@@ -136,7 +171,7 @@ async fn open_mysql(url: &str, prefix: &str) -> Result<Arc<dyn Store>, Error> {
 }
 
 #[cfg(not(feature = "mysql"))]
-async fn open_mysql(_url: &str, _prefix: &str) -> Result<Arc<dyn Store>, Error> {
+async fn open_mysql(_url: &str, _prefix: &str, _read_only: bool) -> Result<Arc<dyn Store>, Error> {
     Err(Error::invalid_config("this orch-tui was built without the `mysql` feature"))
 }
 
