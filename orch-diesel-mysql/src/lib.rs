@@ -220,7 +220,10 @@ impl MysqlBuilder {
         // No minimum of idle connections: `build` opens none, the checked one is added.
         let pool = bb8::Pool::builder()
             .max_size(self.max_connections)
-            .connection_timeout(self.connect_timeout)
+            // Short waits, repeated by `MysqlStore::conn` up to the connect timeout: the
+            // pool's retries of a failed connection back off to half this wait, so
+            // once the server is back a connection is made within about a second.
+            .connection_timeout(self.connect_timeout.min(POOL_WAIT))
             // Checked by `MysqlStore::conn`, where a cancelled check closes the connection.
             .test_on_check_out(false)
             .error_sink(Box::new(LogErrors))
@@ -311,6 +314,9 @@ struct Inner {
     connect_timeout: Duration,
     wake: Arc<Notify>,
 }
+
+/// The longest one wait of the pool for a connection; see `MysqlStore::checkout`.
+const POOL_WAIT: Duration = Duration::from_secs(1);
 
 /// The MySQL / MariaDB store. Cheap to clone; clones share one connection pool and
 /// one wake signal.
@@ -560,7 +566,7 @@ impl MysqlStore {
     async fn conn(&self) -> Result<Guarded<'_>> {
         let mut attempts = 0;
         loop {
-            let mut conn = Guarded::new(self.inner.pool.get().await.map_err(|e| match e {
+            let mut conn = Guarded::new(self.checkout().await.map_err(|e| match e {
                 bb8::RunError::User(e) => {
                     Error::backend(BACKEND, format!("cannot connect to MySQL at {}: {e}", self.inner.url))
                 }
@@ -585,6 +591,19 @@ impl MysqlStore {
                         ));
                     }
                 }
+            }
+        }
+    }
+
+    /// Waits up to the connect timeout for a pooled connection, in waits of at most
+    /// [`POOL_WAIT`], so that while the server is down a fresh connection attempt
+    /// starts at least that often.
+    async fn checkout(&self) -> std::result::Result<PooledConn<'_>, bb8::RunError<PoolError>> {
+        let deadline = tokio::time::Instant::now() + self.inner.connect_timeout;
+        loop {
+            match self.inner.pool.get().await {
+                Err(bb8::RunError::TimedOut) if tokio::time::Instant::now() < deadline => {}
+                other => return other,
             }
         }
     }

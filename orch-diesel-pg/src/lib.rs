@@ -236,7 +236,10 @@ impl PgBuilder {
         let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(&self.url, config);
         let pool = Pool::builder()
             .max_size(self.max_connections)
-            .connection_timeout(self.connect_timeout)
+            // Short waits, repeated by `PgStore::conn` up to the connect timeout: the
+            // pool's retries of a failed connection back off to half this wait, so
+            // once the database is back a connection is made within about a second.
+            .connection_timeout(self.connect_timeout.min(POOL_WAIT))
             .build(manager)
             .await
             .map_err(|e| connect_error(&redacted, Box::new(e)))?;
@@ -258,7 +261,17 @@ impl PgBuilder {
             read_only = self.read_only,
             "connected postgres store"
         );
-        Ok(PgStore { inner: Arc::new(Inner { pool, tables, prefix, url: redacted, wake, listener: guard }) })
+        Ok(PgStore {
+            inner: Arc::new(Inner {
+                pool,
+                tables,
+                prefix,
+                url: redacted,
+                wake,
+                listener: guard,
+                connect_timeout: self.connect_timeout,
+            }),
+        })
     }
 }
 
@@ -348,7 +361,12 @@ struct Inner {
     wake: Arc<Notify>,
     /// Aborts the listener when the last clone of the store goes.
     listener: ListenerGuard,
+    /// The longest a checkout waits for a connection.
+    connect_timeout: Duration,
 }
+
+/// The longest one wait of the pool for a connection; see `PgStore::conn`.
+const POOL_WAIT: Duration = Duration::from_secs(1);
 
 /// The PostgreSQL store. Cheap to clone; clones share one pool (and one listener).
 #[derive(Clone)]
@@ -520,8 +538,18 @@ impl PgStore {
         Ok(())
     }
 
+    /// A connection from the pool, waiting up to the connect timeout. The wait is
+    /// made of short ones so that, while the database is down, a fresh connection
+    /// attempt starts at least every [`POOL_WAIT`].
     async fn conn(&self) -> Result<PooledConnection<'_, AsyncPgConnection>> {
-        self.inner.pool.get().await.map_err(|e| Error::backend(BACKEND, e))
+        let deadline = tokio::time::Instant::now() + self.inner.connect_timeout;
+        loop {
+            match self.inner.pool.get().await {
+                Ok(conn) => return Ok(conn),
+                Err(bb8::RunError::TimedOut) if tokio::time::Instant::now() < deadline => {}
+                Err(e) => return Err(Error::backend(BACKEND, e)),
+            }
+        }
     }
 }
 

@@ -395,7 +395,12 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         if full_batch && failures == 0 && !starved {
             continue;
         }
-        let wait = config.poll_interval.saturating_mul(failures.clamp(1, 10));
+        // Claims that fail (the database is down) back off, but never past 5 s (or the
+        // poll interval, when longer), so work resumes soon after the database does.
+        let wait = config
+            .poll_interval
+            .saturating_mul(failures.clamp(1, 10))
+            .min(config.poll_interval.max(MAX_CLAIM_BACKOFF));
         let sleep = clock.sleep_until(clock.now() + wait);
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -765,7 +770,9 @@ async fn record_outcomes(shared: &Arc<Shared>, completions: Vec<Completion>) -> 
                     }
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                // Capped well below any lease: once the database is back, results are
+                // recorded within a second.
+                delay = (delay * 2).min(Duration::from_secs(1));
             }
         }
     }
@@ -790,6 +797,9 @@ fn without_follow_ups(c: &Completion, error: &Error) -> Option<Completion> {
         ..c.clone()
     })
 }
+
+/// The longest wait between claims that fail, unless the poll interval is longer.
+const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(5);
 
 async fn maintainer(shared: Arc<Shared>, stop: CancellationToken) {
     let clock = Arc::clone(shared.orch.clock());

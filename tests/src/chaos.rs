@@ -130,6 +130,10 @@ pub struct Plan {
     /// Rounds of killing every database connection of the store's database but the
     /// killer's (`pg_terminate_backend`, MariaDB `KILL CONNECTION`); none on SQLite.
     pub connection_kills: usize,
+    /// Stops and starts of the database server (PostgreSQL and MariaDB only, on a
+    /// private server the soak starts for itself), alternately a crash and a clean
+    /// shutdown, each down for 0.2–1 s.
+    pub restarts: usize,
     /// The longest a handler works (each command draws 0 ..= this many ms).
     pub max_work_ms: u64,
     /// A seed for the choice of victims, gaps and work; the report prints it.
@@ -145,6 +149,22 @@ impl Plan {
             kills: 12,
             pauses: 1,
             connection_kills: 12,
+            restarts: 0,
+            max_work_ms: 10,
+            seed,
+        }
+    }
+
+    /// The restart profile run by the test command: server restarts among a few kills
+    /// and connection kills.
+    pub fn restarts(seed: u64) -> Self {
+        Plan {
+            commands: 3_000,
+            workers: 3,
+            kills: 4,
+            pauses: 0,
+            connection_kills: 10,
+            restarts: 5,
             max_work_ms: 10,
             seed,
         }
@@ -158,6 +178,7 @@ impl Plan {
             kills: 60,
             pauses: 3,
             connection_kills: 60,
+            restarts: 10,
             max_work_ms: 10,
             seed,
         }
@@ -183,6 +204,33 @@ enum Fault {
     Kill { pid: u32, at: Timestamp },
     Pause { pid: u32, from: Timestamp, to: Timestamp },
     Connections { at: Timestamp, killed: usize },
+    Restart { down: Timestamp, up: Timestamp },
+}
+
+/// The fault of one wave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strike {
+    Kill,
+    Pause,
+    Restart,
+}
+
+/// The order of the faults: pauses and restarts evenly spread among the kills.
+fn schedule(plan: &Plan, restarts: usize) -> Vec<Strike> {
+    let total = plan.kills + plan.pauses + restarts;
+    let mut strikes = vec![Strike::Kill; total];
+    let mut spread = |count: usize, what: Strike, offset: usize| {
+        for i in 0..count {
+            let mut at = ((i * total + offset) / count).min(total - 1);
+            while strikes[at] != Strike::Kill {
+                at = (at + 1) % total;
+            }
+            strikes[at] = what;
+        }
+    };
+    spread(plan.pauses, Strike::Pause, total / 2);
+    spread(restarts, Strike::Restart, 0);
+    strikes
 }
 
 /// A small deterministic generator (xorshift64*), so a soak can be replayed by seed.
@@ -232,7 +280,14 @@ fn spawn(target: &Target, ledgers: &Path, generation: usize) -> WorkerProcess {
         .arg(&ledger)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(match std::env::var_os("ORCH_CHAOS_WORKER_LOGS") {
+            // Each worker's log (`RUST_LOG` picks the level) in this directory.
+            Some(dir) => {
+                let file = Path::new(&dir).join(format!("worker-{generation}.log"));
+                Stdio::from(std::fs::File::create(file).expect("create a worker log"))
+            }
+            None => Stdio::null(),
+        })
         .spawn()
         .expect("start orch-test-worker");
     WorkerProcess { child }
@@ -290,6 +345,13 @@ pub struct Report {
     pub paused_leases_taken_back: usize,
     /// Commands still `running` with their lease expired at the end.
     pub stuck: Vec<String>,
+    /// Server restarts (stop, then start).
+    pub restarts: usize,
+    /// Per restart: from the server accepting connections again to the first success
+    /// recorded after it, in ms.
+    pub resume_ms: Vec<u64>,
+    /// The bound on each of [`Report::resume_ms`]: 10 s.
+    pub resume_bound_ms: u64,
     /// Time from the last fault until every command was terminal, in ms.
     pub drain_ms: u64,
     /// The bound on [`Report::drain_ms`]: lease + 10 s.
@@ -310,6 +372,8 @@ impl Report {
             && self.stuck.is_empty()
             && self.worker_exits.is_empty()
             && self.drain_ms <= self.drain_bound_ms
+            && self.resume_ms.len() == self.restarts
+            && self.resume_ms.iter().all(|&ms| ms <= self.resume_bound_ms)
     }
 
     /// Panics with the report unless it [is clean](Report::is_clean).
@@ -364,6 +428,13 @@ impl fmt::Display for Report {
             "  leases of paused processes taken back {}; their late results rejected {}",
             self.paused_leases_taken_back, self.late_results_rejected
         )?;
+        if self.restarts > 0 {
+            writeln!(
+                f,
+                "  server restarts {}; processing resumed after each (ms, bound {}): {:?}",
+                self.restarts, self.resume_bound_ms, self.resume_ms
+            )?;
+        }
         write!(f, "  drained {} ms after the last fault (bound {} ms)", self.drain_ms, self.drain_bound_ms)
     }
 }
@@ -414,7 +485,15 @@ fn read_ledgers(dir: &Path) -> HashMap<CommandId, Vec<Execution>> {
 
 /// Runs a soak of `plan` against the migrated store at `target` (`store` is the
 /// driver's own handle on it) and checks it.
-pub async fn soak(target: &Target, store: Arc<dyn Store>, plan: Plan) -> Report {
+///
+/// Restarts need `server`, the private server the target's URL names; without one the
+/// plan's restarts are skipped.
+pub async fn soak(
+    target: &Target,
+    store: Arc<dyn Store>,
+    plan: Plan,
+    mut server: Option<&mut crate::server::PrivateServer>,
+) -> Report {
     let clock = SystemClock;
     let started = clock.now();
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -427,21 +506,19 @@ pub async fn soak(target: &Target, store: Arc<dyn Store>, plan: Plan) -> Report 
         })
         .collect();
     let client = Orch::new(Arc::clone(&store));
-    let faults_total = plan.kills + plan.pauses;
+    let restarts = if server.is_some() { plan.restarts } else { 0 };
+    let strikes = schedule(&plan, restarts);
+    let faults_total = strikes.len();
     let connection_rounds = if target.backend == "sqlite" { 0 } else { plan.connection_kills };
     let waves = faults_total.max(connection_rounds).max(1) as u64 + 1;
     let mut pushed: Vec<CommandId> = Vec::with_capacity(plan.commands as usize);
     let mut faults: Vec<Fault> = Vec::new();
-    // Pauses go at evenly spread places among the kills.
-    let pause_every = faults_total.checked_div(plan.pauses).unwrap_or(usize::MAX).max(1);
     let lease = SOAK_TIMEOUT + SOAK_LEASE_BUFFER;
 
     for wave in 0..waves {
         let fault = wave as usize;
-        let pause = fault < faults_total
-            && plan.pauses > 0
-            && (fault + 1).is_multiple_of(pause_every)
-            && faults.iter().filter(|f| matches!(f, Fault::Pause { .. })).count() < plan.pauses;
+        let strike = strikes.get(fault).copied();
+        let pause = strike == Some(Strike::Pause);
         let from = plan.commands * wave / waves;
         let to = plan.commands * (wave + 1) / waves;
         // The work of a wave ahead of a pause is long, so the paused process is surely
@@ -471,6 +548,20 @@ pub async fn soak(target: &Target, store: Arc<dyn Store>, plan: Plan) -> Report 
         // the process surely holds some of the wave.
         let gap = if pause { 20 } else { 20 + rng.below(100) };
         tokio::time::sleep(Duration::from_millis(gap)).await;
+        if let (Some(Strike::Restart), Some(server)) = (strike, server.as_deref_mut()) {
+            // Every other restart is a crash; the server stays down a while either way.
+            let how = if faults.iter().filter(|f| matches!(f, Fault::Restart { .. })).count() % 2 == 0 {
+                crate::server::Stop::Crash
+            } else {
+                crate::server::Stop::Clean
+            };
+            server.stop(how).await.expect("stop the server");
+            let down = clock.now();
+            tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
+            server.start().await.expect("start the server");
+            faults.push(Fault::Restart { down, up: clock.now() });
+            continue;
+        }
         // A pause takes the longest-running process (replacements go to the end), which
         // is surely at work; a kill takes any.
         let victim = if pause { 0 } else { rng.below(workers.len() as u64) as usize };
@@ -517,6 +608,7 @@ pub async fn soak(target: &Target, store: Arc<dyn Store>, plan: Plan) -> Report 
         .map(|f| match *f {
             Fault::Kill { at, .. } | Fault::Connections { at, .. } => at,
             Fault::Pause { to, .. } => to,
+            Fault::Restart { up, .. } => up,
         })
         .max()
         .unwrap_or(started);
@@ -570,6 +662,8 @@ pub async fn soak(target: &Target, store: Arc<dyn Store>, plan: Plan) -> Report 
         worker_exits: exited,
         drain_ms: drained_at.saturating_duration_since(last_fault).as_millis() as u64,
         drain_bound_ms: drain_bound.as_millis() as u64,
+        restarts: faults.iter().filter(|f| matches!(f, Fault::Restart { .. })).count(),
+        resume_bound_ms: 10_000,
         ..Report::default()
     };
     let one_writer = target.backend == "sqlite";
@@ -590,14 +684,14 @@ async fn check(
         .iter()
         .filter_map(|f| match *f {
             Fault::Kill { pid, .. } => Some(pid),
-            Fault::Pause { .. } | Fault::Connections { .. } => None,
+            Fault::Pause { .. } | Fault::Connections { .. } | Fault::Restart { .. } => None,
         })
         .collect();
     let paused: Vec<(u32, Timestamp, Timestamp)> = faults
         .iter()
         .filter_map(|f| match *f {
             Fault::Pause { pid, from, to } => Some((pid, from, to)),
-            Fault::Kill { .. } | Fault::Connections { .. } => None,
+            Fault::Kill { .. } | Fault::Connections { .. } | Fault::Restart { .. } => None,
         })
         .collect();
     // An execution whose result a pause may have held back: it started before the
@@ -615,6 +709,7 @@ async fn check(
     let pid_of = |worker: &str| worker.strip_prefix("chaos-").and_then(|p| p.parse::<u32>().ok());
     let now = SystemClock.now();
     report.executions = runs.values().map(Vec::len).sum();
+    let mut success_times: Vec<Timestamp> = Vec::new();
     report.duplicated = runs.values().filter(|r| r.len() > 1).count();
 
     let states = &mut report.final_states;
@@ -642,6 +737,7 @@ async fn check(
             })
             .count();
         let successes: Vec<_> = journal.iter().filter(|e| e.kind == JournalKind::Succeeded).collect();
+        success_times.extend(successes.iter().map(|e| e.at));
         if successes.len() != 1 {
             report.double_successes.push(id.to_string());
         }
@@ -692,6 +788,17 @@ async fn check(
             }
         }
     }
+    // Processing resumed after a restart once a success was recorded after the server
+    // took connections again (never: the maximum, which breaks the bound).
+    success_times.sort_unstable();
+    for fault in faults {
+        if let Fault::Restart { up, .. } = *fault {
+            let first = success_times.iter().find(|&&t| t >= up);
+            report
+                .resume_ms
+                .push(first.map_or(u64::MAX, |t| t.saturating_duration_since(up).as_millis() as u64));
+        }
+    }
 }
 
 async fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -709,24 +816,50 @@ async fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::E
 
 /// A fresh, migrated store for a soak on `backend` (`postgres`, `mysql`, `sqlite`), and
 /// where its workers find it; `None` (with the reason printed) when the backend's server
-/// URL is not set. A SQLite store lives in `dir`.
-pub async fn fresh_target(backend: &str, binary: &Path, dir: &Path) -> Option<(Target, Arc<dyn Store>)> {
+/// URL is not set. A SQLite store lives in `dir`; with `server`, the store lives on that
+/// private server instead of the shared one.
+pub async fn fresh_target(
+    backend: &str,
+    binary: &Path,
+    dir: &Path,
+    server: Option<&crate::server::PrivateServer>,
+) -> Option<(Target, Arc<dyn Store>)> {
     use crate::harness::ServerHarness;
-    let (url, prefix, store): (String, String, Arc<dyn Store>) = match backend {
-        "sqlite" => {
-            let path = dir.join("chaos.db");
-            let store =
-                orch_sqlite::SqliteStore::builder(&path).prefix("chaos_").open().expect("open SQLite");
-            (format!("sqlite://{}", path.display()), "chaos_".to_owned(), Arc::new(store))
+    let (url, prefix, store): (String, String, Arc<dyn Store>) = match (backend, server) {
+        ("postgres", Some(server)) => {
+            let store = orch_diesel_pg::PgStore::builder(server.url())
+                .prefix("chaos_")
+                .max_connections(4)
+                .connect()
+                .await
+                .expect("connect to the private server");
+            (server.url(), "chaos_".to_owned(), Arc::new(store))
         }
-        "postgres" | "mysql" => {
-            let harness =
-                if backend == "postgres" { ServerHarness::postgres()? } else { ServerHarness::mysql()? };
-            let prefix = ServerHarness::fresh_prefix();
-            let store = harness.open(&prefix, 4).await.expect("connect");
-            (harness.url().to_owned(), prefix, store)
+        ("mysql", Some(server)) => {
+            let store = orch_diesel_mysql::MysqlStore::builder(server.url())
+                .prefix("chaos_")
+                .max_connections(4)
+                .connect()
+                .await
+                .expect("connect to the private server");
+            (server.url(), "chaos_".to_owned(), Arc::new(store))
         }
-        other => panic!("unknown backend {other}"),
+        (backend, _) => match backend {
+            "sqlite" => {
+                let path = dir.join("chaos.db");
+                let store =
+                    orch_sqlite::SqliteStore::builder(&path).prefix("chaos_").open().expect("open SQLite");
+                (format!("sqlite://{}", path.display()), "chaos_".to_owned(), Arc::new(store))
+            }
+            "postgres" | "mysql" => {
+                let harness =
+                    if backend == "postgres" { ServerHarness::postgres()? } else { ServerHarness::mysql()? };
+                let prefix = ServerHarness::fresh_prefix();
+                let store = harness.open(&prefix, 4).await.expect("connect");
+                (harness.url().to_owned(), prefix, store)
+            }
+            other => panic!("unknown backend {other}"),
+        },
     };
     store.migrate().await.expect("migrate");
     let target = Target { binary: binary.to_owned(), backend: backend.to_owned(), url, prefix };

@@ -29,6 +29,7 @@ pub mod harness;
 pub mod multiprocess;
 pub mod privilege;
 pub mod property;
+pub mod server;
 pub mod support;
 pub mod wake;
 

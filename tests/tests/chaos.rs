@@ -11,10 +11,10 @@ const BINARY: &str = env!("CARGO_BIN_EXE_orch-test-worker");
 
 async fn short_soak(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let Some((target, store)) = chaos::fresh_target(backend, BINARY.as_ref(), dir.path()).await else {
+    let Some((target, store)) = chaos::fresh_target(backend, BINARY.as_ref(), dir.path(), None).await else {
         return;
     };
-    let report = chaos::soak(&target, store, Plan::short(chaos::seed())).await;
+    let report = chaos::soak(&target, store, Plan::short(chaos::seed()), None).await;
     eprintln!("{report}");
     report.assert_clean();
     assert!(report.kills >= 10 && report.pauses >= 1, "the faults happened: {report}");

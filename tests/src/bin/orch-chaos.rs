@@ -3,8 +3,9 @@
 //! report per backend. Exits non-zero when any rule broke.
 //!
 //! `orch-chaos [--backend pg|mysql|sqlite|all] [--commands N] [--kills K] [--pauses P]
-//! [--connection-kills C] [--workers W] [--seed S]`; PostgreSQL and MariaDB run when `ORCH_PG_URL` /
-//! `ORCH_MYSQL_URL` are set. Reports are also written as JSON under `target/chaos/`.
+//! [--connection-kills C] [--restarts R] [--workers W] [--seed S]`; PostgreSQL and MariaDB
+//! run when `ORCH_PG_URL` / `ORCH_MYSQL_URL` are set, on a private server of the
+//! machine's own binaries when `--restarts` is above 0 (10 by default). Reports are also written as JSON under `target/chaos/`.
 
 use std::process::ExitCode;
 
@@ -22,8 +23,16 @@ fn value<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>,
 }
 
 async fn run(args: &[String]) -> Result<bool, String> {
-    let known =
-        ["--backend", "--commands", "--kills", "--pauses", "--connection-kills", "--workers", "--seed"];
+    let known = [
+        "--backend",
+        "--commands",
+        "--kills",
+        "--pauses",
+        "--connection-kills",
+        "--restarts",
+        "--workers",
+        "--seed",
+    ];
     if let Some(unknown) = args.iter().step_by(2).find(|a| !known.contains(&a.as_str())) {
         return Err(format!("unknown argument {unknown}; expected one of {known:?}"));
     }
@@ -33,6 +42,7 @@ async fn run(args: &[String]) -> Result<bool, String> {
     plan.pauses = value(args, "--pauses")?.unwrap_or(plan.pauses);
     plan.connection_kills = value(args, "--connection-kills")?.unwrap_or(plan.connection_kills);
     plan.workers = value(args, "--workers")?.unwrap_or(plan.workers);
+    plan.restarts = value(args, "--restarts")?.unwrap_or(plan.restarts);
     if plan.workers == 0 || plan.commands == 0 {
         return Err("--workers and --commands must be at least 1".into());
     }
@@ -55,12 +65,18 @@ async fn run(args: &[String]) -> Result<bool, String> {
     let mut clean = true;
     for backend in backends {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let Some((target, store)) = chaos::fresh_target(backend, &binary, dir.path()).await else {
+        let mut server = None;
+        if backend != "sqlite" && plan.restarts > 0 && configured(backend) {
+            let started = orch_tests::server::PrivateServer::start_new(backend).await;
+            server = Some(started.map_err(|e| format!("a private {backend} server for the restarts: {e}"))?);
+        }
+        let Some((target, store)) = chaos::fresh_target(backend, &binary, dir.path(), server.as_ref()).await
+        else {
             println!("== {backend}: skipped (no server URL)");
             continue;
         };
         println!("== {backend}: {plan:?}");
-        let report = chaos::soak(&target, store, plan).await;
+        let report = chaos::soak(&target, store, plan, server.as_mut()).await;
         println!("{report}");
         let file = out.join(format!("{backend}-{}.json", plan.seed));
         let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
@@ -68,6 +84,12 @@ async fn run(args: &[String]) -> Result<bool, String> {
         clean &= report.is_clean();
     }
     Ok(clean)
+}
+
+/// Whether the backend's URL is set (the private server stands in for it).
+fn configured(backend: &str) -> bool {
+    let var = if backend == "postgres" { "ORCH_PG_URL" } else { "ORCH_MYSQL_URL" };
+    std::env::var(var).is_ok_and(|v| !v.is_empty())
 }
 
 #[tokio::main]

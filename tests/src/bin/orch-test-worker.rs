@@ -21,6 +21,33 @@ fn arg(args: &[String], name: &str) -> Result<String, String> {
         .ok_or_else(|| format!("missing {name}"))
 }
 
+async fn open(backend: &str, url: &str, prefix: &str) -> Result<Arc<dyn Store>, String> {
+    Ok(match backend {
+        "postgres" => Arc::new(
+            orch_diesel_pg::PgStore::builder(url.to_owned())
+                .prefix(prefix.to_owned())
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        "mysql" => Arc::new(
+            orch_diesel_mysql::MysqlStore::builder(url.to_owned())
+                .prefix(prefix.to_owned())
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        "sqlite" => Arc::new(
+            orch_sqlite::SqliteStore::from_url(url)
+                .map_err(|e| e.to_string())?
+                .prefix(prefix.to_owned())
+                .open()
+                .map_err(|e| e.to_string())?,
+        ),
+        other => return Err(format!("unknown backend {other}")),
+    })
+}
+
 #[tokio::main]
 async fn main() -> Result<(), String> {
     tracing_subscriber::fmt()
@@ -31,29 +58,18 @@ async fn main() -> Result<(), String> {
     let (backend, url, prefix) = (arg(&args, "--backend")?, arg(&args, "--url")?, arg(&args, "--prefix")?);
     let instance = arg(&args, "--instance")?;
     let mode = arg(&args, "--mode").unwrap_or_default();
-    let store: Arc<dyn Store> = match backend.as_str() {
-        "postgres" => Arc::new(
-            orch_diesel_pg::PgStore::builder(url)
-                .prefix(prefix)
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?,
-        ),
-        "mysql" => Arc::new(
-            orch_diesel_mysql::MysqlStore::builder(url)
-                .prefix(prefix)
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?,
-        ),
-        "sqlite" => Arc::new(
-            orch_sqlite::SqliteStore::from_url(&url)
-                .map_err(|e| e.to_string())?
-                .prefix(prefix)
-                .open()
-                .map_err(|e| e.to_string())?,
-        ),
-        other => return Err(format!("unknown backend {other}")),
+    // A process started while its database is down (restarted by a fault test) keeps
+    // trying for a minute, as a supervisor restarting it would.
+    let give_up = orch::Clock::now(&orch::SystemClock) + Duration::from_secs(60);
+    let store = loop {
+        match open(&backend, &url, &prefix).await {
+            Ok(store) => break store,
+            Err(e) if orch::Clock::now(&orch::SystemClock) < give_up => {
+                tracing::warn!(error = %e, "cannot open the store yet; will retry");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
     };
     let (registry, config) = if mode == "crash" {
         (orch_tests::crash::registry(), orch_tests::crash::config(&instance))
