@@ -844,6 +844,10 @@ impl Store for MysqlStore {
         self.read(&(), |c, t, ()| Box::pin(workers::list(c, t))).await
     }
 
+    async fn server_time(&self) -> Result<Option<Timestamp>> {
+        self.read(&(), |c, _, ()| Box::pin(workers::server_time(c))).await.map(Some)
+    }
+
     async fn prune_workers(&self, before: Timestamp) -> Result<u64> {
         self.write("prune_workers", &before, |c, t, &before| Box::pin(workers::prune(c, t, before))).await
     }

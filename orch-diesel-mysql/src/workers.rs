@@ -113,3 +113,19 @@ pub(crate) async fn prune(
         .await?;
     Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
 }
+
+#[derive(QueryableByName)]
+struct Now {
+    #[diesel(sql_type = BigInt)]
+    micros: i64,
+}
+
+/// The server's clock now, in UTC whatever the session's time zone.
+pub(crate) async fn server_time(conn: &mut AsyncMysqlConnection) -> TxResult<Timestamp> {
+    let now: Now = diesel::sql_query(
+        "SELECT CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) AS SIGNED) AS micros",
+    )
+    .get_result(conn)
+    .await?;
+    Ok(Timestamp::from_micros(now.micros))
+}

@@ -760,6 +760,11 @@ impl Store for PgStore {
         Ok(workers::list(&mut conn, &self.inner.tables).await?)
     }
 
+    async fn server_time(&self) -> Result<Option<Timestamp>> {
+        let mut conn = self.conn().await?;
+        Ok(Some(workers::server_time(&mut conn).await?))
+    }
+
     async fn prune_workers(&self, before: Timestamp) -> Result<u64> {
         let mut conn = self.conn().await?;
         Ok(workers::prune(&mut conn, &self.inner.tables, before).await?)

@@ -109,3 +109,18 @@ pub(crate) async fn prune(conn: &mut AsyncPgConnection, tables: &Tables, before:
         .await?;
     Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
 }
+
+#[derive(QueryableByName)]
+struct Now {
+    #[diesel(sql_type = BigInt)]
+    micros: i64,
+}
+
+/// The server's clock now (`clock_timestamp()`, not the transaction's start).
+pub(crate) async fn server_time(conn: &mut AsyncPgConnection) -> TxResult<Timestamp> {
+    let now: Now =
+        diesel::sql_query("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS micros")
+            .get_result(conn)
+            .await?;
+    Ok(Timestamp::from_micros(now.micros))
+}

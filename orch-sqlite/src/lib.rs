@@ -487,6 +487,10 @@ impl Store for SqliteStore {
         self.with_conn(workers::list).await
     }
 
+    async fn server_time(&self) -> Result<Option<Timestamp>> {
+        self.with_conn(|conn, _| workers::server_time(conn)).await.map(Some)
+    }
+
     async fn prune_workers(&self, before: Timestamp) -> Result<u64> {
         self.write(move |conn, tables| workers::prune(conn, tables, before)).await
     }

@@ -91,3 +91,19 @@ pub(crate) fn list(conn: &mut SqliteConnection, tables: &Tables) -> TxResult<Vec
         })
         .collect()
 }
+
+#[derive(QueryableByName)]
+struct Now {
+    #[diesel(sql_type = BigInt)]
+    micros: i64,
+}
+
+/// The time by the database's reckoning (SQLite reads the operating system's clock,
+/// to the millisecond).
+pub(crate) fn server_time(conn: &mut SqliteConnection) -> TxResult<Timestamp> {
+    let now: Now = diesel::sql_query(
+        "SELECT CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER) * 1000 AS micros",
+    )
+    .get_result(conn)?;
+    Ok(Timestamp::from_micros(now.micros))
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::clock::Timestamp;
-use crate::clock::{SharedClock, SystemClock};
+use crate::clock::{SharedClock, SyncedClock, SystemClock};
 use crate::command::{Command, NewCommand};
 use crate::error::{Error, Failure, FailureKind, Result};
 use crate::saga::{SagaData, SagaEvent, SagaInstance, decode_instance, event_for};
@@ -63,6 +63,37 @@ impl Status {
     }
 }
 
+/// How often a client measures its clock against the database's by default.
+pub const DEFAULT_CLOCK_SYNC: Duration = Duration::from_secs(60);
+
+/// Keeps a client's clock in step with its database's.
+#[derive(Debug)]
+struct ClockSync {
+    clock: Arc<SyncedClock>,
+    every: Duration,
+    /// When the offset was last measured, by the uncorrected clock (micros);
+    /// `i64::MIN` before the first measurement.
+    measured_at: std::sync::atomic::AtomicI64,
+    /// One measurement at a time.
+    measuring: tokio::sync::Mutex<()>,
+}
+
+impl ClockSync {
+    fn new(inner: SharedClock, every: Duration) -> Arc<Self> {
+        Arc::new(ClockSync {
+            clock: Arc::new(SyncedClock::new(inner)),
+            every,
+            measured_at: std::sync::atomic::AtomicI64::new(i64::MIN),
+            measuring: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn due(&self) -> bool {
+        let last = self.measured_at.load(std::sync::atomic::Ordering::Relaxed);
+        last == i64::MIN || self.clock.inner().now() >= Timestamp::from_micros(last) + self.every
+    }
+}
+
 /// Wakes local tasks when commands are pushed or finished in this process.
 #[derive(Debug, Default)]
 pub(crate) struct Signals {
@@ -89,6 +120,7 @@ pub struct Orch {
     signals: Arc<Signals>,
     wait_poll: Duration,
     max_input_bytes: Option<usize>,
+    sync: Option<Arc<ClockSync>>,
 }
 
 impl std::fmt::Debug for Orch {
@@ -98,21 +130,114 @@ impl std::fmt::Debug for Orch {
 }
 
 impl Orch {
-    /// A client over `store`, with the system clock.
+    /// A client over `store`, with the system clock kept in step with the database's
+    /// (see [`Orch::sync_clock`]).
     pub fn new(store: Arc<dyn Store>) -> Self {
+        let sync = ClockSync::new(Arc::new(SystemClock), DEFAULT_CLOCK_SYNC);
         Orch {
             store,
-            clock: Arc::new(SystemClock),
+            clock: Arc::clone(&sync.clock) as SharedClock,
+            sync: Some(sync),
             signals: Arc::default(),
             wait_poll: Duration::from_millis(100),
             max_input_bytes: Some(crate::command::DEFAULT_MAX_INPUT_BYTES),
         }
     }
 
-    /// Uses `clock` for every time this client and its workers read.
+    /// Uses `clock` for every time this client and its workers read, as it is: a
+    /// clock given here (a [`crate::ManualClock`] in tests, say) is not corrected to the
+    /// database's unless [`Orch::sync_clock_every`] is called after this.
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
+        self.sync = None;
         self
+    }
+
+    /// Keeps this client's clock in step with the database's, measuring the offset
+    /// between them at first use and then `every` (default
+    /// [`DEFAULT_CLOCK_SYNC`], on for [`Orch::new`]); `None` turns it off.
+    ///
+    /// Every time `orch` writes or compares (due times, lease ends, backoff) comes
+    /// from the client's clock; with the correction, processes whose own clocks
+    /// disagree still agree on them to within a few milliseconds (half a round trip
+    /// to the database), so no live lease is taken back early and no delayed command
+    /// runs early by the database's reckoning. Without it, a process whose clock runs
+    /// ahead by more than [`crate::WorkerConfig::lease_buffer`] takes live leases back.
+    pub fn sync_clock_every(mut self, every: Option<Duration>) -> Self {
+        let inner = match &self.sync {
+            Some(sync) => Arc::clone(sync.clock.inner()),
+            None => Arc::clone(&self.clock),
+        };
+        match every {
+            Some(every) => {
+                let sync = ClockSync::new(inner, every);
+                self.clock = Arc::clone(&sync.clock) as SharedClock;
+                self.sync = Some(sync);
+            }
+            None => {
+                self.clock = inner;
+                self.sync = None;
+            }
+        }
+        self
+    }
+
+    /// Measures the offset between this client's clock and the database's now and
+    /// corrects the clock by it; returns the correction in microseconds (positive:
+    /// the database is ahead). `None` when the clock is not kept in step (see
+    /// [`Orch::sync_clock_every`]) or the store has no clock of its own.
+    ///
+    /// The database's time is read halfway through a round trip; a new measurement
+    /// replaces the correction only when it moved by more than half that round trip
+    /// (at least 1 ms), so the clock does not jitter.
+    pub async fn sync_clock(&self) -> Result<Option<i64>> {
+        let Some(sync) = &self.sync else { return Ok(None) };
+        let _one = sync.measuring.lock().await;
+        let inner = sync.clock.inner();
+        let before = inner.now();
+        let server = self.store.server_time().await?;
+        let after = inner.now();
+        let Some(server) = server else { return Ok(None) };
+        let round_trip = after.as_micros().saturating_sub(before.as_micros()).max(0);
+        let midpoint = before.as_micros().saturating_add(round_trip / 2);
+        let offset = server.as_micros().saturating_sub(midpoint);
+        let current = sync.clock.offset_micros();
+        let first = sync.measured_at.load(std::sync::atomic::Ordering::Relaxed) == i64::MIN;
+        if first || offset.abs_diff(current) > (round_trip / 2).max(1_000) as u64 {
+            sync.clock.set_offset(offset);
+            if offset.abs() >= 1_000_000 {
+                tracing::warn!(
+                    offset_ms = offset / 1_000,
+                    round_trip_us = round_trip,
+                    "this process's clock is off the database's; correcting by the offset"
+                );
+            } else {
+                tracing::debug!(
+                    offset_us = offset,
+                    round_trip_us = round_trip,
+                    "clock offset to the database measured"
+                );
+            }
+        }
+        sync.measured_at.store(after.as_micros(), std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(sync.clock.offset_micros()))
+    }
+
+    /// Measures the clock offset again when it is due; a failure is logged and the
+    /// last correction kept.
+    pub(crate) async fn keep_clock_synced(&self) {
+        if self.sync.as_ref().is_some_and(|s| s.due())
+            && let Err(e) = self.sync_clock().await
+        {
+            tracing::warn!(error = %e, "measuring the clock offset to the database failed; keeping the last one");
+        }
+    }
+
+    /// The time now by this client's clock, measured against the database's first
+    /// when that is due.
+    async fn now(&self) -> Timestamp {
+        self.keep_clock_synced().await;
+        self.clock.now()
     }
 
     /// How often [`Orch::wait`] reads the store when no local signal arrives
@@ -167,7 +292,7 @@ impl Orch {
 
     /// Pushes many commands in one round trip, all or none. Ids are returned in order.
     pub async fn push_many(&self, commands: Vec<NewCommand>) -> Result<Vec<CommandId>> {
-        let now = self.clock.now();
+        let now = self.now().await;
         let rows = commands.into_iter().map(|c| c.into_insert(now, None)).collect::<Result<Vec<_>>>()?;
         self.insert(rows).await
     }
@@ -178,7 +303,7 @@ impl Orch {
         parent: CommandId,
         correlation_id: &str,
     ) -> Result<CommandId> {
-        let row = command.into_insert(self.clock.now(), Some((parent, correlation_id)))?;
+        let row = command.into_insert(self.now().await, Some((parent, correlation_id)))?;
         Ok(self.insert(vec![row]).await?[0])
     }
 
@@ -222,7 +347,7 @@ impl Orch {
     /// Cancels a command: at once when blocked or pending; when running, its worker's
     /// cancellation token fires at the next heartbeat and the command ends cancelled.
     pub async fn cancel(&self, id: CommandId) -> Result<CancelStatus> {
-        let status = self.store.cancel(id, self.clock.now()).await?;
+        let status = self.store.cancel(id, self.now().await).await?;
         tracing::debug!(%id, ?status, "cancel");
         if status == CancelStatus::Cancelled {
             self.signals.finished.notify_waiters();
@@ -232,7 +357,7 @@ impl Orch {
 
     /// Runs a failed or cancelled command again (see [`Store::retry`]).
     pub async fn retry(&self, id: CommandId) -> Result<RetryStatus> {
-        let status = self.store.retry(id, self.clock.now()).await?;
+        let status = self.store.retry(id, self.now().await).await?;
         tracing::info!(%id, ?status, "retry requested");
         if status == RetryStatus::Retried {
             self.signals.pushed.notify_waiters();
@@ -282,7 +407,7 @@ impl Orch {
     /// # Ok(()) }
     /// ```
     pub async fn start_workflow(&self, workflow: Workflow) -> Result<WorkflowId> {
-        let now = self.clock.now();
+        let now = self.now().await;
         let id = WorkflowId::generate(now);
         let rows = workflow.into_rows(id, now)?;
         let steps = rows.len();

@@ -175,6 +175,50 @@ impl Clock for OffsetClock {
     }
 }
 
+/// A clock corrected by an offset that is measured, not fixed: the time of `inner`
+/// plus whatever [`SyncedClock::set_offset`] last set.
+///
+/// [`crate::Orch`] keeps one in step with the database's clock (see
+/// [`crate::Orch::sync_clock`]), so that processes whose own clocks disagree still
+/// agree on due times and lease ends.
+#[derive(Debug)]
+pub struct SyncedClock {
+    inner: SharedClock,
+    offset_micros: std::sync::atomic::AtomicI64,
+}
+
+impl SyncedClock {
+    /// `inner`, not yet corrected.
+    pub fn new(inner: SharedClock) -> Self {
+        SyncedClock { inner, offset_micros: std::sync::atomic::AtomicI64::new(0) }
+    }
+
+    /// The uncorrected clock.
+    pub fn inner(&self) -> &SharedClock {
+        &self.inner
+    }
+
+    /// The correction in microseconds (positive: this clock is ahead of `inner`).
+    pub fn offset_micros(&self) -> i64 {
+        self.offset_micros.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the correction in microseconds.
+    pub fn set_offset(&self, micros: i64) {
+        self.offset_micros.store(micros, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Clock for SyncedClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.inner.now().0.saturating_add(self.offset_micros()))
+    }
+
+    fn sleep_until(&self, deadline: Timestamp) -> Sleep {
+        self.inner.sleep_until(Timestamp(deadline.0.saturating_sub(self.offset_micros())))
+    }
+}
+
 /// A clock whose time moves only through [`ManualClock::advance`] and [`ManualClock::set`].
 ///
 /// Sleepers wake when the time is moved past their deadline, so a test drives
@@ -291,6 +335,17 @@ mod tests {
         clock.advance(Duration::from_millis(1));
         tokio::time::timeout(Duration::from_secs(5), handle).await.unwrap().unwrap();
         assert_eq!(clock.sleepers(), 0);
+    }
+
+    #[test]
+    fn synced_clock_follows_its_offset() {
+        let base = ManualClock::new(Timestamp::from_millis(10_000));
+        let synced = SyncedClock::new(Arc::new(base.clone()));
+        assert_eq!(synced.now(), Timestamp::from_millis(10_000));
+        synced.set_offset(-2_500_000);
+        assert_eq!(synced.now(), Timestamp::from_millis(7_500));
+        base.advance(Duration::from_secs(1));
+        assert_eq!(synced.now(), Timestamp::from_millis(8_500));
     }
 
     #[test]

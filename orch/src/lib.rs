@@ -51,8 +51,8 @@ pub mod store;
 mod worker;
 pub mod workflow;
 
-pub use client::{Orch, Status};
-pub use clock::{Clock, ManualClock, OffsetClock, SharedClock, Sleep, SystemClock, Timestamp};
+pub use client::{DEFAULT_CLOCK_SYNC, Orch, Status};
+pub use clock::{Clock, ManualClock, OffsetClock, SharedClock, Sleep, SyncedClock, SystemClock, Timestamp};
 pub use command::{
     Command, DEFAULT_MAX_INPUT_BYTES, DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, NewCommand,
     default_name,

@@ -1116,6 +1116,13 @@ pub trait Store: Send + Sync + 'static {
     /// that died long ago), returning how many.
     async fn prune_workers(&self, before: Timestamp) -> Result<u64>;
 
+    /// The database's own clock, read now: what every process's clock is corrected to
+    /// (see [`crate::Orch::sync_clock`]). `None` (the default) for a store with no
+    /// clock of its own, whose users then keep their own clocks.
+    async fn server_time(&self) -> Result<Option<Timestamp>> {
+        Ok(None)
+    }
+
     /// A signal that fires when commands may have become due, so an idle worker looks
     /// again before its poll interval is over. A backend with a cross-process channel
     /// (PostgreSQL's `LISTEN`/`NOTIFY`) fires it for pushes from any process; others

@@ -319,6 +319,9 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         concurrency = config.concurrency,
         "worker started"
     );
+    // Times this worker writes and compares follow the database's clock (when the
+    // client keeps its clock in step, as `Orch::new` does).
+    shared.orch.keep_clock_synced().await;
     if let Err(e) = shared.orch.store().record_worker(shared.record()).await {
         tracing::warn!(error = %e, "recording the worker failed; its heartbeat will retry");
     }
@@ -807,6 +810,7 @@ async fn maintainer(shared: Arc<Shared>, stop: CancellationToken) {
     let mut next_rescue = clock.now();
     let mut ticks: u64 = 0;
     loop {
+        shared.orch.keep_clock_synced().await;
         let now = clock.now();
         if now >= next_rescue {
             // The worker's row is refreshed each rescue tick (the first records it again

@@ -255,12 +255,12 @@ impl Rng {
 }
 
 /// A running worker process; killed if the soak ends early.
-struct WorkerProcess {
-    child: Child,
+pub(crate) struct WorkerProcess {
+    pub(crate) child: Child,
 }
 
 impl WorkerProcess {
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -273,8 +273,19 @@ impl Drop for WorkerProcess {
 }
 
 fn spawn(target: &Target, ledgers: &Path, generation: usize) -> WorkerProcess {
+    spawn_with(target, ledgers, generation, &[])
+}
+
+/// A soak worker process with extra arguments (`orch-test-worker`'s options).
+pub(crate) fn spawn_with(
+    target: &Target,
+    ledgers: &Path,
+    generation: usize,
+    extra: &[String],
+) -> WorkerProcess {
     let ledger = ledgers.join(format!("ledger-{generation}.txt"));
     let child = Process::new(&target.binary)
+        .args(extra)
         .args(["--mode", "chaos", "--backend", &target.backend, "--url", &target.url])
         .args(["--prefix", &target.prefix, "--instance", orch::DEFAULT_TARGET, "--ledger"])
         .arg(&ledger)
@@ -441,14 +452,14 @@ impl fmt::Display for Report {
 
 /// One execution from a ledger.
 #[derive(Debug, Clone, Copy)]
-struct Execution {
-    attempt: u32,
-    pid: u32,
-    start: Timestamp,
-    end: Option<Timestamp>,
+pub(crate) struct Execution {
+    pub(crate) attempt: u32,
+    pub(crate) pid: u32,
+    pub(crate) start: Timestamp,
+    pub(crate) end: Option<Timestamp>,
 }
 
-fn read_ledgers(dir: &Path) -> HashMap<CommandId, Vec<Execution>> {
+pub(crate) fn read_ledgers(dir: &Path) -> HashMap<CommandId, Vec<Execution>> {
     let mut runs: HashMap<CommandId, Vec<Execution>> = HashMap::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("read the ledger directory")
@@ -801,7 +812,7 @@ async fn check(
     }
 }
 
-async fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+pub(crate) async fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().expect("wait for worker") {

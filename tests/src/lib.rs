@@ -30,6 +30,7 @@ pub mod multiprocess;
 pub mod privilege;
 pub mod property;
 pub mod server;
+pub mod skew;
 pub mod support;
 pub mod wake;
 

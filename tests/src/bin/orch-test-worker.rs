@@ -5,7 +5,9 @@
 //!
 //! With `--mode crash` it runs the crash test's workflow and saga commands instead
 //! (`--ledger` is then not needed); with `--mode chaos` the fault soak's commands, each
-//! execution's start and end in the ledger (`orch_tests::chaos`).
+//! execution's start and end in the ledger (`orch_tests::chaos`). `--clock-offset-ms N`
+//! runs the process's clock N ms ahead (negative: behind), corrected to the database's
+//! unless `--no-clock-sync` is given.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,7 +91,24 @@ async fn main() -> Result<(), String> {
         };
         (registry(ledger), config)
     };
-    let worker = Worker::new(Orch::new(store), registry, config).map_err(|e| e.to_string())?.start();
+    // `--clock-offset-ms N`: this process's clock runs N ms ahead (negative: behind),
+    // still corrected to the database's; `--no-clock-sync` turns the correction off.
+    let mut orch = Orch::new(store);
+    if let Ok(offset) = arg(&args, "--clock-offset-ms") {
+        let offset: i64 = offset.parse().map_err(|e| format!("--clock-offset-ms: {e}"))?;
+        let shift = Duration::from_millis(offset.unsigned_abs());
+        let system: orch::SharedClock = Arc::new(orch::SystemClock);
+        let clock = if offset >= 0 {
+            orch::OffsetClock::ahead(system, shift)
+        } else {
+            orch::OffsetClock::behind(system, shift)
+        };
+        orch = orch.with_clock(Arc::new(clock)).sync_clock_every(Some(orch::DEFAULT_CLOCK_SYNC));
+    }
+    if args.iter().any(|a| a == "--no-clock-sync") {
+        orch = orch.sync_clock_every(None);
+    }
+    let worker = Worker::new(orch, registry, config).map_err(|e| e.to_string())?.start();
     // Standard input closing (the test dropping its end) is the signal to stop.
     tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink()))
         .await
