@@ -7,8 +7,9 @@
 //!   skipped (a server backend runs when `ORCH_PG_URL` / `ORCH_MYSQL_URL` is set).
 //! - `bench [--backend …] [--commands N]`: the release-mode benchmark, figures printed
 //!   and written as JSON under `target/bench/`.
-//! - `chaos [--backend …] [--commands N] [--kills K]`: the fault soak's long profile,
-//!   worker processes killed and paused under load, then checked.
+//! - `chaos [--backend …] [--commands N] [--kills K] [--restarts R]`: the fault soak's
+//!   long profile, worker processes killed and paused and servers restarted under load,
+//!   then checked.
 //! - `demo [--url …]`: fills a store with demo work and keeps workers running, to
 //!   watch with `orch-tui`.
 
@@ -59,7 +60,9 @@ fn print_help() {
             "chaos [--backend B] [--commands N] [--kills K] [--pauses P]",
             "fault soak: worker processes killed (SIGKILL) and",
         ),
-        ("", "paused (SIGSTOP) under load, then checked; JSON in target/chaos/"),
+        ("", "paused (SIGSTOP), connections killed and servers restarted"),
+        ("", "(--connection-kills C --restarts R) under load, then checked;"),
+        ("", "JSON in target/chaos/"),
         ("help", "this text"),
     ];
     println!("cargo xtask <command>\n\ncommands:");
