@@ -100,6 +100,28 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A sealed input or output does not open: it was altered, moved from another row
+    /// or field, or sealed with a key the keyring no longer holds. Reported by the
+    /// encrypting store (feature `encryption`) when it reads a command.
+    #[error("command {id}: sealed payload does not open: {reason}")]
+    Decrypt {
+        /// The command read.
+        id: CommandId,
+        /// Which field, and why it does not open.
+        reason: String,
+    },
+
+    /// An input or output could not be sealed (the system's random number generator
+    /// failed). Reported by the encrypting store (feature `encryption`); nothing was
+    /// stored.
+    #[error("command {id}: could not seal payload: {reason}")]
+    Encrypt {
+        /// The command written.
+        id: CommandId,
+        /// Why.
+        reason: String,
+    },
+
     /// A stored row holds a value this version of `orch` does not understand.
     #[error("corrupt row: {0}")]
     Corrupt(String),

@@ -43,6 +43,8 @@
 mod client;
 mod clock;
 mod command;
+#[cfg(feature = "encryption")]
+pub mod encryption;
 mod error;
 mod handler;
 mod retry;

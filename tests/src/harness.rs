@@ -827,3 +827,74 @@ mod admin {
         }
     }
 }
+
+/// The stores of another harness, each wrapped in an [`orch::encryption::EncryptedStore`],
+/// so the whole conformance suite runs with sealed inputs and outputs. The plain SQL of
+/// [`Harness::sql_execute`] and [`Harness::sql_state_counts`] reaches the wrapped
+/// store's tables as it is: values written by hand there are plaintext, which the
+/// wrapper passes through as it does for rows from before encryption.
+#[derive(Debug)]
+pub struct EncryptedHarness<H> {
+    inner: H,
+    keyring: orch::encryption::Keyring,
+}
+
+impl<H: Harness> EncryptedHarness<H> {
+    /// The key id of the random key [`EncryptedHarness::new`] seals with.
+    pub const KEY_ID: &'static str = "test-key";
+
+    /// `inner`'s stores, sealed with a key made for this harness.
+    pub fn new(inner: H) -> Self {
+        let key = orch::encryption::Keyring::generate_key().expect("a random key");
+        let keyring = orch::encryption::Keyring::new(Self::KEY_ID, &key).expect("a valid keyring");
+        Self::with_keyring(inner, keyring)
+    }
+
+    /// `inner`'s stores, sealed with `keyring`.
+    pub fn with_keyring(inner: H, keyring: orch::encryption::Keyring) -> Self {
+        EncryptedHarness { inner, keyring }
+    }
+
+    /// The wrapped harness.
+    pub fn inner(&self) -> &H {
+        &self.inner
+    }
+
+    /// The keys the stores seal and open with.
+    pub fn keyring(&self) -> &orch::encryption::Keyring {
+        &self.keyring
+    }
+
+    /// `store` wrapped with this harness's keys.
+    pub fn wrap(&self, store: Arc<dyn Store>) -> Arc<dyn Store> {
+        Arc::new(orch::encryption::EncryptedStore::new(store, self.keyring.clone()))
+    }
+}
+
+#[async_trait]
+impl<H: Harness> Harness for EncryptedHarness<H> {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn store(&self) -> Arc<dyn Store> {
+        self.wrap(self.inner.store().await)
+    }
+
+    async fn store_with_prefix(&self, prefix: &str) -> Result<Arc<dyn Store>, Error> {
+        Ok(self.wrap(self.inner.store_with_prefix(prefix).await?))
+    }
+
+    async fn located_store(&self) -> (Arc<dyn Store>, StoreLocation) {
+        let (store, location) = self.inner.located_store().await;
+        (self.wrap(store), location)
+    }
+
+    async fn sql_state_counts(&self, location: &StoreLocation) -> BTreeMap<String, i64> {
+        self.inner.sql_state_counts(location).await
+    }
+
+    async fn sql_execute(&self, location: &StoreLocation, sql: &str) -> Result<(), String> {
+        self.inner.sql_execute(location, sql).await
+    }
+}

@@ -25,6 +25,7 @@ pub mod conformance_monitor;
 pub mod conformance_sagas;
 pub mod conformance_workflows;
 pub mod crash;
+pub mod encryption;
 pub mod harness;
 pub mod multiprocess;
 pub mod privilege;
