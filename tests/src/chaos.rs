@@ -393,12 +393,14 @@ impl Report {
     }
 }
 
+/// How many items a report lists, with the first few as examples.
+pub(crate) fn few(v: &[String]) -> String {
+    let shown: Vec<&str> = v.iter().take(5).map(String::as_str).collect();
+    if v.is_empty() { "0".to_owned() } else { format!("{} (e.g. {})", v.len(), shown.join(", ")) }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let few = |v: &Vec<String>| {
-            let shown: Vec<&str> = v.iter().take(5).map(String::as_str).collect();
-            if v.is_empty() { "0".to_owned() } else { format!("{} (e.g. {})", v.len(), shown.join(", ")) }
-        };
         writeln!(
             f,
             "{}: seed {}, {} commands, {} processes, {} kills, {} pauses, {} connections killed, {:.1} s",

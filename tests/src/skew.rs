@@ -14,7 +14,7 @@ use orch::store::JournalKind;
 use orch::{Clock, CommandId, NewCommand, Orch, State, Store, SystemClock};
 use serde::Serialize;
 
-use crate::chaos::{SoakCommand, Target, read_ledgers, spawn_with, wait_exit};
+use crate::chaos::{SoakCommand, Target, few, read_ledgers, spawn_with, wait_exit};
 
 /// How far the two processes' clocks are off the database's.
 pub const SKEW: Duration = Duration::from_secs(30);
@@ -62,10 +62,6 @@ impl SkewReport {
 
 impl fmt::Display for SkewReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let few = |v: &Vec<String>| {
-            let shown: Vec<&str> = v.iter().take(5).map(String::as_str).collect();
-            if v.is_empty() { "0".to_owned() } else { format!("{} (e.g. {})", v.len(), shown.join(", ")) }
-        };
         writeln!(
             f,
             "{} ({}): {} commands, {} executions {:?}",

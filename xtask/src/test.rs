@@ -5,7 +5,7 @@ use crate::cargo;
 
 /// A backend: its name, the variable holding its server URL (none for SQLite), and
 /// the `cargo test` argument lists that run its tests (the backend crate's own, the
-/// conformance suite, the multi-process test).
+/// conformance suite, the multi-process test, the fault and security tests).
 struct Backend {
     name: &'static str,
     aliases: &'static [&'static str],
@@ -18,7 +18,23 @@ const BACKENDS: &[Backend] = &[
         name: "sqlite",
         aliases: &[],
         url_var: None,
-        runs: &[&["-p", "orch-sqlite"], &["-p", "orch-tests", "--test", "sqlite"]],
+        runs: &[
+            &["-p", "orch-sqlite"],
+            &["-p", "orch-tests", "--test", "sqlite"],
+            &["-p", "orch-tests", "--test", "chaos", "sqlite"],
+            &["-p", "orch-tests", "--test", "skew", "sqlite"],
+            &["-p", "orch-tests", "--test", "readonly", "sqlite"],
+            &["-p", "orch-tests", "--test", "encryption", "sqlite"],
+            &[
+                "-p",
+                "orch-tests",
+                "--test",
+                "identifiers",
+                "--",
+                "--exact",
+                "generated_prefixes_never_reach_other_tables",
+            ],
+        ],
     },
     Backend {
         name: "pg",
@@ -28,6 +44,14 @@ const BACKENDS: &[Backend] = &[
             &["-p", "orch-diesel-pg"],
             &["-p", "orch-tests", "--test", "postgres"],
             &["-p", "orch-tests", "--test", "multiprocess", "postgres"],
+            &["-p", "orch-tests", "--test", "privilege", "pg"],
+            &["-p", "orch-tests", "--test", "readonly", "pg"],
+            &["-p", "orch-tests", "--test", "encryption", "pg"],
+            &["-p", "orch-tests", "--test", "chaos", "postgres"],
+            &["-p", "orch-tests", "--test", "restarts", "postgres"],
+            &["-p", "orch-tests", "--test", "skew", "postgres"],
+            &["-p", "orch-tests", "--test", "identifiers", "postgres"],
+            &["-p", "orch-tests", "--test", "cancellation", "postgres"],
         ],
     },
     Backend {
@@ -38,6 +62,14 @@ const BACKENDS: &[Backend] = &[
             &["-p", "orch-diesel-mysql"],
             &["-p", "orch-tests", "--test", "mysql"],
             &["-p", "orch-tests", "--test", "multiprocess", "mysql"],
+            &["-p", "orch-tests", "--test", "privilege", "mysql"],
+            &["-p", "orch-tests", "--test", "readonly", "mysql"],
+            &["-p", "orch-tests", "--test", "encryption", "mysql"],
+            &["-p", "orch-tests", "--test", "chaos", "mysql"],
+            &["-p", "orch-tests", "--test", "restarts", "mysql"],
+            &["-p", "orch-tests", "--test", "skew", "mysql"],
+            &["-p", "orch-tests", "--test", "identifiers", "mysql"],
+            &["-p", "orch-tests", "--test", "cancellation", "mysql"],
         ],
     },
 ];
