@@ -12,6 +12,8 @@
 //! crate such as `orch-sqlite`, which re-exports this crate.
 //!
 //! Time comes from an injected [`Clock`], so tests drive it with a [`ManualClock`].
+//! [`testing`] runs a handler inline with no store, or a queue on a real store step
+//! by step on a manual clock.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -50,6 +52,7 @@ mod handler;
 mod retry;
 pub mod saga;
 pub mod store;
+pub mod testing;
 mod worker;
 pub mod workflow;
 

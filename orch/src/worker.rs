@@ -963,6 +963,102 @@ async fn push_due_follow_ups(shared: &Arc<Shared>, record: &CommandRecord) -> Re
     Ok(())
 }
 
+/// One attempt run by [`Worker::run_due_once`].
+pub(crate) struct DueRun {
+    /// The claim the attempt ran under.
+    pub(crate) claimed: ClaimedCommand,
+    /// What was recorded; `None` when the attempt lost its lease and nothing could be.
+    pub(crate) outcome: Option<Outcome>,
+}
+
+impl Worker {
+    /// Does once, in the caller's task, what the worker's tasks do over time, so that a
+    /// test can drive a worker step by step (see [`crate::testing`]): the maintainer's
+    /// pass (expired leases rescued, due follow-ups pushed, saga timeouts published),
+    /// then one claim of due commands (at most `max_pull`), whose handlers all run at
+    /// once, each outcome recorded before this returns. No lease is renewed meanwhile
+    /// and no row is kept in the workers table. Runs come back in claim order.
+    pub(crate) async fn run_due_once(&self) -> Result<Vec<DueRun>> {
+        let shared = &self.shared;
+        let now = shared.orch.clock().now();
+        rescue_and_follow_up(shared, now).await;
+        if let Some(sagas) = shared.registry.sagas()
+            && shared.config.instance_key == DEFAULT_TARGET
+        {
+            sagas.publish_timeouts(&shared.orch, now).await?;
+        }
+        let params = ClaimParams {
+            target: shared.config.instance_key.clone(),
+            names: shared.names.clone(),
+            limit: shared.config.max_pull,
+            now: shared.orch.clock().now(),
+            worker: shared.worker_id.clone(),
+            lease_buffer: shared.config.lease_buffer,
+        };
+        let batch = shared.orch.store().claim(params).await?;
+        let mut tasks = JoinSet::new();
+        for (index, claimed) in batch.into_iter().enumerate() {
+            let shared = Arc::clone(shared);
+            tasks.spawn(async move {
+                let id = claimed.lease.id;
+                let span =
+                    tracing::info_span!("command", %id, name = %claimed.name, attempt = claimed.attempt);
+                let outcome = async {
+                    let stop = CancellationToken::new();
+                    let reason = Arc::new(Mutex::new(None));
+                    run_attempt(&shared, &claimed, &stop, &reason).await
+                }
+                .instrument(span)
+                .await;
+                let recorded = match &outcome {
+                    Some(outcome) => {
+                        let completion = Completion {
+                            lease: claimed.lease,
+                            now: shared.orch.clock().now(),
+                            worker: shared.worker_id.clone(),
+                            outcome: outcome.clone(),
+                        };
+                        shared
+                            .orch
+                            .store()
+                            .complete(vec![completion])
+                            .await
+                            .map(|statuses| statuses.first() == Some(&CompletionStatus::Applied))
+                    }
+                    None => Ok(false),
+                };
+                shared.orch.signals().finished.notify_waiters();
+                let outcome = match recorded {
+                    Ok(true) => outcome,
+                    Ok(false) => None,
+                    Err(e) => return (index, Err(e)),
+                };
+                (index, Ok(DueRun { claimed, outcome }))
+            });
+        }
+        let mut runs = Vec::with_capacity(tasks.len());
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((index, Ok(run))) => runs.push((index, run)),
+                Ok((_, Err(e))) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Aborted: only when the runtime itself shuts down.
+                Err(_) => {
+                    first_error.get_or_insert(Error::Shutdown);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        runs.sort_by_key(|(index, _)| *index);
+        Ok(runs.into_iter().map(|(_, run)| run).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
