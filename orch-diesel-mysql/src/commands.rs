@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use diesel::QueryableByName;
 use diesel::mysql::Mysql;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
-use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sql_types::{BigInt, Nullable, SmallInt, Text};
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 use orch::store::backend::{
     NewJournalEntry, PolicyEncoder, RawCommand, add_queue_count, attempt_given_back, distinct_successes,
@@ -121,6 +121,8 @@ pub(crate) struct CommandRow {
     workflow_id: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     step: Option<String>,
+    #[diesel(sql_type = SmallInt)]
+    priority: i16,
 }
 
 impl CommandRow {
@@ -152,6 +154,7 @@ impl CommandRow {
             correlation_id: self.correlation_id,
             workflow_id: self.workflow_id,
             step: self.step,
+            priority: i64::from(self.priority),
         }
         .into_record()
     }
@@ -178,12 +181,12 @@ pub(crate) async fn insert(
     for chunk in commands.chunks(INSERT_CHUNK) {
         let mut sql = format!(
             "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
-             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step) VALUES ",
+             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step, priority) VALUES ",
             tables.commands
         );
         for i in 0..chunk.len() {
             sql.push_str(if i == 0 { "(" } else { ", (" });
-            sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+            sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         }
         let mut q = query(sql);
         for c in chunk {
@@ -203,7 +206,8 @@ pub(crate) async fn insert(
                 .bind::<Nullable<Text>, _>(c.parent_id.map(|p| p.to_string()))
                 .bind::<Text, _>(c.correlation_id.clone())
                 .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.workflow_id.to_string()))
-                .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.step.clone()));
+                .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.step.clone()))
+                .bind::<SmallInt, _>(c.priority);
         }
         q.execute(conn).await?;
     }
@@ -233,7 +237,7 @@ pub(crate) async fn claim(
     let mut q = query(format!(
         "SELECT id FROM {} FORCE INDEX ({index}) \
          WHERE state = 'pending' AND target = ? AND name IN ({}) AND scheduled_at <= ? \
-         ORDER BY scheduled_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
+         ORDER BY priority, scheduled_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
         tables.commands,
         placeholders(p.names.len())
     ))
@@ -272,7 +276,7 @@ pub(crate) async fn claim(
         .bind::<Text, _>(token.to_string());
         rows.extend(bind_ids(read, chunk.iter().map(|r| r.id.as_str())).load::<CommandRow>(conn).await?);
     }
-    rows.sort_by(|a, b| (a.scheduled_at, &a.id).cmp(&(b.scheduled_at, &b.id)));
+    rows.sort_by(|a, b| (a.priority, a.scheduled_at, &a.id).cmp(&(b.priority, b.scheduled_at, &b.id)));
     let mut claimed = Vec::with_capacity(rows.len());
     let mut entries = Vec::with_capacity(rows.len());
     let mut unreadable: Vec<Completion> = Vec::new();

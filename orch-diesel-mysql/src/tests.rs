@@ -68,6 +68,31 @@ fn insert(name: &str, now: Timestamp) -> InsertCommand {
     NewCommand::raw(name, serde_json::json!({})).resolve(now).unwrap()
 }
 
+/// Stores `c` pending with the columns every version of the schema has, as a database
+/// written before later migrations would hold it.
+async fn insert_old_row(store: &MysqlStore, c: &InsertCommand) {
+    let mut conn = store.conn().await.unwrap();
+    diesel::sql_query(format!(
+        "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, scheduled_at, \
+         created_at, updated_at, correlation_id) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
+        store.inner.tables.commands
+    ))
+    .bind::<Text, _>(c.id.to_string())
+    .bind::<Text, _>(c.name.clone())
+    .bind::<Text, _>(c.target.clone())
+    .bind::<Text, _>(c.input.clone())
+    .bind::<diesel::sql_types::BigInt, _>(i64::from(c.max_attempts))
+    .bind::<diesel::sql_types::BigInt, _>(c.timeout.as_millis() as i64)
+    .bind::<Text, _>(serde_json::to_string(&c.retry_policy).unwrap())
+    .bind::<diesel::sql_types::BigInt, _>(c.scheduled_at.as_micros())
+    .bind::<diesel::sql_types::BigInt, _>(c.created_at.as_micros())
+    .bind::<diesel::sql_types::BigInt, _>(c.created_at.as_micros())
+    .bind::<Text, _>(c.correlation_id.clone())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
 fn claim_params(names: &[&str], now: Timestamp, worker: &str, limit: usize) -> ClaimParams {
     ClaimParams {
         target: orch::DEFAULT_TARGET.into(),
@@ -189,7 +214,7 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     .load(&mut conn)
     .await
     .unwrap();
-    assert_eq!(versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec!["1", "2", "3", "4", "5"]);
+    assert_eq!(versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec!["1", "2", "3", "4", "5", "6"]);
     let tables: Vec<TableName> = diesel::sql_query(
         "SELECT CAST(table_name AS CHAR) AS name FROM information_schema.tables \
          WHERE table_schema = DATABASE() AND table_name LIKE ? ORDER BY table_name",
@@ -701,7 +726,7 @@ async fn lookups_use_the_indexes() {
     for (index, names) in [("commands_claim", "?"), ("commands_due", "?, ?")] {
         let mut q = diesel::sql_query(format!(
             "EXPLAIN SELECT id FROM {} FORCE INDEX ({index}) WHERE state = 'pending' AND target = ? \
-             AND name IN ({names}) AND scheduled_at <= ? ORDER BY scheduled_at, id LIMIT 10 FOR UPDATE SKIP LOCKED",
+             AND name IN ({names}) AND scheduled_at <= ? ORDER BY priority, scheduled_at, id LIMIT 10 FOR UPDATE SKIP LOCKED",
             t.commands
         ))
         .into_boxed::<diesel::mysql::Mysql>()
@@ -1416,7 +1441,7 @@ async fn migration_2_upgrades_a_version_1_database() {
     let started = stopwatch();
     store.migrate().await.unwrap();
     eprintln!("migration 1 → 2 of a half-migrated database: {:?}", started.elapsed());
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
     let expected_schema = (
         vec![
             ("step".to_owned(), Some("utf8mb4_bin".to_owned())),
@@ -1435,7 +1460,7 @@ async fn migration_2_upgrades_a_version_1_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 2", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
     assert_eq!(workflow_schema(&store).await, expected_schema);
 
     // The upgraded tables run workflows.
@@ -1895,13 +1920,13 @@ async fn migration_3_upgrades_a_version_2_database() {
         }
     }
     let old = insert("job", t0);
-    store.enqueue(vec![old.clone()]).await.unwrap();
+    insert_old_row(&store, &old).await;
     assert!(store.saga("order", "1").await.is_err(), "no sagas table yet");
 
     let started = stopwatch();
     store.migrate().await.unwrap();
     eprintln!("migration 2 → 3: {:?}", started.elapsed());
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
     let schema = || table_schema(&store, "sagas");
     let text = |c: &str| (c.to_owned(), Some("utf8mb4_bin".to_owned()));
     let ascii = |c: &str| (c.to_owned(), Some("ascii_bin".to_owned()));
@@ -1950,7 +1975,7 @@ async fn migration_3_upgrades_a_version_2_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 3", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
     assert_eq!(schema().await, expected);
     assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&first));
     assert_eq!(state_of(&store, cmd.id).await, State::Pending);
@@ -2116,13 +2141,13 @@ async fn migration_4_upgrades_a_version_3_database() {
         }
     }
     let old = insert("job", t0);
-    store.enqueue(vec![old.clone()]).await.unwrap();
+    insert_old_row(&store, &old).await;
     let saga = saga_record("order", "1", t0);
     assert_eq!(store.save_saga(create_saga(&saga, Vec::new())).await.unwrap(), SagaWriteStatus::Saved);
     assert!(store.workers().await.is_err(), "no workers table yet");
 
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
     let schema = || table_schema(&store, "workers");
     let text = |c: &str| (c.to_owned(), Some("utf8mb4_bin".to_owned()));
     let number = |c: &str| (c.to_owned(), None);
@@ -2153,7 +2178,7 @@ async fn migration_4_upgrades_a_version_3_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 4", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
     assert_eq!(schema().await, expected);
     assert_eq!(store.workers().await.unwrap(), vec![w]);
     drop_tables(&store).await;
@@ -2565,7 +2590,7 @@ async fn migration_5_upgrades_a_version_4_database() {
             .unwrap();
     }
     let old = insert("job", t0);
-    store.enqueue(vec![old.clone()]).await.unwrap();
+    insert_old_row(&store, &old).await;
     let indexes = || async {
         let mut conn = store.conn().await.unwrap();
         let rows: Vec<IndexColumn> = diesel::sql_query(
@@ -2589,7 +2614,7 @@ async fn migration_5_upgrades_a_version_4_database() {
     .to_vec();
 
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
     assert_eq!(indexes().await, expected);
     // Migration 5 again, as after a crash before its version was recorded.
     {
@@ -2597,8 +2622,73 @@ async fn migration_5_upgrades_a_version_4_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 5", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
     assert_eq!(indexes().await, expected);
     assert_eq!(state_of(&store, old.id).await, State::Pending);
+    drop_tables(&store).await;
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn migration_6_upgrades_a_version_5_database() {
+    let Some(url) = server_url() else { return };
+    let store = connect(&url, &fresh_prefix()).await;
+    let t = &store.inner.tables;
+    let t0 = Timestamp::from_millis(31_000_000);
+    {
+        // The schema as version 5 left it.
+        let mut conn = store.conn().await.unwrap();
+        conn.batch_execute(&format!(
+            "CREATE TABLE {} (version INT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE = InnoDB",
+            t.migrations
+        ))
+        .await
+        .unwrap();
+        for (version, sql) in &migrations::MIGRATIONS[..5] {
+            for statement in migrations::statements(sql, store.prefix()) {
+                conn.batch_execute(&statement).await.unwrap();
+            }
+            conn.batch_execute(&format!("INSERT INTO {} (version, applied_at) VALUES ({version}, 0)", t.migrations))
+                .await
+                .unwrap();
+        }
+    }
+    let old = insert("job", t0);
+    insert_old_row(&store, &old).await;
+    let claim_indexes = || async {
+        let mut conn = store.conn().await.unwrap();
+        let rows: Vec<IndexColumn> = diesel::sql_query(
+            "SELECT CAST(index_name AS CHAR) AS `index`, CAST(column_name AS CHAR) AS `column` \
+             FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? \
+             AND index_name IN ('commands_claim', 'commands_due') ORDER BY index_name, seq_in_index",
+        )
+        .bind::<Text, _>(format!("{}commands", store.prefix()))
+        .load(&mut conn)
+        .await
+        .unwrap();
+        rows.into_iter().map(|r| format!("{}.{}", r.index, r.column)).collect::<Vec<_>>().join(" ")
+    };
+    let expected = "commands_claim.state commands_claim.target commands_claim.name commands_claim.priority \
+                    commands_claim.scheduled_at commands_claim.id commands_due.state commands_due.target \
+                    commands_due.priority commands_due.scheduled_at commands_due.id commands_due.name";
+
+    store.migrate().await.unwrap();
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
+    assert_eq!(claim_indexes().await, expected);
+    // Migration 6 again, as after a crash before its version was recorded: nothing to do.
+    {
+        let mut conn = store.conn().await.unwrap();
+        conn.batch_execute(&format!("DELETE FROM {} WHERE version = 6", t.migrations)).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    assert_eq!(claim_indexes().await, expected);
+    // The old row has the default priority and is claimed behind a more urgent one.
+    assert_eq!(store.get(old.id).await.unwrap().unwrap().priority, 0);
+    let urgent = InsertCommand { priority: -1, ..insert("job", t0) };
+    store.enqueue(vec![urgent.clone()]).await.unwrap();
+    let claimed = store.claim(claim_params(&["job"], t0, "w", 1)).await.unwrap();
+    assert_eq!(claimed[0].lease.id, urgent.id);
+    let claimed = store.claim(claim_params(&["job", "other"], t0, "w", 1)).await.unwrap();
+    assert_eq!(claimed[0].lease.id, old.id);
     drop_tables(&store).await;
 }

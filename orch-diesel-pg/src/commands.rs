@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 use diesel::QueryableByName;
 use diesel::pg::Pg;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
-use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Uuid};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, SmallInt, Text, Uuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use orch::store::backend::{
     COMMAND_COLUMNS, NewJournalEntry, PolicyEncoder, RawCommand, add_queue_count, attempt_given_back,
@@ -91,6 +91,8 @@ pub(crate) struct CommandRow {
     workflow_id: Option<uuid::Uuid>,
     #[diesel(sql_type = Nullable<Text>)]
     step: Option<String>,
+    #[diesel(sql_type = SmallInt)]
+    priority: i16,
 }
 
 impl CommandRow {
@@ -123,6 +125,7 @@ impl CommandRow {
             correlation_id: self.correlation_id,
             workflow_id: self.workflow_id.map(|w| w.hyphenated().to_string()),
             step: self.step,
+            priority: i64::from(self.priority),
         }
         .into_record()
     }
@@ -195,6 +198,7 @@ struct CommandArrays {
     correlations: Vec<String>,
     workflows: Vec<Option<uuid::Uuid>>,
     steps: Vec<Option<String>>,
+    priorities: Vec<i16>,
 }
 
 impl CommandArrays {
@@ -216,6 +220,7 @@ impl CommandArrays {
             correlations: Vec::with_capacity(n),
             workflows: Vec::with_capacity(n),
             steps: Vec::with_capacity(n),
+            priorities: Vec::with_capacity(n),
         };
         let mut policies = PolicyEncoder::default();
         for c in commands {
@@ -233,23 +238,28 @@ impl CommandArrays {
             a.correlations.push(c.correlation_id.clone());
             a.workflows.push(c.workflow.as_ref().map(|w| w.workflow_id.as_uuid()));
             a.steps.push(c.workflow.as_ref().map(|w| w.step.clone()));
+            a.priorities.push(c.priority);
         }
         Ok(a)
     }
 
-    /// The INSERT, reading the arrays from parameters `$first` to `$first + 13`.
+    /// How many parameters [`CommandArrays::sql`] reads.
+    const PARAMS: usize = 15;
+
+    /// The INSERT, reading the arrays from parameters `$first` to `$first + 14`.
     fn sql(table: &str, first: usize) -> String {
-        let p: Vec<String> = (first..first + 14).map(|i| format!("${i}")).collect();
+        let p: Vec<String> = (first..first + Self::PARAMS).map(|i| format!("${i}")).collect();
         format!(
             "INSERT INTO {table} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
-             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step) \
+             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step, priority) \
              SELECT v.id, v.name, v.target, v.state, v.input, v.max_attempts, v.timeout_ms, v.retry_policy, \
-             v.scheduled_at, v.created_at, v.created_at, v.parent_id, v.correlation_id, v.workflow_id, v.step \
+             v.scheduled_at, v.created_at, v.created_at, v.parent_id, v.correlation_id, v.workflow_id, v.step, \
+             v.priority \
              FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[], {}::text[], {}::integer[], {}::bigint[], \
-             {}::text[], {}::bigint[], {}::bigint[], {}::uuid[], {}::text[], {}::uuid[], {}::text[]) \
+             {}::text[], {}::bigint[], {}::bigint[], {}::uuid[], {}::text[], {}::uuid[], {}::text[], {}::smallint[]) \
              AS v(id, name, target, state, input, max_attempts, timeout_ms, retry_policy, scheduled_at, created_at, \
-             parent_id, correlation_id, workflow_id, step)",
-            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13]
+             parent_id, correlation_id, workflow_id, step, priority)",
+            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14]
         )
     }
 
@@ -268,6 +278,7 @@ impl CommandArrays {
             .bind::<Array<Text>, _>(self.correlations)
             .bind::<Array<Nullable<Uuid>>, _>(self.workflows)
             .bind::<Array<Nullable<Text>>, _>(self.steps)
+            .bind::<Array<SmallInt>, _>(self.priorities)
     }
 }
 
@@ -312,9 +323,10 @@ pub(crate) async fn insert_and_notify(
     let entries: Vec<NewJournalEntry> = commands.iter().map(NewJournalEntry::enqueued).collect();
     // Both inserts run exactly once whether or not the final SELECT reads them.
     let sql = format!(
-        "WITH c AS ({}), j AS ({}) SELECT pg_notify($21, '')",
+        "WITH c AS ({}), j AS ({}) SELECT pg_notify(${}, '')",
         CommandArrays::sql(&tables.commands, 1),
-        journal::JournalArrays::sql(&tables.journal, 15),
+        journal::JournalArrays::sql(&tables.journal, 1 + CommandArrays::PARAMS),
+        1 + CommandArrays::PARAMS + journal::JournalArrays::PARAMS,
     );
     let query = CommandArrays::of(&rows)?.bind(diesel::sql_query(sql).into_boxed::<Pg>());
     journal::JournalArrays::of(&entries)
@@ -344,14 +356,14 @@ pub(crate) async fn claim(
     // completion's flush covers the claim before it, so no result depends on it.
     let sql = format!(
         "WITH batch AS (SELECT id FROM {t} WHERE state = 'pending' AND target = $1 AND name = ANY($2) \
-         AND scheduled_at <= $3 ORDER BY scheduled_at, id LIMIT $4 FOR UPDATE SKIP LOCKED), \
+         AND scheduled_at <= $3 ORDER BY priority, scheduled_at, id LIMIT $4 FOR UPDATE SKIP LOCKED), \
          claimed AS (UPDATE {t} AS c SET state = 'running', attempts = c.attempts + 1, lease_token = $5, \
          worker = $6, started_at = $3, updated_at = $3, lease_expires_at = $3 + c.timeout_ms * 1000 + $7, \
          cancel_requested = FALSE FROM batch WHERE c.id = batch.id RETURNING {columns}), \
          entries AS (INSERT INTO {j} (command_id, at, kind, attempt, worker, message) \
          SELECT id, $3, '{kind}', attempts, $6, 'lease until ' || \
          to_char(TIMESTAMP 'epoch' + lease_expires_at * INTERVAL '1 microsecond', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
-         FROM claimed ORDER BY scheduled_at, id) \
+         FROM claimed ORDER BY priority, scheduled_at, id) \
          SELECT * FROM claimed WHERE (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL",
         t = tables.commands,
         j = tables.journal,
@@ -369,7 +381,7 @@ pub(crate) async fn claim(
         .prepared()
         .load(conn)
         .await?;
-    rows.sort_by_key(|r| (r.scheduled_at, r.id));
+    rows.sort_by_key(|r| (r.priority, r.scheduled_at, r.id));
     let mut claimed = Vec::with_capacity(rows.len());
     let mut unreadable: Vec<Completion> = Vec::new();
     for row in rows {

@@ -47,8 +47,11 @@ impl JournalArrays {
 
     /// The INSERT, reading the arrays from parameters `$first` to `$first + 5`. WITH
     /// ORDINALITY keeps the given order for the serial `seq`.
+    /// How many parameters [`JournalArrays::sql`] reads.
+    pub(crate) const PARAMS: usize = 6;
+
     pub(crate) fn sql(table: &str, first: usize) -> String {
-        let p: Vec<String> = (first..first + 6).map(|i| format!("${i}")).collect();
+        let p: Vec<String> = (first..first + Self::PARAMS).map(|i| format!("${i}")).collect();
         format!(
             "INSERT INTO {table} (command_id, at, kind, attempt, worker, message) \
              SELECT v.id, v.at, v.kind, v.attempt, v.worker, v.message \

@@ -28,9 +28,9 @@ use crate::{dependencies, journal};
 pub(crate) const COLUMNS: &str = "id, name, target, state, input, output, error_kind, error, attempts, \
      max_attempts, timeout_ms, retry_policy, scheduled_at, created_at, updated_at, started_at, finished_at, \
      lease_token, lease_expires_at, worker, cancel_requested, follow_ups_due, parent_id, correlation_id, \
-     workflow_id, step";
+     workflow_id, step, priority";
 
-/// Most rows per INSERT, a power of two (`shaped_chunks`): 15 binds each.
+/// Most rows per INSERT, a power of two (`shaped_chunks`): 16 binds each.
 const INSERT_CHUNK: usize = 64;
 
 #[derive(QueryableByName)]
@@ -89,6 +89,8 @@ pub(crate) struct CommandRow {
     workflow_id: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     step: Option<String>,
+    #[diesel(sql_type = Integer)]
+    priority: i32,
 }
 
 impl CommandRow {
@@ -129,6 +131,7 @@ impl CommandRow {
             correlation_id: self.correlation_id,
             workflow_id: self.workflow_id,
             step: self.step,
+            priority: self.priority.into(),
         }
         .into_record()
     }
@@ -152,12 +155,12 @@ pub(crate) fn insert(
     for chunk in shaped_chunks(commands, INSERT_CHUNK) {
         let mut sql = format!(
             "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
-             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step) VALUES ",
+             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step, priority) VALUES ",
             tables.commands
         );
         for i in 0..chunk.len() {
             sql.push_str(if i == 0 { "(" } else { ", (" });
-            sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+            sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         }
         let mut query = diesel::sql_query(sql).into_boxed::<Sqlite>();
         for c in chunk {
@@ -177,7 +180,8 @@ pub(crate) fn insert(
                 .bind::<Nullable<Text>, _>(c.parent_id.map(|p| p.to_string()))
                 .bind::<Text, _>(c.correlation_id.clone())
                 .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.workflow_id.to_string()))
-                .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.step.clone()));
+                .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.step.clone()))
+                .bind::<Integer, _>(i32::from(c.priority));
         }
         query.prepared().execute(conn)?;
     }
@@ -199,7 +203,7 @@ pub(crate) fn claim(
         "UPDATE {t} SET state = 'running', attempts = attempts + 1, lease_token = ?, worker = ?, \
          started_at = ?, updated_at = ?, lease_expires_at = ? + timeout_ms * 1000 + ?, cancel_requested = 0 \
          WHERE id IN (SELECT id FROM {t} WHERE state = 'pending' AND target = ? AND scheduled_at <= ? \
-         AND name IN ({names}) ORDER BY scheduled_at, id LIMIT ?) RETURNING {COLUMNS}",
+         AND name IN ({names}) ORDER BY priority, scheduled_at, id LIMIT ?) RETURNING {COLUMNS}",
         t = tables.commands,
         names = placeholders(p.names.len()),
     );
@@ -219,7 +223,7 @@ pub(crate) fn claim(
     }
     query = query.bind::<BigInt, _>(i64::try_from(p.limit).unwrap_or(i64::MAX));
     let mut rows: Vec<CommandRow> = query.prepared().load(conn)?;
-    rows.sort_by(|a, b| (a.scheduled_at, &a.id).cmp(&(b.scheduled_at, &b.id)));
+    rows.sort_by(|a, b| (a.priority, a.scheduled_at, &a.id).cmp(&(b.priority, b.scheduled_at, &b.id)));
     let mut claimed = Vec::with_capacity(rows.len());
     let mut entries = Vec::with_capacity(rows.len());
     // Rows a careless producer damaged: failed below, each alone, so they hold up

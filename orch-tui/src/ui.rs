@@ -422,6 +422,10 @@ pub fn detail_lines(app: &App) -> Option<Vec<Line<'static>>> {
         lines.push(field("parent", parent.to_string()));
     }
     lines.push(field("correlation", record.correlation_id.clone()));
+    // The default priority is not shown.
+    if record.priority != 0 {
+        lines.push(field("priority", format!("{} (lowest first)", record.priority)));
+    }
     if let Some(step) = &record.workflow {
         lines.push(field("workflow", format!("{} step {}", step.workflow_id, step.step)));
     }

@@ -69,6 +69,10 @@ pub trait Command: Serialize + DeserializeOwned + Send + Sync + 'static {
     const DELAY: Duration = Duration::ZERO;
     /// The instance key of the workers that may run this command.
     const TARGET: &'static str = DEFAULT_TARGET;
+    /// The claim priority, a rank: among due commands, the lowest value is claimed
+    /// first (then the earlier due, then the older). Default 0; a negative value goes
+    /// ahead of the default, a positive one behind it.
+    const PRIORITY: i16 = 0;
 
     /// The command's name: how handlers are found and how it is stored.
     fn name() -> Cow<'static, str> {
@@ -116,6 +120,9 @@ pub(crate) struct CommandSpec {
     pub(crate) target: String,
     pub(crate) retry_policy: RetryPolicy,
     pub(crate) correlation_id: Option<String>,
+    /// Absent in specs stored before priorities existed.
+    #[serde(default)]
+    pub(crate) priority: i16,
 }
 
 /// The default name of a command type: the type name without its path, generics and a
@@ -212,6 +219,7 @@ pub struct NewCommand {
     pub(crate) target: String,
     pub(crate) retry_policy: RetryPolicy,
     pub(crate) correlation_id: Option<String>,
+    pub(crate) priority: i16,
 }
 
 impl NewCommand {
@@ -230,6 +238,7 @@ impl NewCommand {
             target: C::TARGET.to_owned(),
             retry_policy: C::retry_policy(),
             correlation_id: None,
+            priority: C::PRIORITY,
         }
     }
 
@@ -245,6 +254,7 @@ impl NewCommand {
             target: DEFAULT_TARGET.to_owned(),
             retry_policy: RetryPolicy::default(),
             correlation_id: None,
+            priority: 0,
         }
     }
 
@@ -284,6 +294,7 @@ impl NewCommand {
             target: self.target.clone(),
             retry_policy: self.retry_policy,
             correlation_id: self.correlation_id.clone(),
+            priority: self.priority,
         })
     }
 
@@ -299,6 +310,7 @@ impl NewCommand {
             target: spec.target,
             retry_policy: spec.retry_policy,
             correlation_id: spec.correlation_id,
+            priority: spec.priority,
         }
     }
 
@@ -343,6 +355,13 @@ impl NewCommand {
     /// Overrides the backoff between attempts.
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.retry_policy = policy;
+        self
+    }
+
+    /// Overrides the claim priority (see [`Command::PRIORITY`]): the lowest value is
+    /// claimed first.
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
         self
     }
 
@@ -413,6 +432,7 @@ impl NewCommand {
             correlation_id,
             workflow: None,
             depends_on: Vec::new(),
+            priority: self.priority,
         })
     }
 }

@@ -335,6 +335,8 @@ pub struct InsertCommand {
     /// Commands (of the same insert) that must all succeed before this one may run.
     /// A command with dependencies is inserted `blocked`.
     pub depends_on: Vec<CommandId>,
+    /// The claim priority: the lowest value first, then due time, then id.
+    pub priority: i16,
 }
 
 /// A stored command, as read back.
@@ -389,6 +391,8 @@ pub struct CommandRecord {
     pub correlation_id: String,
     /// The workflow step this command is, if any.
     pub workflow: Option<StepOf>,
+    /// The claim priority: the lowest value first, then due time, then id.
+    pub priority: i16,
 }
 
 /// The handle on one claimed command.

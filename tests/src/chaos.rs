@@ -204,7 +204,7 @@ enum Fault {
     Kill { pid: u32, at: Timestamp },
     Pause { pid: u32, from: Timestamp, to: Timestamp },
     Connections { at: Timestamp, killed: usize },
-    Restart { down: Timestamp, up: Timestamp },
+    Restart { down: Timestamp, up: Timestamp, crash: bool },
 }
 
 /// The fault of one wave.
@@ -572,7 +572,7 @@ pub async fn soak(
             let down = clock.now();
             tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
             server.start().await.expect("start the server");
-            faults.push(Fault::Restart { down, up: clock.now() });
+            faults.push(Fault::Restart { down, up: clock.now(), crash: how == crate::server::Stop::Crash });
             continue;
         }
         // A pause takes the longest-running process (replacements go to the end), which
@@ -719,6 +719,19 @@ async fn check(
         })
     };
     let held_by_pause = |e: &Execution| in_pause(e, one_writer);
+    // A server crash may undo what it had acknowledged but not yet made durable (on
+    // PostgreSQL a claim commits without waiting for its WAL flush): a command whose
+    // claim was lost runs again. An execution that started before a crash explains a
+    // run that started after it.
+    let crashes: Vec<Timestamp> = faults
+        .iter()
+        .filter_map(|f| match *f {
+            Fault::Restart { down, crash: true, .. } => Some(down),
+            _ => None,
+        })
+        .collect();
+    let undone_by_crash =
+        |e: &Execution, accepted: &Execution| crashes.iter().any(|&down| e.start <= down && accepted.start >= down);
     let pid_of = |worker: &str| worker.strip_prefix("chaos-").and_then(|p| p.parse::<u32>().ok());
     let now = SystemClock.now();
     report.executions = runs.values().map(Vec::len).sum();
@@ -778,7 +791,8 @@ async fn check(
             || executions.iter().filter(|e| !(e.pid == accepted.pid && e.attempt == accepted.attempt));
         report.late_results_rejected += others().filter(|e| in_pause(e, false)).count();
         if executions.len() > 1 {
-            let explained = others().all(|e| killed.contains(&e.pid) || held_by_pause(e));
+            let explained = others()
+                .all(|e| killed.contains(&e.pid) || held_by_pause(e) || undone_by_crash(e, accepted));
             if !explained {
                 let runs: Vec<String> = executions
                     .iter()

@@ -16,7 +16,7 @@ use orch::store::{
 use orch::{
     CancelStatus, CancellationToken, Clock, Command, CommandId, Context, Error, Failure, FailureKind,
     HandlerError, JournalKind, ManualClock, NewCommand, Orch, Registry, RetryPolicy, State, Status, Store,
-    Timestamp, Worker,
+    SystemClock, Timestamp, Worker,
 };
 use serde::{Deserialize, Serialize};
 
@@ -160,6 +160,14 @@ impl Command for ClashCommand {
     fn on_success(&self, _: &()) -> Vec<NewCommand> {
         vec![NewCommand::raw("child", serde_json::json!({})).id(self.taken)]
     }
+}
+
+/// Waits behind commands of the default priority.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BackgroundCommand;
+impl Command for BackgroundCommand {
+    type Output = ();
+    const PRIORITY: i16 = 10;
 }
 
 /// Chains an echo whose input is padded to `pad` bytes.
@@ -661,6 +669,64 @@ pub async fn delayed_command_waits(h: &dyn Harness) {
     let r = record(&store, id).await;
     let started = r.started_at.expect("started");
     assert!(started >= start + Duration::from_secs(60), "started at {started}, before it was due");
+}
+
+/// A single worker taking one command at a time drains a mixed queue in claim order:
+/// the lowest priority value first, then the earliest due, then the oldest; the store's
+/// claim hands out the same order, and the priority is stored and read back.
+pub async fn claims_follow_priority(h: &dyn Harness) {
+    let store = h.store().await;
+    let backend = h.backend();
+    // Pushed by a clock an hour behind, so every command is due for the worker however
+    // its delay spreads the due times.
+    let past = ManualClock::new(SystemClock.now() - Duration::from_secs(3_600));
+    let pusher = Orch::new(Arc::clone(&store)).with_clock(Arc::new(past));
+    let mut ids = Vec::new();
+    for n in 0..24u64 {
+        let priority = [5, 0, -3, 0, 5, -3][(n % 6) as usize];
+        let delay = Duration::from_millis((n * 7919) % 5 * 100);
+        let command = NewCommand::of(&EchoCommand { n }).priority(priority).delay(delay);
+        ids.push(pusher.push_new(command).await.unwrap());
+    }
+    // A low-priority command type by default.
+    let background = pusher.push(&BackgroundCommand).await.unwrap();
+    let mut expected = Vec::new();
+    for &id in ids.iter().chain([&background]) {
+        let r = record(&store, id).await;
+        expected.push((r.priority, r.scheduled_at, r.id));
+    }
+    assert_eq!(record(&store, background).await.priority, BackgroundCommand::PRIORITY, "{backend}");
+    assert_eq!(record(&store, ids[2]).await.priority, -3, "{backend}");
+    expected.sort();
+    let expected: Vec<CommandId> = expected.into_iter().map(|(_, _, id)| id).collect();
+
+    let started: Arc<Mutex<Vec<CommandId>>> = Arc::default();
+    let mut registry = Registry::new();
+    for_each_start(&mut registry, &started);
+    let config = orch::WorkerConfig { concurrency: 1, prefetch: 0, max_pull: 1, ..fast_config("default") };
+    let worker = Worker::new(Orch::new(Arc::clone(&store)), registry, config).unwrap().start();
+    eventually("the queue to drain", || async { (started.lock().unwrap().len() == expected.len()).then_some(()) })
+        .await;
+    worker.shutdown().await;
+    assert_eq!(*started.lock().unwrap(), expected, "{backend}: start order");
+}
+
+/// Records the id of every echo and background command as its handler starts.
+fn for_each_start(registry: &mut Registry, started: &Arc<Mutex<Vec<CommandId>>>) {
+    let seen = Arc::clone(started);
+    registry
+        .register_fn(move |c: EchoCommand, ctx: Context| {
+            seen.lock().unwrap().push(ctx.id());
+            async move { Ok::<_, HandlerError>(c.n) }
+        })
+        .unwrap();
+    let seen = Arc::clone(started);
+    registry
+        .register_fn(move |_: BackgroundCommand, ctx: Context| {
+            seen.lock().unwrap().push(ctx.id());
+            async move { Ok::<_, HandlerError>(()) }
+        })
+        .unwrap();
 }
 
 /// 7. A worker with instance key `a` never runs a command targeted at `b`.

@@ -57,6 +57,7 @@ macro_rules! conformance_suite {
             timeout_cancels_and_retries,
             poison_handlers_spare_the_worker,
             delayed_command_waits,
+            claims_follow_priority,
             target_routing,
             success_follow_ups_commit_with_success,
             cancel_defaults_to_failure_follow_ups,

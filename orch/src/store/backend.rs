@@ -576,10 +576,11 @@ pub struct RawCommand {
     pub correlation_id: String,
     pub workflow_id: Option<String>,
     pub step: Option<String>,
+    pub priority: i64,
 }
 
 /// Every column of a [`RawCommand`], in its field order, for `SELECT` lists.
-pub const COMMAND_COLUMNS: [&str; 26] = [
+pub const COMMAND_COLUMNS: [&str; 27] = [
     "id",
     "name",
     "target",
@@ -606,6 +607,7 @@ pub const COMMAND_COLUMNS: [&str; 26] = [
     "correlation_id",
     "workflow_id",
     "step",
+    "priority",
 ];
 
 impl RawCommand {
@@ -645,6 +647,8 @@ impl RawCommand {
             follow_ups_due: self.follow_ups_due,
             parent_id: self.parent_id.as_deref().map(str::parse).transpose()?,
             correlation_id: self.correlation_id,
+            priority: i16::try_from(self.priority)
+                .map_err(|_| Error::Corrupt(format!("priority {} is out of range", self.priority)))?,
             workflow: match (self.workflow_id, self.step) {
                 (Some(workflow_id), Some(step)) => Some(StepOf { workflow_id: workflow_id.parse()?, step }),
                 (None, None) => None,
@@ -738,6 +742,7 @@ mod tests {
             correlation_id: "c".into(),
             workflow_id: None,
             step: None,
+            priority: 0,
         }
     }
 
@@ -780,6 +785,7 @@ mod tests {
             RawCommand { lease_token: Some("x".into()), ..raw() },
             RawCommand { workflow_id: Some("not-a-uuid".into()), step: Some("a".into()), ..raw() },
             RawCommand { step: Some("a".into()), ..raw() },
+            RawCommand { priority: 40_000, ..raw() },
         ];
         for case in cases {
             assert!(matches!(case.clone().into_record(), Err(Error::Corrupt(_))), "{case:?}");
