@@ -214,7 +214,10 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     .load(&mut conn)
     .await
     .unwrap();
-    assert_eq!(versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec!["1", "2", "3", "4", "5", "6"]);
+    assert_eq!(
+        versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+        vec!["1", "2", "3", "4", "5", "6"]
+    );
     let tables: Vec<TableName> = diesel::sql_query(
         "SELECT CAST(table_name AS CHAR) AS name FROM information_schema.tables \
          WHERE table_schema = DATABASE() AND table_name LIKE ? ORDER BY table_name",
@@ -2648,9 +2651,12 @@ async fn migration_6_upgrades_a_version_5_database() {
             for statement in migrations::statements(sql, store.prefix()) {
                 conn.batch_execute(&statement).await.unwrap();
             }
-            conn.batch_execute(&format!("INSERT INTO {} (version, applied_at) VALUES ({version}, 0)", t.migrations))
-                .await
-                .unwrap();
+            conn.batch_execute(&format!(
+                "INSERT INTO {} (version, applied_at) VALUES ({version}, 0)",
+                t.migrations
+            ))
+            .await
+            .unwrap();
         }
     }
     let old = insert("job", t0);

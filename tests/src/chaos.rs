@@ -730,8 +730,9 @@ async fn check(
             _ => None,
         })
         .collect();
-    let undone_by_crash =
-        |e: &Execution, accepted: &Execution| crashes.iter().any(|&down| e.start <= down && accepted.start >= down);
+    let undone_by_crash = |e: &Execution, accepted: &Execution| {
+        crashes.iter().any(|&down| e.start <= down && accepted.start >= down)
+    };
     let pid_of = |worker: &str| worker.strip_prefix("chaos-").and_then(|p| p.parse::<u32>().ok());
     let now = SystemClock.now();
     report.executions = runs.values().map(Vec::len).sum();
@@ -791,8 +792,8 @@ async fn check(
             || executions.iter().filter(|e| !(e.pid == accepted.pid && e.attempt == accepted.attempt));
         report.late_results_rejected += others().filter(|e| in_pause(e, false)).count();
         if executions.len() > 1 {
-            let explained = others()
-                .all(|e| killed.contains(&e.pid) || held_by_pause(e) || undone_by_crash(e, accepted));
+            let explained =
+                others().all(|e| killed.contains(&e.pid) || held_by_pause(e) || undone_by_crash(e, accepted));
             if !explained {
                 let runs: Vec<String> = executions
                     .iter()

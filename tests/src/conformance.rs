@@ -705,8 +705,10 @@ pub async fn claims_follow_priority(h: &dyn Harness) {
     for_each_start(&mut registry, &started);
     let config = orch::WorkerConfig { concurrency: 1, prefetch: 0, max_pull: 1, ..fast_config("default") };
     let worker = Worker::new(Orch::new(Arc::clone(&store)), registry, config).unwrap().start();
-    eventually("the queue to drain", || async { (started.lock().unwrap().len() == expected.len()).then_some(()) })
-        .await;
+    eventually("the queue to drain", || async {
+        (started.lock().unwrap().len() == expected.len()).then_some(())
+    })
+    .await;
     worker.shutdown().await;
     assert_eq!(*started.lock().unwrap(), expected, "{backend}: start order");
 }
