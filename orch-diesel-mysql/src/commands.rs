@@ -228,21 +228,26 @@ pub(crate) async fn claim(
     p: &ClaimParams,
 ) -> TxResult<Vec<ClaimedCommand>> {
     let now = p.now.as_micros();
+    // Paused targets and names are left out before the batch is picked (`pauses`).
+    let names = crate::pauses::claimable(conn, tables, &p.target, &p.names).await?;
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
     // Rows another claim has locked are skipped, not waited for: concurrent claims
     // take disjoint batches. The scan must follow an index in claim order and stop at
     // the limit, locking only the rows it returns: for one name the index by name, for
     // several the index by due time (which checks the name in the index entry). Any
     // plan that sorts would lock every candidate and starve concurrent claims.
-    let index = if p.names.len() == 1 { "commands_claim" } else { "commands_due" };
+    let index = if names.len() == 1 { "commands_claim" } else { "commands_due" };
     let mut q = query(format!(
         "SELECT id FROM {} FORCE INDEX ({index}) \
          WHERE state = 'pending' AND target = ? AND name IN ({}) AND scheduled_at <= ? \
          ORDER BY priority, scheduled_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
         tables.commands,
-        placeholders(p.names.len())
+        placeholders(names.len())
     ))
     .bind::<Text, _>(p.target.clone());
-    for name in &p.names {
+    for name in &names {
         q = q.bind::<Text, _>(name.clone());
     }
     let ids: Vec<IdRow> = q.bind::<BigInt, _>(now).bind::<BigInt, _>(limit_of(p.limit)).load(conn).await?;

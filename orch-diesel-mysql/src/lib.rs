@@ -69,6 +69,7 @@ mod commands;
 mod dependencies;
 mod journal;
 mod migrations;
+mod pauses;
 mod sagas;
 mod workers;
 
@@ -92,9 +93,9 @@ use orch::store::backend::COMMAND_COLUMNS;
 use orch::store::backend::{check_pool_options, redact_url};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Outcome, QueueStats,
-    Rescued, RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId,
-    WorkflowQuery, WorkflowStepRecord, WorkflowSummary,
+    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Outcome, PauseRecord,
+    PauseScope, QueueStats, Rescued, RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus,
+    WorkerRecord, WorkflowId, WorkflowQuery, WorkflowStepRecord, WorkflowSummary,
 };
 use orch::{Error, NewCommand, Result, Store, TablePrefix, Timestamp};
 
@@ -284,6 +285,7 @@ pub(crate) struct Tables {
     pub(crate) dependencies: String,
     pub(crate) sagas: String,
     pub(crate) workers: String,
+    pub(crate) pauses: String,
     pub(crate) migrations: String,
     /// Every command column, for `SELECT` lists.
     pub(crate) columns: String,
@@ -298,6 +300,7 @@ impl Tables {
             dependencies: format!("`{prefix}dependencies`"),
             sagas: format!("`{prefix}sagas`"),
             workers: format!("`{prefix}workers`"),
+            pauses: format!("`{prefix}pauses`"),
             migrations: format!("`{prefix}migrations`"),
             columns: COMMAND_COLUMNS.join(", "),
         }
@@ -842,6 +845,23 @@ impl Store for MysqlStore {
 
     async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         self.read(&(), |c, t, ()| Box::pin(workers::list(c, t))).await
+    }
+
+    async fn pause(&self, scope: PauseScope, now: Timestamp) -> Result<bool> {
+        let params = (scope, now);
+        self.write("pause", &params, |c, t, (scope, now)| Box::pin(pauses::pause(c, t, scope, *now))).await
+    }
+
+    async fn resume(&self, scope: &PauseScope) -> Result<bool> {
+        let resumed =
+            self.write("resume", scope, |c, t, scope| Box::pin(pauses::resume(c, t, scope))).await?;
+        // Idle workers on this store claim again at once.
+        self.inner.wake.notify_waiters();
+        Ok(resumed)
+    }
+
+    async fn pauses(&self) -> Result<Vec<PauseRecord>> {
+        self.read(&(), |c, t, ()| Box::pin(pauses::list(c, t))).await
     }
 
     async fn server_time(&self) -> Result<Option<Timestamp>> {

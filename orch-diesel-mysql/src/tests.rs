@@ -57,8 +57,8 @@ async fn drop_tables(store: &MysqlStore) {
     let t = &store.inner.tables;
     let mut conn = store.conn().await.unwrap();
     conn.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}",
-        t.commands, t.journal, t.dependencies, t.sagas, t.workers, t.migrations
+        "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}",
+        t.commands, t.journal, t.dependencies, t.sagas, t.workers, t.pauses, t.migrations
     ))
     .await
     .unwrap();
@@ -216,7 +216,7 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     .unwrap();
     assert_eq!(
         versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
-        vec!["1", "2", "3", "4", "5", "6"]
+        vec!["1", "2", "3", "4", "5", "6", "7"]
     );
     let tables: Vec<TableName> = diesel::sql_query(
         "SELECT CAST(table_name AS CHAR) AS name FROM information_schema.tables \
@@ -226,10 +226,11 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     .load(&mut conn)
     .await
     .unwrap();
-    let expected: Vec<String> = ["commands", "dependencies", "journal", "migrations", "sagas", "workers"]
-        .iter()
-        .map(|t| format!("{prefix}{t}"))
-        .collect();
+    let expected: Vec<String> =
+        ["commands", "dependencies", "journal", "migrations", "pauses", "sagas", "workers"]
+            .iter()
+            .map(|t| format!("{prefix}{t}"))
+            .collect();
     assert_eq!(tables.into_iter().map(|t| t.name).collect::<Vec<_>>(), expected);
     drop(conn);
     // The store works on the concurrently migrated tables.
@@ -1444,7 +1445,7 @@ async fn migration_2_upgrades_a_version_1_database() {
     let started = stopwatch();
     store.migrate().await.unwrap();
     eprintln!("migration 1 → 2 of a half-migrated database: {:?}", started.elapsed());
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
     let expected_schema = (
         vec![
             ("step".to_owned(), Some("utf8mb4_bin".to_owned())),
@@ -1463,7 +1464,7 @@ async fn migration_2_upgrades_a_version_1_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 2", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
     assert_eq!(workflow_schema(&store).await, expected_schema);
 
     // The upgraded tables run workflows.
@@ -1929,7 +1930,7 @@ async fn migration_3_upgrades_a_version_2_database() {
     let started = stopwatch();
     store.migrate().await.unwrap();
     eprintln!("migration 2 → 3: {:?}", started.elapsed());
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
     let schema = || table_schema(&store, "sagas");
     let text = |c: &str| (c.to_owned(), Some("utf8mb4_bin".to_owned()));
     let ascii = |c: &str| (c.to_owned(), Some("ascii_bin".to_owned()));
@@ -1978,7 +1979,7 @@ async fn migration_3_upgrades_a_version_2_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 3", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
     assert_eq!(schema().await, expected);
     assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&first));
     assert_eq!(state_of(&store, cmd.id).await, State::Pending);
@@ -2150,7 +2151,7 @@ async fn migration_4_upgrades_a_version_3_database() {
     assert!(store.workers().await.is_err(), "no workers table yet");
 
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
     let schema = || table_schema(&store, "workers");
     let text = |c: &str| (c.to_owned(), Some("utf8mb4_bin".to_owned()));
     let number = |c: &str| (c.to_owned(), None);
@@ -2181,7 +2182,7 @@ async fn migration_4_upgrades_a_version_3_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 4", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
     assert_eq!(schema().await, expected);
     assert_eq!(store.workers().await.unwrap(), vec![w]);
     drop_tables(&store).await;
@@ -2617,7 +2618,7 @@ async fn migration_5_upgrades_a_version_4_database() {
     .to_vec();
 
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
     assert_eq!(indexes().await, expected);
     // Migration 5 again, as after a crash before its version was recorded.
     {
@@ -2625,7 +2626,7 @@ async fn migration_5_upgrades_a_version_4_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 5", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
     assert_eq!(indexes().await, expected);
     assert_eq!(state_of(&store, old.id).await, State::Pending);
     drop_tables(&store).await;
@@ -2679,7 +2680,7 @@ async fn migration_6_upgrades_a_version_5_database() {
                     commands_due.priority commands_due.scheduled_at commands_due.id commands_due.name";
 
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
     assert_eq!(claim_indexes().await, expected);
     // Migration 6 again, as after a crash before its version was recorded: nothing to do.
     {

@@ -356,7 +356,7 @@ pub(crate) async fn claim(
     // completion's flush covers the claim before it, so no result depends on it.
     let sql = format!(
         "WITH batch AS (SELECT id FROM {t} WHERE state = 'pending' AND target = $1 AND name = ANY($2) \
-         AND scheduled_at <= $3 ORDER BY priority, scheduled_at, id LIMIT $4 FOR UPDATE SKIP LOCKED), \
+         AND scheduled_at <= $3 AND {paused} ORDER BY priority, scheduled_at, id LIMIT $4 FOR UPDATE SKIP LOCKED), \
          claimed AS (UPDATE {t} AS c SET state = 'running', attempts = c.attempts + 1, lease_token = $5, \
          worker = $6, started_at = $3, updated_at = $3, lease_expires_at = $3 + c.timeout_ms * 1000 + $7, \
          cancel_requested = FALSE FROM batch WHERE c.id = batch.id RETURNING {columns}), \
@@ -369,6 +369,7 @@ pub(crate) async fn claim(
         j = tables.journal,
         kind = JournalKind::Claimed.as_str(),
         columns = *C_COLUMNS,
+        paused = crate::pauses::claim_filter(tables, "$1"),
     );
     let mut rows: Vec<CommandRow> = diesel::sql_query(sql)
         .bind::<Text, _>(&p.target)

@@ -60,6 +60,7 @@ mod dependencies;
 mod journal;
 mod listener;
 mod migrations;
+mod pauses;
 mod prepared;
 mod sagas;
 mod workers;
@@ -88,9 +89,9 @@ pub use orch;
 use orch::store::backend::{check_pool_options, redact_url};
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, QueueStats, Rescued,
-    RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId, WorkflowQuery,
-    WorkflowStepRecord, WorkflowSummary,
+    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, PauseRecord, PauseScope,
+    QueueStats, Rescued, RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord,
+    WorkflowId, WorkflowQuery, WorkflowStepRecord, WorkflowSummary,
 };
 use orch::{Error, NewCommand, Result, Store, TablePrefix, Timestamp};
 
@@ -329,6 +330,7 @@ pub(crate) struct Tables {
     pub(crate) dependencies: String,
     pub(crate) sagas: String,
     pub(crate) workers: String,
+    pub(crate) pauses: String,
     pub(crate) migrations: String,
     /// The `LISTEN`/`NOTIFY` channel of wake-ups.
     pub(crate) channel: String,
@@ -345,6 +347,7 @@ impl Tables {
             dependencies: format!("{p}dependencies"),
             sagas: format!("{p}sagas"),
             workers: format!("{p}workers"),
+            pauses: format!("{p}pauses"),
             migrations: format!("{p}migrations"),
             channel: format!("{p}wake"),
             prefix: p,
@@ -758,6 +761,30 @@ impl Store for PgStore {
     async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         let mut conn = self.conn().await?;
         Ok(workers::list(&mut conn, &self.inner.tables).await?)
+    }
+
+    async fn pause(&self, scope: PauseScope, now: Timestamp) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        Ok(pauses::pause(&mut conn, &self.inner.tables, &scope, now).await?)
+    }
+
+    async fn resume(&self, scope: &PauseScope) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let tables = &self.inner.tables;
+        // The wake-up tells idle workers of every process to claim again.
+        let resumed = conn
+            .transaction::<_, TxError, _>(async |conn| {
+                let resumed = pauses::resume(conn, tables, scope).await?;
+                notify(conn, tables).await?;
+                Ok(resumed)
+            })
+            .await?;
+        Ok(resumed)
+    }
+
+    async fn pauses(&self) -> Result<Vec<PauseRecord>> {
+        let mut conn = self.conn().await?;
+        Ok(pauses::list(&mut conn, &self.inner.tables).await?)
     }
 
     async fn server_time(&self) -> Result<Option<Timestamp>> {

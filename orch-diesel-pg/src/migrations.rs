@@ -20,6 +20,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("../migrations/0005_monitor_indexes.sql")),
     (6, include_str!("../migrations/0006_claim_index.sql")),
     (7, include_str!("../migrations/0007_priority.sql")),
+    (8, include_str!("../migrations/0008_pauses.sql")),
 ];
 
 #[derive(QueryableByName)]
@@ -81,8 +82,14 @@ pub(crate) async fn run(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResu
 pub(crate) async fn drop_all(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResult<()> {
     lock(conn, tables).await?;
     conn.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}",
-        tables.commands, tables.journal, tables.dependencies, tables.sagas, tables.workers, tables.migrations
+        "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}",
+        tables.commands,
+        tables.journal,
+        tables.dependencies,
+        tables.sagas,
+        tables.workers,
+        tables.pauses,
+        tables.migrations
     ))
     .await?;
     tracing::debug!(prefix = %tables.prefix, "dropped postgres tables");

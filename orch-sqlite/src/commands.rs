@@ -203,9 +203,10 @@ pub(crate) fn claim(
         "UPDATE {t} SET state = 'running', attempts = attempts + 1, lease_token = ?, worker = ?, \
          started_at = ?, updated_at = ?, lease_expires_at = ? + timeout_ms * 1000 + ?, cancel_requested = 0 \
          WHERE id IN (SELECT id FROM {t} WHERE state = 'pending' AND target = ? AND scheduled_at <= ? \
-         AND name IN ({names}) ORDER BY priority, scheduled_at, id LIMIT ?) RETURNING {COLUMNS}",
+         AND name IN ({names}) AND {paused} ORDER BY priority, scheduled_at, id LIMIT ?) RETURNING {COLUMNS}",
         t = tables.commands,
         names = placeholders(p.names.len()),
+        paused = crate::pauses::claim_filter(tables),
     );
     let now = p.now.as_micros();
     let mut query = diesel::sql_query(sql)
@@ -221,6 +222,7 @@ pub(crate) fn claim(
     for name in &p.names {
         query = query.bind::<Text, _>(name.clone());
     }
+    query = query.bind::<Text, _>(p.target.clone());
     query = query.bind::<BigInt, _>(i64::try_from(p.limit).unwrap_or(i64::MAX));
     let mut rows: Vec<CommandRow> = query.prepared().load(conn)?;
     rows.sort_by(|a, b| (a.priority, a.scheduled_at, &a.id).cmp(&(b.priority, b.scheduled_at, &b.id)));

@@ -21,6 +21,7 @@ mod commands;
 mod dependencies;
 mod journal;
 mod migrations;
+mod pauses;
 mod prepared;
 mod sagas;
 mod workers;
@@ -37,9 +38,9 @@ use tokio::sync::Notify;
 pub use orch;
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, QueueStats, Rescued,
-    RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord, WorkflowId, WorkflowQuery,
-    WorkflowStepRecord, WorkflowSummary,
+    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, PauseRecord, PauseScope,
+    QueueStats, Rescued, RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord,
+    WorkflowId, WorkflowQuery, WorkflowStepRecord, WorkflowSummary,
 };
 use orch::{Error, Result, Store, TablePrefix, Timestamp};
 
@@ -189,6 +190,7 @@ pub(crate) struct Tables {
     pub(crate) dependencies: String,
     pub(crate) sagas: String,
     pub(crate) workers: String,
+    pub(crate) pauses: String,
     pub(crate) migrations: String,
 }
 
@@ -200,6 +202,7 @@ impl Tables {
             dependencies: format!("{prefix}dependencies"),
             sagas: format!("{prefix}sagas"),
             workers: format!("{prefix}workers"),
+            pauses: format!("{prefix}pauses"),
             migrations: format!("{prefix}migrations"),
         }
     }
@@ -485,6 +488,22 @@ impl Store for SqliteStore {
 
     async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         self.with_conn(workers::list).await
+    }
+
+    async fn pause(&self, scope: PauseScope, now: Timestamp) -> Result<bool> {
+        self.write(move |conn, tables| pauses::pause(conn, tables, &scope, now)).await
+    }
+
+    async fn resume(&self, scope: &PauseScope) -> Result<bool> {
+        let scope = scope.clone();
+        let resumed = self.write(move |conn, tables| pauses::resume(conn, tables, &scope)).await?;
+        // Claims may find work again.
+        self.inner.wake.notify_waiters();
+        Ok(resumed)
+    }
+
+    async fn pauses(&self) -> Result<Vec<PauseRecord>> {
+        self.with_conn(pauses::list).await
     }
 
     async fn server_time(&self) -> Result<Option<Timestamp>> {

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../migrations/0004_workers.sql")),
     (5, include_str!("../migrations/0005_monitor_indexes.sql")),
     (6, include_str!("../migrations/0006_priority.sql")),
+    (7, include_str!("../migrations/0007_pauses.sql")),
 ];
 
 #[derive(QueryableByName)]

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use orch::store::{
-    CommandRecord, JournalEntry, ListCursor, ListOrder, ListParams, QueueStats, SagaQuery, SagaRecord,
-    WorkflowQuery, WorkflowStepRecord, WorkflowSummary,
+    CommandRecord, JournalEntry, ListCursor, ListOrder, ListParams, PauseRecord, QueueStats, SagaQuery,
+    SagaRecord, WorkflowQuery, WorkflowStepRecord, WorkflowSummary,
 };
 use orch::{CommandId, Error, SagaStatus, Store, Timestamp, WorkerRecord, WorkflowId, WorkflowState};
 use serde::Serialize;
@@ -181,6 +181,8 @@ pub struct Snapshot {
     pub names: Vec<NameRow>,
     /// Workers, by id.
     pub workers: Vec<WorkerRow>,
+    /// Paused targets and names.
+    pub pauses: Vec<PauseRecord>,
     /// The command page, when the list is on screen.
     pub commands: Option<CommandPage>,
     /// The detail, when a command is open.
@@ -241,6 +243,7 @@ pub async fn load(store: &dyn Store, query: &Query, now: Timestamp) -> Result<Sn
     let stats = s.count().queue_stats(now).await?;
     let workers = s.count().workers().await?;
     let mut snapshot = load_parts(now, &stats, workers);
+    snapshot.pauses = s.count().pauses().await?;
 
     let commands = match &query.list {
         Some(list) => Some(page(s.count(), list, now).await?),
@@ -367,6 +370,8 @@ pub struct OverviewJson {
     pub stale_workers: usize,
     /// Counts per name and target.
     pub names: BTreeMap<String, StateCounts>,
+    /// Paused targets and names, as `target X` / `name Y`.
+    pub paused: Vec<String>,
 }
 
 impl OverviewJson {
@@ -382,6 +387,7 @@ impl OverviewJson {
             live_workers: snapshot.workers.iter().filter(|w| !w.stale).count(),
             stale_workers: snapshot.workers.iter().filter(|w| w.stale).count(),
             names: snapshot.names.iter().map(|r| (format!("{}@{}", r.name, r.target), r.counts)).collect(),
+            paused: snapshot.pauses.iter().map(|p| p.scope.to_string()).collect(),
         }
     }
 }

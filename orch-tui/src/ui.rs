@@ -179,6 +179,16 @@ fn draw_overview(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
             FAILED_STYLE,
         )));
     }
+    for pause in &s.pauses {
+        lines.push(Line::from(Span::styled(
+            format!(
+                "PAUSED {} ({} ago)",
+                pause.scope,
+                short_duration(s.taken_at.saturating_duration_since(pause.paused_at))
+            ),
+            FAILED_STYLE,
+        )));
+    }
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(" Queue ")), side);
 
     let [ok_area, failed_area] =

@@ -11,8 +11,8 @@ use crate::command::{Command, NewCommand};
 use crate::error::{Error, Failure, FailureKind, Result};
 use crate::saga::{SagaData, SagaEvent, SagaInstance, decode_instance, event_for};
 use crate::store::{
-    CancelStatus, CommandId, CommandRecord, JournalEntry, ListParams, RetryStatus, SagaQuery, SagaRecord,
-    SagaStatus, State, Store, WorkflowId,
+    CancelStatus, CommandId, CommandRecord, JournalEntry, ListParams, PauseRecord, PauseScope, RetryStatus,
+    SagaQuery, SagaRecord, SagaStatus, State, Store, WorkflowId,
 };
 use crate::workflow::{Workflow, WorkflowState, WorkflowStatus};
 
@@ -323,6 +323,44 @@ impl Orch {
     /// The stored command, if it exists.
     pub async fn get(&self, id: CommandId) -> Result<Option<CommandRecord>> {
         self.store.get(id).await
+    }
+
+    /// Holds back claims of `scope` (a target or a command name) until
+    /// [`Orch::resume`]: workers claim none of its commands from their next claim on
+    /// (commands already claimed run on); pushes, cancels and everything else go on.
+    /// `false` when it was paused already.
+    ///
+    /// ```
+    /// # async fn demo(orch: orch::Orch) -> orch::Result<()> {
+    /// use orch::PauseScope;
+    /// orch.pause(PauseScope::target("eu-west")).await?;
+    /// orch.pause(PauseScope::name("send_email")).await?;
+    /// for pause in orch.pauses().await? {
+    ///     println!("{} since {}", pause.scope, pause.paused_at);
+    /// }
+    /// orch.resume(PauseScope::name("send_email")).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn pause(&self, scope: PauseScope) -> Result<bool> {
+        scope.validate()?;
+        let paused = self.store.pause(scope.clone(), self.now().await).await?;
+        tracing::info!(%scope, newly = paused, "paused");
+        Ok(paused)
+    }
+
+    /// Lets claims of `scope` go on; `false` when it was not paused.
+    pub async fn resume(&self, scope: PauseScope) -> Result<bool> {
+        scope.validate()?;
+        let resumed = self.store.resume(&scope).await?;
+        tracing::info!(%scope, was_paused = resumed, "resumed");
+        // Idle workers in this process look again at once.
+        self.signals.pushed.notify_waiters();
+        Ok(resumed)
+    }
+
+    /// Every pause in force.
+    pub async fn pauses(&self) -> Result<Vec<PauseRecord>> {
+        self.store.pauses().await
     }
 
     /// The command's status.

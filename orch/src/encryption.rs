@@ -68,9 +68,9 @@ use crate::error::{Error, Result};
 use crate::store::backend::unreadable_completion;
 use crate::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Outcome, QueueStats,
-    Rescued, RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, Store, WorkerRecord, WorkflowId,
-    WorkflowQuery, WorkflowStepRecord, WorkflowSummary,
+    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, Outcome, PauseRecord,
+    PauseScope, QueueStats, Rescued, RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, Store,
+    WorkerRecord, WorkflowId, WorkflowQuery, WorkflowStepRecord, WorkflowSummary,
 };
 
 /// The length of a key in bytes.
@@ -588,6 +588,18 @@ impl Store for EncryptedStore {
 
     async fn server_time(&self) -> Result<Option<Timestamp>> {
         self.inner.server_time().await
+    }
+
+    async fn pause(&self, scope: PauseScope, now: Timestamp) -> Result<bool> {
+        self.inner.pause(scope, now).await
+    }
+
+    async fn resume(&self, scope: &PauseScope) -> Result<bool> {
+        self.inner.resume(scope).await
+    }
+
+    async fn pauses(&self) -> Result<Vec<PauseRecord>> {
+        self.inner.pauses().await
     }
 
     fn wake_signal(&self) -> Option<Arc<Notify>> {

@@ -68,8 +68,8 @@ pub use retry::RetryPolicy;
 pub use saga::{SagaData, SagaEvent, SagaInstance, SagaMachine, SagaStep};
 pub use store::{
     CancelStatus, CommandId, CommandRecord, JournalEntry, JournalKind, ListCursor, ListOrder, ListParams,
-    QueueStats, RetryStatus, SagaStatus, State, StepOf, Store, TablePrefix, WorkerRecord, WorkflowId,
-    WorkflowQuery, WorkflowSummary,
+    PauseRecord, PauseScope, QueueStats, RetryStatus, SagaStatus, State, StepOf, Store, TablePrefix,
+    WorkerRecord, WorkflowId, WorkflowQuery, WorkflowSummary,
 };
 pub use worker::{FORGET_DEAD_WORKERS_AFTER, MAX_HELD, Worker, WorkerConfig, WorkerHandle};
 pub use workflow::{Workflow, WorkflowError, WorkflowState, WorkflowStatus};

@@ -940,6 +940,80 @@ pub struct SagaQuery {
     pub limit: usize,
 }
 
+/// What a pause holds back from claims: every command of a target (instance key), or
+/// every command of a name, whatever its target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PauseScope {
+    /// The commands of this target.
+    Target(String),
+    /// The commands of this name.
+    Name(String),
+}
+
+impl PauseScope {
+    /// The commands of `target`.
+    pub fn target(target: impl Into<String>) -> Self {
+        PauseScope::Target(target.into())
+    }
+
+    /// The commands named `name`.
+    pub fn name(name: impl Into<String>) -> Self {
+        PauseScope::Name(name.into())
+    }
+
+    /// The commands of type `C`.
+    pub fn command<C: crate::Command>() -> Self {
+        PauseScope::Name(C::name().into_owned())
+    }
+
+    /// `target` or `name`, as stored.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PauseScope::Target(_) => "target",
+            PauseScope::Name(_) => "name",
+        }
+    }
+
+    /// The target or the name.
+    pub fn value(&self) -> &str {
+        match self {
+            PauseScope::Target(v) | PauseScope::Name(v) => v,
+        }
+    }
+
+    /// The scope a stored kind and value describe.
+    pub fn parse(kind: &str, value: String) -> Result<Self> {
+        match kind {
+            "target" => Ok(PauseScope::Target(value)),
+            "name" => Ok(PauseScope::Name(value)),
+            other => Err(Error::Corrupt(format!("unknown pause kind {other:?}"))),
+        }
+    }
+
+    /// Fails with [`Error::InvalidConfig`] for an empty target or name.
+    pub fn validate(&self) -> Result<()> {
+        if self.value().is_empty() {
+            return Err(Error::invalid_config(format!("a paused {} must not be empty", self.kind())));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for PauseScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind(), self.value())
+    }
+}
+
+/// A stored pause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PauseRecord {
+    /// What it holds back.
+    pub scope: PauseScope,
+    /// When it was paused (by the pauser's clock).
+    pub paused_at: Timestamp,
+}
+
 /// A worker process as recorded in the workers table, for monitors: registered when it
 /// starts, refreshed at every heartbeat, removed when it shuts down. A row whose
 /// heartbeat is old belongs to a worker that died.
@@ -1119,6 +1193,17 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the rows of workers whose last heartbeat is before `before` (workers
     /// that died long ago), returning how many.
     async fn prune_workers(&self, before: Timestamp) -> Result<u64>;
+
+    /// Holds back claims of `scope` until [`Store::resume`]: commands already claimed
+    /// run on, and everything else about the queue goes on as before. `false` when it
+    /// was paused already (its first `paused_at` is kept).
+    async fn pause(&self, scope: PauseScope, now: Timestamp) -> Result<bool>;
+
+    /// Lets claims of `scope` go on; `false` when it was not paused.
+    async fn resume(&self, scope: &PauseScope) -> Result<bool>;
+
+    /// Every pause, ordered by kind and value.
+    async fn pauses(&self) -> Result<Vec<PauseRecord>>;
 
     /// The database's own clock, read now: what every process's clock is corrected to
     /// (see [`crate::Orch::sync_clock`]). `None` (the default) for a store with no

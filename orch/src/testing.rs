@@ -446,6 +446,18 @@ impl Store for InlineStore {
     async fn prune_workers(&self, _: Timestamp) -> Result<u64> {
         no_store("prune_workers")
     }
+
+    async fn pause(&self, _: crate::PauseScope, _: Timestamp) -> Result<bool> {
+        no_store("pause")
+    }
+
+    async fn resume(&self, _: &crate::PauseScope) -> Result<bool> {
+        no_store("resume")
+    }
+
+    async fn pauses(&self) -> Result<Vec<crate::PauseRecord>> {
+        no_store("pauses")
+    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -543,6 +543,18 @@ impl Store for CountingStore {
     async fn prune_workers(&self, before: Timestamp) -> Result<u64> {
         self.count().prune_workers(before).await
     }
+    async fn server_time(&self) -> Result<Option<Timestamp>> {
+        self.count().server_time().await
+    }
+    async fn pause(&self, scope: orch::PauseScope, now: Timestamp) -> Result<bool> {
+        self.count().pause(scope, now).await
+    }
+    async fn resume(&self, scope: &orch::PauseScope) -> Result<bool> {
+        self.count().resume(scope).await
+    }
+    async fn pauses(&self) -> Result<Vec<orch::PauseRecord>> {
+        self.count().pauses().await
+    }
     fn wake_signal(&self) -> Option<Arc<Notify>> {
         self.inner.wake_signal()
     }

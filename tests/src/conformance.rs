@@ -15,8 +15,8 @@ use orch::store::{
 };
 use orch::{
     CancelStatus, CancellationToken, Clock, Command, CommandId, Context, Error, Failure, FailureKind,
-    HandlerError, JournalKind, ManualClock, NewCommand, Orch, Registry, RetryPolicy, State, Status, Store,
-    SystemClock, Timestamp, Worker,
+    HandlerError, JournalKind, ManualClock, NewCommand, Orch, PauseScope, Registry, RetryPolicy, State,
+    Status, Store, SystemClock, Timestamp, Worker,
 };
 use serde::{Deserialize, Serialize};
 
@@ -711,6 +711,49 @@ pub async fn claims_follow_priority(h: &dyn Harness) {
     .await;
     worker.shutdown().await;
     assert_eq!(*started.lock().unwrap(), expected, "{backend}: start order");
+}
+
+/// Pausing a name or a target holds back its commands from the next claim on, on
+/// every worker, while other names and targets are claimed as before; resuming lets a
+/// waiting worker run them. Pauses are stored and listed, pausing twice is reported.
+pub async fn pause_holds_back_claims_until_resumed(h: &dyn Harness) {
+    let store = h.store().await;
+    let backend = h.backend();
+    let orch = Orch::new(Arc::clone(&store));
+    assert!(orch.pause(PauseScope::command::<EchoCommand>()).await.unwrap(), "{backend}");
+    assert!(!orch.pause(PauseScope::name("echo")).await.unwrap(), "{backend}: paused already");
+    assert!(orch.pause(PauseScope::target("eu")).await.unwrap(), "{backend}");
+    assert!(matches!(orch.pause(PauseScope::target("")).await, Err(Error::InvalidConfig(_))), "{backend}");
+    let listed: Vec<PauseScope> = orch.pauses().await.unwrap().into_iter().map(|p| p.scope).collect();
+    assert_eq!(listed, vec![PauseScope::name("echo"), PauseScope::target("eu")], "{backend}");
+
+    // Claims take nothing paused, and everything else.
+    let echo = orch.push(&EchoCommand { n: 1 }).await.unwrap();
+    let other = orch.push_new(NewCommand::raw("other", serde_json::json!({}))).await.unwrap();
+    let in_eu = orch.push_new(NewCommand::raw("other", serde_json::json!({})).target("eu")).await.unwrap();
+    let now = SystemClock.now();
+    let claimed = store.claim(claim_params(&["echo", "other"], now, "probe", 10)).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.lease.id).collect::<Vec<_>>(), vec![other], "{backend}");
+    let eu = ClaimParams { target: "eu".into(), ..claim_params(&["other"], now, "probe", 10) };
+    assert!(store.claim(eu.clone()).await.unwrap().is_empty(), "{backend}: the target is paused");
+    assert_eq!(record(&store, in_eu).await.state, State::Pending);
+
+    // A running worker leaves the paused name alone: once it has run a command pushed
+    // after the pause, it has claimed since, and the echo still waits.
+    let mut registry = echo_registry();
+    registry.register_fn(|_: BackgroundCommand, _ctx: Context| async { Ok::<_, HandlerError>(()) }).unwrap();
+    let worker = Worker::new(orch.clone(), registry, fast_config("default")).unwrap().start();
+    let marker = orch.push(&BackgroundCommand).await.unwrap();
+    assert_eq!(finish(&orch, marker).await, Status::Success("null".into()), "{backend}");
+    assert_eq!(record(&store, echo).await.state, State::Pending, "{backend}: paused name claimed");
+    assert!(orch.resume(PauseScope::name("echo")).await.unwrap(), "{backend}");
+    assert!(!orch.resume(PauseScope::name("echo")).await.unwrap(), "{backend}: resumed already");
+    assert_eq!(finish(&orch, echo).await, Status::Success("1".into()), "{backend}: resumed");
+    worker.shutdown().await;
+    let listed: Vec<PauseScope> = orch.pauses().await.unwrap().into_iter().map(|p| p.scope).collect();
+    assert_eq!(listed, vec![PauseScope::target("eu")], "{backend}");
+    assert!(orch.resume(PauseScope::target("eu")).await.unwrap(), "{backend}");
+    assert_eq!(store.claim(eu).await.unwrap().iter().map(|c| c.lease.id).collect::<Vec<_>>(), vec![in_eu]);
 }
 
 /// Records the id of every echo and background command as its handler starts.

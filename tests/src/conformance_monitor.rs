@@ -271,6 +271,7 @@ pub async fn monitor_counts_match_sql(h: &dyn Harness) {
     let now = orch::Clock::now(&orch::SystemClock);
     assert_eq!(store.claim(claim(&["wf_step"], now)).await.unwrap().len(), 1);
 
+    orch.pause(orch::PauseScope::target("eu")).await.unwrap();
     let monitor = Source { url: location.url.clone(), prefix: location.prefix.clone() }
         .open()
         .await
@@ -302,6 +303,10 @@ pub async fn monitor_counts_match_sql(h: &dyn Harness) {
     assert_eq!(c.scheduled, 1, "only the delayed command is scheduled; the retried ones ran again");
     assert!(snapshot.cost.queries >= 5, "{:?}", snapshot.cost);
 
+    // The pause, on screen and in the JSON overview.
+    assert_eq!(snapshot.pauses.iter().map(|p| p.scope.to_string()).collect::<Vec<_>>(), vec!["target eu"]);
+    let json = orch_tui::data::OverviewJson::of(h.backend(), &snapshot);
+    assert_eq!(json.paused, vec!["target eu".to_owned()]);
     let page = snapshot.commands.unwrap();
     assert_eq!(page.rows.len() as i64, sql["failed"]);
     assert!(page.rows.iter().all(|r| r.state == State::Failed));

@@ -350,7 +350,7 @@ pub const MYSQL_APP_HOSTS: [&str; 2] = ["%", "localhost"];
 
 /// The tables of a prefix that the application reads and writes (the migrations table
 /// is the owner's alone).
-pub const APP_TABLES: [&str; 5] = ["commands", "journal", "dependencies", "sagas", "workers"];
+pub const APP_TABLES: [&str; 6] = ["commands", "journal", "dependencies", "sagas", "workers", "pauses"];
 
 /// `url` with its user (and any password) replaced by `user`.
 pub fn with_user(url: &str, user: &str) -> String {
@@ -689,6 +689,22 @@ impl Store for OwnerMigrated {
 
     async fn prune_workers(&self, before: Timestamp) -> orch::Result<u64> {
         self.app().await?.prune_workers(before).await
+    }
+
+    async fn server_time(&self) -> orch::Result<Option<Timestamp>> {
+        self.app().await?.server_time().await
+    }
+
+    async fn pause(&self, scope: orch::PauseScope, now: Timestamp) -> orch::Result<bool> {
+        self.app().await?.pause(scope, now).await
+    }
+
+    async fn resume(&self, scope: &orch::PauseScope) -> orch::Result<bool> {
+        self.app().await?.resume(scope).await
+    }
+
+    async fn pauses(&self) -> orch::Result<Vec<orch::PauseRecord>> {
+        self.app().await?.pauses().await
     }
 
     fn wake_signal(&self) -> Option<Arc<tokio::sync::Notify>> {

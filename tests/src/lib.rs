@@ -58,6 +58,7 @@ macro_rules! conformance_suite {
             poison_handlers_spare_the_worker,
             delayed_command_waits,
             claims_follow_priority,
+            pause_holds_back_claims_until_resumed,
             target_routing,
             success_follow_ups_commit_with_success,
             cancel_defaults_to_failure_follow_ups,
