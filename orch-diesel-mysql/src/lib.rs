@@ -70,6 +70,7 @@ mod dependencies;
 mod journal;
 mod migrations;
 mod pauses;
+mod retention;
 mod sagas;
 mod workers;
 
@@ -845,6 +846,18 @@ impl Store for MysqlStore {
 
     async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         self.read(&(), |c, t, ()| Box::pin(workers::list(c, t))).await
+    }
+
+    async fn prune_finished(&self, before: Timestamp, limit: usize) -> Result<Option<u64>> {
+        // A connection of its own, closed afterwards: the named lock is held by the
+        // session, so if this future is dropped half way the lock goes with it.
+        let mut conn = self.inner.pool.dedicated_connection().await.map_err(|e| {
+            Error::backend(BACKEND, format!("cannot connect to MySQL at {}: {e}", self.inner.url))
+        })?;
+        let (tables, prefix) = (&self.inner.tables, &self.inner.prefix);
+        retention::prune(&mut conn, tables, prefix, before, limit, orch::store::PRUNE_BATCH)
+            .await
+            .map_err(Error::from)
     }
 
     async fn pause(&self, scope: PauseScope, now: Timestamp) -> Result<bool> {

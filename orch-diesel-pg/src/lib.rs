@@ -62,6 +62,7 @@ mod listener;
 mod migrations;
 mod pauses;
 mod prepared;
+mod retention;
 mod sagas;
 mod workers;
 
@@ -761,6 +762,30 @@ impl Store for PgStore {
     async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         let mut conn = self.conn().await?;
         Ok(workers::list(&mut conn, &self.inner.tables).await?)
+    }
+
+    async fn prune_finished(&self, before: Timestamp, limit: usize) -> Result<Option<u64>> {
+        let tables = &self.inner.tables;
+        let mut total = 0usize;
+        while total < limit {
+            let take = orch::store::PRUNE_BATCH.min(limit - total);
+            let mut conn = self.conn().await?;
+            let gone = conn
+                .transaction::<_, TxError, _>(async |conn| retention::prune(conn, tables, before, take).await)
+                .await?;
+            match gone {
+                // Another caller is pruning: it goes on where this one stops.
+                None if total == 0 => return Ok(None),
+                None => break,
+                Some(gone) => {
+                    total += gone as usize;
+                    if (gone as usize) < take {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(Some(total as u64))
     }
 
     async fn pause(&self, scope: PauseScope, now: Timestamp) -> Result<bool> {

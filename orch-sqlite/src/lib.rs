@@ -23,6 +23,7 @@ mod journal;
 mod migrations;
 mod pauses;
 mod prepared;
+mod retention;
 mod sagas;
 mod workers;
 
@@ -488,6 +489,22 @@ impl Store for SqliteStore {
 
     async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         self.with_conn(workers::list).await
+    }
+
+    async fn prune_finished(&self, before: Timestamp, limit: usize) -> Result<Option<u64>> {
+        // One writer at a time, so one pruner at a time: each batch is a write
+        // transaction of its own.
+        let mut total = 0usize;
+        while total < limit {
+            let take = orch::store::PRUNE_BATCH.min(limit - total);
+            let gone =
+                self.write(move |conn, tables| retention::prune(conn, tables, before, take)).await? as usize;
+            total += gone;
+            if gone < take {
+                break;
+            }
+        }
+        Ok(Some(total as u64))
     }
 
     async fn pause(&self, scope: PauseScope, now: Timestamp) -> Result<bool> {

@@ -594,6 +594,10 @@ impl Store for EncryptedStore {
         self.inner.pause(scope, now).await
     }
 
+    async fn prune_finished(&self, before: Timestamp, limit: usize) -> Result<Option<u64>> {
+        self.inner.prune_finished(before, limit).await
+    }
+
     async fn resume(&self, scope: &PauseScope) -> Result<bool> {
         self.inner.resume(scope).await
     }

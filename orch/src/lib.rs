@@ -71,7 +71,10 @@ pub use store::{
     PauseRecord, PauseScope, QueueStats, RetryStatus, SagaStatus, State, StepOf, Store, TablePrefix,
     WorkerRecord, WorkflowId, WorkflowQuery, WorkflowSummary,
 };
-pub use worker::{FORGET_DEAD_WORKERS_AFTER, MAX_HELD, Worker, WorkerConfig, WorkerHandle};
+pub use worker::{
+    DEFAULT_RETENTION, FORGET_DEAD_WORKERS_AFTER, MAX_HELD, PRUNE_EVERY, PRUNE_PER_ROUND, Worker,
+    WorkerConfig, WorkerHandle,
+};
 pub use workflow::{Workflow, WorkflowError, WorkflowState, WorkflowStatus};
 
 /// Re-exported so handlers can take cancellation tokens without another dependency.

@@ -940,6 +940,9 @@ pub struct SagaQuery {
     pub limit: usize,
 }
 
+/// The most commands [`Store::prune_finished`] deletes in one transaction.
+pub const PRUNE_BATCH: usize = 1_000;
+
 /// What a pause holds back from claims: every command of a target (instance key), or
 /// every command of a name, whatever its target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -1193,6 +1196,14 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the rows of workers whose last heartbeat is before `before` (workers
     /// that died long ago), returning how many.
     async fn prune_workers(&self, before: Timestamp) -> Result<u64>;
+
+    /// Deletes finished commands (succeeded, failed or cancelled, with no follow-ups
+    /// still to push) that finished before `before`, oldest due first, with their
+    /// journal entries and dependency edges: at most `limit`, in transactions of at most
+    /// [`PRUNE_BATCH`] commands each, so no lock is held for long. One caller prunes a
+    /// store at a time: `None` when another is pruning it right now; else how many were
+    /// deleted (fewer than `limit` when no more are old enough).
+    async fn prune_finished(&self, before: Timestamp, limit: usize) -> Result<Option<u64>>;
 
     /// Holds back claims of `scope` until [`Store::resume`]: commands already claimed
     /// run on, and everything else about the queue goes on as before. `false` when it

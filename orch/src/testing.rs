@@ -451,6 +451,10 @@ impl Store for InlineStore {
         no_store("pause")
     }
 
+    async fn prune_finished(&self, _: Timestamp, _: usize) -> Result<Option<u64>> {
+        no_store("prune_finished")
+    }
+
     async fn resume(&self, _: &crate::PauseScope) -> Result<bool> {
         no_store("resume")
     }

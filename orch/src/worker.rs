@@ -69,7 +69,23 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// The name recorded as lease holder; default `host-pid-random`.
     pub worker_id: Option<String>,
+    /// How long finished commands (succeeded, failed, cancelled) and their journal are
+    /// kept: once a minute a worker deletes those that finished longer ago, in
+    /// transactions of [`crate::store::PRUNE_BATCH`], one worker of the store at a time
+    /// ([`Store::prune_finished`]). `None` keeps everything. Default
+    /// [`DEFAULT_RETENTION`] (7 days).
+    pub retention: Option<Duration>,
 }
+
+/// How long finished commands are kept by default: 7 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How often a worker prunes finished commands, unless a round found more than it
+/// could delete (then again at its next maintenance tick).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// The most commands one pruning round deletes.
+pub const PRUNE_PER_ROUND: usize = 20 * crate::store::PRUNE_BATCH;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -84,6 +100,7 @@ impl Default for WorkerConfig {
             rescue_interval: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             worker_id: None,
+            retention: Some(DEFAULT_RETENTION),
         }
     }
 }
@@ -106,6 +123,9 @@ impl WorkerConfig {
                 "concurrency + prefetch ({} + {}) must be at most {MAX_HELD}",
                 self.concurrency, self.prefetch
             ));
+        }
+        if self.retention.is_some_and(|r| r.is_zero()) {
+            return fail("retention must be greater than zero (None keeps every finished command)".into());
         }
         for (name, value) in [
             ("poll_interval", self.poll_interval),
@@ -808,10 +828,28 @@ async fn maintainer(shared: Arc<Shared>, stop: CancellationToken) {
     let clock = Arc::clone(shared.orch.clock());
     let config = &shared.config;
     let mut next_rescue = clock.now();
+    let mut next_prune = clock.now();
     let mut ticks: u64 = 0;
     loop {
         shared.orch.keep_clock_synced().await;
         let now = clock.now();
+        if let Some(age) = config.retention
+            && now >= next_prune
+        {
+            next_prune = now + PRUNE_EVERY;
+            match shared.orch.store().prune_finished(now - age, PRUNE_PER_ROUND).await {
+                Ok(Some(0)) => {}
+                Ok(Some(pruned)) => {
+                    tracing::info!(pruned, older_than = ?age, "pruned finished commands");
+                    // More may be waiting: the next tick goes on.
+                    if pruned as usize >= PRUNE_PER_ROUND {
+                        next_prune = now;
+                    }
+                }
+                Ok(None) => tracing::debug!("another worker is pruning finished commands"),
+                Err(e) => tracing::warn!(error = %e, "pruning finished commands failed; will retry"),
+            }
+        }
         if now >= next_rescue {
             // The worker's row is refreshed each rescue tick (the first records it again
             // after start), so an idle worker makes few calls.

@@ -549,6 +549,9 @@ impl Store for CountingStore {
     async fn pause(&self, scope: orch::PauseScope, now: Timestamp) -> Result<bool> {
         self.count().pause(scope, now).await
     }
+    async fn prune_finished(&self, before: Timestamp, limit: usize) -> Result<Option<u64>> {
+        self.count().prune_finished(before, limit).await
+    }
     async fn resume(&self, scope: &orch::PauseScope) -> Result<bool> {
         self.count().resume(scope).await
     }

@@ -756,6 +756,101 @@ pub async fn pause_holds_back_claims_until_resumed(h: &dyn Harness) {
     assert_eq!(store.claim(eu).await.unwrap().iter().map(|c| c.lease.id).collect::<Vec<_>>(), vec![in_eu]);
 }
 
+/// Retention deletes exactly the finished commands that finished before the cutoff,
+/// with their journals and dependency edges, a batch at a time, and keeps what is
+/// running, pending, recent, or still has follow-ups to push.
+pub async fn retention_prunes_only_old_finished_commands(h: &dyn Harness) {
+    let store = h.store().await;
+    let backend = h.backend();
+    let t0 = Timestamp::from_millis(1_900_000_000_000);
+    let cutoff = t0 + Duration::from_secs(1_800);
+    let t1 = t0 + Duration::from_secs(3_600);
+    let done = |lease, now, outcome| Completion { lease, now, worker: "w".into(), outcome };
+    let succeeded = || Outcome::Succeeded { output: "null".into(), follow_ups: Vec::new() };
+    let finish = |name: &'static str, at: Timestamp, outcome: Outcome| {
+        let store = Arc::clone(&store);
+        async move {
+            let row = insert(name, at);
+            store.enqueue(vec![row.clone()]).await.unwrap();
+            let claimed = claim_one(&store, name, at, "w").await;
+            let status = store.complete(vec![done(claimed.lease, at, outcome)]).await.unwrap();
+            assert_eq!(status, vec![CompletionStatus::Applied]);
+            row.id
+        }
+    };
+    let mut old = Vec::new();
+    for i in 0..3 {
+        old.push(finish(["old_a", "old_b", "old_c"][i], t0, succeeded()).await);
+    }
+    let failure = Failure::new(FailureKind::Error, "no");
+    old.push(finish("old_failed", t0, Outcome::Failed { failure, follow_ups: Vec::new() }).await);
+    // A workflow of two finished steps: its dependency edge goes with them.
+    let workflow = orch::Workflow::builder()
+        .step("a", NewCommand::raw("wf_a", serde_json::json!({})))
+        .step_after("b", NewCommand::raw("wf_b", serde_json::json!({})), ["a"])
+        .build()
+        .unwrap();
+    let pusher = Orch::new(Arc::clone(&store)).with_clock(Arc::new(ManualClock::new(t0)));
+    let workflow_id = pusher.start_workflow(workflow).await.unwrap();
+    for name in ["wf_a", "wf_b"] {
+        let claimed = claim_one(&store, name, t0, "w").await;
+        store.complete(vec![done(claimed.lease, t0, succeeded())]).await.unwrap();
+        old.push(claimed.lease.id);
+    }
+    // Kept: finished after the cutoff, running, pending, cancelled with follow-ups due.
+    let recent = finish("recent", t1, succeeded()).await;
+    let running_row = insert("running", t0);
+    store.enqueue(vec![running_row.clone(), insert("pending", t0)]).await.unwrap();
+    claim_one(&store, "running", t0, "w").await;
+    let pending = named(&store, "pending").await[0].id;
+    let cancelled_row = insert("cancelled", t0);
+    store.enqueue(vec![cancelled_row.clone()]).await.unwrap();
+    assert_eq!(store.cancel(cancelled_row.id, t0).await.unwrap(), CancelStatus::Cancelled);
+    let follow_ups_due = record(&store, cancelled_row.id).await.follow_ups_due;
+
+    // Batches of two until nothing is left to prune.
+    let mut pruned = 0;
+    loop {
+        let n = store.prune_finished(cutoff, 2).await.unwrap().expect("nobody else prunes");
+        assert!(n <= 2, "{backend}: {n}");
+        pruned += n;
+        if n == 0 {
+            break;
+        }
+    }
+    assert_eq!(pruned, old.len() as u64, "{backend}: pruned");
+    for id in &old {
+        assert!(store.get(*id).await.unwrap().is_none(), "{backend}: {id} pruned");
+        assert!(store.journal(*id).await.unwrap().is_empty(), "{backend}: {id}'s journal pruned");
+    }
+    assert!(store.workflow_steps(workflow_id).await.unwrap().is_empty(), "{backend}");
+    for id in [recent, running_row.id, pending] {
+        assert!(!kinds(&store, id).await.is_empty(), "{backend}: {id} kept with its journal");
+    }
+    if follow_ups_due {
+        // Kept until its follow-ups are dealt with, then pruned.
+        assert!(store.get(cancelled_row.id).await.unwrap().is_some(), "{backend}: follow-ups still due");
+        store.resolve_follow_ups(cancelled_row.id, Vec::new(), t0).await.unwrap();
+    }
+    assert_eq!(store.prune_finished(cutoff, 100).await.unwrap(), Some(1), "{backend}: the cancelled one");
+    assert!(store.get(cancelled_row.id).await.unwrap().is_none(), "{backend}");
+    // Everything, with the cutoff past the recent one.
+    assert_eq!(store.prune_finished(t1 + Duration::from_secs(1), 100).await.unwrap(), Some(1), "{backend}");
+    assert_eq!(all(&store).await.len(), 2, "{backend}: the running and the pending one");
+
+    // A worker prunes on its own, by its clock and its configured retention.
+    let late = finish("late", t1, succeeded()).await;
+    let clock = ManualClock::new(t1 + Duration::from_secs(7_200));
+    let orch = Orch::new(Arc::clone(&store)).with_clock(Arc::new(clock));
+    let config =
+        orch::WorkerConfig { retention: Some(Duration::from_secs(3_600)), ..manual_config("pruner") };
+    let worker = Worker::new(orch, echo_registry(), config).unwrap().start();
+    eventually("the worker to prune", || async { store.get(late).await.unwrap().is_none().then_some(()) })
+        .await;
+    worker.shutdown().await;
+    assert_eq!(all(&store).await.len(), 2, "{backend}: the worker pruned only the finished one");
+}
+
 /// Records the id of every echo and background command as its handler starts.
 fn for_each_start(registry: &mut Registry, started: &Arc<Mutex<Vec<CommandId>>>) {
     let seen = Arc::clone(started);

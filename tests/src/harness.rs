@@ -699,6 +699,10 @@ impl Store for OwnerMigrated {
         self.app().await?.pause(scope, now).await
     }
 
+    async fn prune_finished(&self, before: Timestamp, limit: usize) -> orch::Result<Option<u64>> {
+        self.app().await?.prune_finished(before, limit).await
+    }
+
     async fn resume(&self, scope: &orch::PauseScope) -> orch::Result<bool> {
         self.app().await?.resume(scope).await
     }

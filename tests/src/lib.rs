@@ -59,6 +59,7 @@ macro_rules! conformance_suite {
             delayed_command_waits,
             claims_follow_priority,
             pause_holds_back_claims_until_resumed,
+            retention_prunes_only_old_finished_commands,
             target_routing,
             success_follow_ups_commit_with_success,
             cancel_defaults_to_failure_follow_ups,

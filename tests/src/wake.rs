@@ -32,7 +32,9 @@ pub fn slow_polling_worker(store: Arc<dyn Store>) -> orch::WorkerHandle {
 }
 
 /// Asserts that a command pushed through `pusher` (a client that shares nothing with
-/// the worker's) is run by an idle worker with a 10 s poll interval within 2 s.
+/// the worker's) is run by an idle worker with a 10 s poll interval well before its
+/// next poll: within 6 s, however busy the machine is with other tests (unloaded it
+/// takes a few milliseconds; the figure is printed).
 pub async fn idle_worker_wakes_on_push(worker_store: Arc<dyn Store>, pusher: Orch) {
     let worker = slow_polling_worker(worker_store);
     // The first command proves the worker is up; after it the worker is idle.
@@ -42,9 +44,9 @@ pub async fn idle_worker_wakes_on_push(worker_store: Arc<dyn Store>, pusher: Orc
 
     let pushed = tokio::time::Instant::now();
     let second = pusher.push(&PingCommand { n: 2 }).await.unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(2), pusher.wait(second)).await;
+    let status = tokio::time::timeout(Duration::from_secs(6), pusher.wait(second)).await;
     assert_eq!(
-        status.expect("an idle worker with a 10 s poll interval ran a new command within 2 s").unwrap(),
+        status.expect("an idle worker with a 10 s poll interval ran a new command within 6 s").unwrap(),
         Status::Success("2".into())
     );
     let record = pusher.get(second).await.unwrap().expect("the command exists");
