@@ -63,12 +63,7 @@ pub(crate) async fn list(conn: &mut AsyncMysqlConnection, tables: &Tables) -> Tx
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| {
-            Ok(PauseRecord {
-                scope: PauseScope::parse(&r.kind, r.value)?,
-                paused_at: Timestamp::from_micros(r.paused_at),
-            })
-        })
+        .map(|r| PauseScope::record(&r.kind, r.value, r.paused_at))
         .collect::<orch::Result<_>>()?)
 }
 

@@ -29,15 +29,21 @@ struct Version {
     version: i32,
 }
 
-/// The advisory lock key of a prefix's schema: FNV-1a over a fixed tag and the prefix,
-/// stable across processes and versions.
-fn lock_key(prefix: &str) -> i64 {
+/// The advisory lock key of `what` (`migrate`, `prune`) for a prefix: FNV-1a over a
+/// fixed tag and the prefix, stable across processes and versions.
+pub(crate) fn advisory_key(what: &str, prefix: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in "orch-diesel-pg:migrate:".bytes().chain(prefix.bytes()) {
+    let tag = format!("orch-diesel-pg:{what}:");
+    for byte in tag.bytes().chain(prefix.bytes()) {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// The advisory lock key of a prefix's schema.
+fn lock_key(prefix: &str) -> i64 {
+    advisory_key("migrate", prefix)
 }
 
 async fn lock(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResult<()> {

@@ -20,16 +20,6 @@ struct Gone {
     n: i64,
 }
 
-/// The advisory lock key of a prefix's pruning: FNV-1a over a fixed tag and the prefix.
-fn lock_key(prefix: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in "orch-diesel-pg:prune:".bytes().chain(prefix.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    i64::from_ne_bytes(hash.to_ne_bytes())
-}
-
 /// In the caller's transaction: `None` when another transaction is pruning this prefix,
 /// else deletes up to `limit` commands finished before `before` (found through the
 /// due-time index, oldest first: a command finishes after it was due), their journal
@@ -41,7 +31,7 @@ pub(crate) async fn prune(
     limit: usize,
 ) -> TxResult<Option<u64>> {
     let got: Got = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS got")
-        .bind::<BigInt, _>(lock_key(&tables.prefix))
+        .bind::<BigInt, _>(crate::migrations::advisory_key("prune", &tables.prefix))
         .get_result(conn)
         .await?;
     if !got.got {

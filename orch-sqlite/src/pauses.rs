@@ -60,11 +60,6 @@ pub(crate) fn list(conn: &mut SqliteConnection, tables: &Tables) -> TxResult<Vec
     .load(conn)?;
     Ok(rows
         .into_iter()
-        .map(|r| {
-            Ok(PauseRecord {
-                scope: PauseScope::parse(&r.kind, r.value)?,
-                paused_at: Timestamp::from_micros(r.paused_at),
-            })
-        })
+        .map(|r| PauseScope::record(&r.kind, r.value, r.paused_at))
         .collect::<orch::Result<_>>()?)
 }

@@ -993,6 +993,14 @@ impl PauseScope {
         }
     }
 
+    /// The record of a stored pause row.
+    pub fn record(kind: &str, value: String, paused_at_micros: i64) -> Result<PauseRecord> {
+        Ok(PauseRecord {
+            scope: PauseScope::parse(kind, value)?,
+            paused_at: Timestamp::from_micros(paused_at_micros),
+        })
+    }
+
     /// Fails with [`Error::InvalidConfig`] for an empty target or name.
     pub fn validate(&self) -> Result<()> {
         if self.value().is_empty() {
