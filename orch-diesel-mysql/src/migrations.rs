@@ -38,6 +38,12 @@ struct Version {
 }
 
 #[derive(QueryableByName)]
+struct Present {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
 struct LockResult {
     #[diesel(sql_type = Nullable<BigInt>)]
     result: Option<i64>,
@@ -116,12 +122,22 @@ pub(crate) async fn run(
 }
 
 async fn apply(conn: &mut AsyncMysqlConnection, tables: &Tables, prefix: &TablePrefix) -> TxResult<()> {
-    conn.batch_execute(&format!(
-        "CREATE TABLE IF NOT EXISTS {} (version INT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) \
-         ENGINE = InnoDB",
-        tables.migrations
-    ))
+    // Only when it is missing: a user that may not create tables can still run an
+    // up-to-date `migrate`, which then reads the versions and changes nothing.
+    let present: Present = diesel::sql_query(
+        "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+    )
+    .bind::<diesel::sql_types::Text, _>(format!("{prefix}migrations"))
+    .get_result(conn)
     .await?;
+    if present.n == 0 {
+        conn.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (version INT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) \
+             ENGINE = InnoDB",
+            tables.migrations
+        ))
+        .await?;
+    }
     let applied: Vec<i32> =
         diesel::sql_query(format!("SELECT version FROM {} ORDER BY version", tables.migrations))
             .load::<Version>(conn)

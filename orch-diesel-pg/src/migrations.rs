@@ -24,6 +24,12 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
 ];
 
 #[derive(QueryableByName)]
+struct Present {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    present: bool,
+}
+
+#[derive(QueryableByName)]
 struct Version {
     #[diesel(sql_type = Integer)]
     version: i32,
@@ -57,11 +63,19 @@ async fn lock(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResult<()> {
 /// Applies the missing migrations; runs inside the caller's transaction.
 pub(crate) async fn run(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResult<()> {
     lock(conn, tables).await?;
-    conn.batch_execute(&format!(
-        "CREATE TABLE IF NOT EXISTS {} (version INTEGER PRIMARY KEY NOT NULL, applied_at BIGINT NOT NULL)",
-        tables.migrations
-    ))
-    .await?;
+    // Only when it is missing: a role that may not create tables can still run an
+    // up-to-date `migrate`, which then reads the versions and changes nothing.
+    let present: Present = diesel::sql_query("SELECT to_regclass($1) IS NOT NULL AS present")
+        .bind::<diesel::sql_types::Text, _>(&tables.migrations)
+        .get_result(conn)
+        .await?;
+    if !present.present {
+        conn.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (version INTEGER PRIMARY KEY NOT NULL, applied_at BIGINT NOT NULL)",
+            tables.migrations
+        ))
+        .await?;
+    }
     let applied: Vec<i32> =
         diesel::sql_query(format!("SELECT version FROM {} ORDER BY version", tables.migrations))
             .load::<Version>(conn)

@@ -406,16 +406,24 @@ pub fn app_table_grants(server: Server, database: &str, prefix: &str, role: &str
                 format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO \"{role}\""),
                 // The journal's `seq` is a BIGSERIAL.
                 format!("GRANT USAGE ON SEQUENCE \"{p}journal_seq_seq\" TO \"{role}\""),
+                // Read only: an up-to-date `migrate` checks the versions.
+                format!("GRANT SELECT ON \"{p}migrations\" TO \"{role}\""),
             ]
         }
         Server::Mysql => MYSQL_APP_HOSTS
             .iter()
             .flat_map(|host| {
-                APP_TABLES.iter().map(move |t| {
-                    format!(
-                        "GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`{prefix}{t}` TO '{role}'@'{host}'"
-                    )
-                })
+                APP_TABLES
+                    .iter()
+                    .map(move |t| {
+                        format!(
+                            "GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.`{prefix}{t}` TO '{role}'@'{host}'"
+                        )
+                    })
+                    // Read only: an up-to-date `migrate` checks the versions.
+                    .chain(std::iter::once(format!(
+                        "GRANT SELECT ON `{database}`.`{prefix}migrations` TO '{role}'@'{host}'"
+                    )))
             })
             .collect(),
     }

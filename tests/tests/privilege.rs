@@ -18,7 +18,7 @@ mod mysql {
     );
 }
 
-/// As `orch_app` on PostgreSQL, DDL, the owner's other tables and `migrate` are refused.
+/// As `orch_app` on PostgreSQL, DDL, the owner's other tables and applying a migration are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(orch_no_pg, ignore = "ORCH_PG_URL is not set")]
 async fn pg_role_is_limited() {
@@ -26,7 +26,7 @@ async fn pg_role_is_limited() {
     orch_tests::privilege::role_is_limited(&harness).await;
 }
 
-/// As `orch_app` on MariaDB, DDL, the owner's other tables and `migrate` are refused.
+/// As `orch_app` on MariaDB, DDL, the owner's other tables and applying a migration are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
 async fn mysql_role_is_limited() {
