@@ -66,6 +66,10 @@ impl Status {
 /// How often a client measures its clock against the database's by default.
 pub const DEFAULT_CLOCK_SYNC: Duration = Duration::from_secs(60);
 
+/// The smallest offset to the database's clock that a client corrects; below it the
+/// client keeps its own clock (see [`Orch::sync_clock`]).
+pub const MIN_CORRECTION: Duration = Duration::from_millis(10);
+
 /// Keeps a client's clock in step with its database's.
 #[derive(Debug)]
 struct ClockSync {
@@ -189,7 +193,9 @@ impl Orch {
     ///
     /// The database's time is read halfway through a round trip; a new measurement
     /// replaces the correction only when it moved by more than half that round trip
-    /// (at least 1 ms), so the clock does not jitter.
+    /// (at least 1 ms), so the clock does not jitter, and an offset under
+    /// [`MIN_CORRECTION`] is not applied at all, so that processes on one machine keep
+    /// one clock.
     pub async fn sync_clock(&self) -> Result<Option<i64>> {
         let Some(sync) = &self.sync else { return Ok(None) };
         let _one = sync.measuring.lock().await;
@@ -200,7 +206,13 @@ impl Orch {
         let Some(server) = server else { return Ok(None) };
         let round_trip = after.as_micros().saturating_sub(before.as_micros()).max(0);
         let midpoint = before.as_micros().saturating_add(round_trip / 2);
-        let offset = server.as_micros().saturating_sub(midpoint);
+        let measured = server.as_micros().saturating_sub(midpoint);
+        // Small offsets are not applied: processes that share a clock (one machine) or
+        // keep theirs within a few milliseconds stay on their own, identical, clocks.
+        // Correcting each by its own measurement error would put a worker a fraction of
+        // a millisecond behind a pusher, and a command pushed "now" would not be due
+        // for it until its next poll.
+        let offset = if measured.abs() < MIN_CORRECTION.as_micros() as i64 { 0 } else { measured };
         let current = sync.clock.offset_micros();
         let first = sync.measured_at.load(std::sync::atomic::Ordering::Relaxed) == i64::MIN;
         if first || offset.abs_diff(current) > (round_trip / 2).max(1_000) as u64 {

@@ -56,7 +56,7 @@ pub mod testing;
 mod worker;
 pub mod workflow;
 
-pub use client::{DEFAULT_CLOCK_SYNC, Orch, Status};
+pub use client::{DEFAULT_CLOCK_SYNC, MIN_CORRECTION, Orch, Status};
 pub use clock::{Clock, ManualClock, OffsetClock, SharedClock, Sleep, SyncedClock, SystemClock, Timestamp};
 pub use command::{
     Command, DEFAULT_MAX_INPUT_BYTES, DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, NewCommand,
