@@ -596,7 +596,11 @@ pub async fn poison_handlers_spare_the_worker(h: &dyn Harness) {
         })
         .unwrap();
     registry.register_fn(|_: FineCommand, _ctx: Context| async { Ok::<_, HandlerError>(()) }).unwrap();
-    let worker = Worker::new(orch.clone(), registry, manual_config("poison")).unwrap().start();
+    // A lease far longer than the timeouts: the test moves the clock in steps while
+    // outcomes are written in real time, and the timeout, not a lapsed lease, must end
+    // each attempt however slowly the database answers.
+    let config = orch::WorkerConfig { lease_buffer: Duration::from_secs(600), ..manual_config("poison") };
+    let worker = Worker::new(orch.clone(), registry, config).unwrap().start();
     let panicking = orch.push(&PanicCommand).await.unwrap();
     let spinning = orch.push(&SpinCommand).await.unwrap();
     let never = orch.push(&NeverCommand).await.unwrap();
