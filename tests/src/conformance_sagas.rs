@@ -497,22 +497,19 @@ pub async fn saga_timeout_compensates(h: &dyn Harness) {
         .collect();
     assert_eq!(stale, ["t"]);
 
-    let t = until_final_driven(&orch, &clock, "t").await;
+    // Past t's timeout (60 s after its step) in one move, then the clock creeps, so that
+    // t's compensation ends long before u's timeout (60 s after its second step)
+    // however slowly the database answers.
+    clock.advance(Duration::from_secs(30));
+    let t = drive_until(&clock, Duration::from_millis(10), "saga t to time out and compensate", || async {
+        orch.saga("steps", "t").await.unwrap().filter(|r| r.status.is_final())
+    })
+    .await;
     assert_eq!(t.status, SagaStatus::Compensated);
     assert_eq!(undo_order(&orch, "t").await, [1]);
     let u = orch.saga("steps", "u").await.unwrap().unwrap();
     assert_eq!(u.status, SagaStatus::Active, "u moved within its timeout");
     worker.shutdown().await;
-}
-
-async fn until_final_driven(orch: &Orch, clock: &ManualClock, key: &str) -> SagaRecord {
-    drive_until(
-        clock,
-        Duration::from_millis(200),
-        &format!("saga {key} to time out and compensate"),
-        || async { orch.saga("steps", key).await.unwrap().filter(|r| r.status.is_final()) },
-    )
-    .await
 }
 
 /// Events are commands named after their saga, so a worker claims only the events of
