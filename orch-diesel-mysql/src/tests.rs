@@ -68,6 +68,29 @@ fn insert(name: &str, now: Timestamp) -> InsertCommand {
     NewCommand::raw(name, serde_json::json!({})).resolve(now).unwrap()
 }
 
+/// Creates the schema as migration `version` left it, with its versions recorded.
+async fn schema_at_version(store: &MysqlStore, version: usize) {
+    let mut conn = store.conn().await.unwrap();
+    let t = &store.inner.tables;
+    conn.batch_execute(&format!(
+        "CREATE TABLE {} (version INT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE = InnoDB",
+        t.migrations
+    ))
+    .await
+    .unwrap();
+    for (version, sql) in &migrations::MIGRATIONS[..version] {
+        for statement in migrations::statements(sql, store.prefix()) {
+            conn.batch_execute(&statement).await.unwrap();
+        }
+        conn.batch_execute(&format!(
+            "INSERT INTO {} (version, applied_at) VALUES ({version}, 0)",
+            t.migrations
+        ))
+        .await
+        .unwrap();
+    }
+}
+
 /// Stores `c` pending with the columns every version of the schema has, as a database
 /// written before later migrations would hold it.
 async fn insert_old_row(store: &MysqlStore, c: &InsertCommand) {
@@ -1904,24 +1927,7 @@ async fn migration_3_upgrades_a_version_2_database() {
     let t0 = Timestamp::from_millis(25_000_000);
     {
         // The schema as version 2 left it.
-        let mut conn = store.conn().await.unwrap();
-        conn.batch_execute(&format!(
-            "CREATE TABLE {} (version INT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE = InnoDB",
-            t.migrations
-        ))
-        .await
-        .unwrap();
-        for (version, sql) in &migrations::MIGRATIONS[..2] {
-            for statement in migrations::statements(sql, store.prefix()) {
-                conn.batch_execute(&statement).await.unwrap();
-            }
-            conn.batch_execute(&format!(
-                "INSERT INTO {} (version, applied_at) VALUES ({version}, 0)",
-                t.migrations
-            ))
-            .await
-            .unwrap();
-        }
+        schema_at_version(&store, 2).await;
     }
     let old = insert("job", t0);
     insert_old_row(&store, &old).await;
@@ -2125,24 +2131,7 @@ async fn migration_4_upgrades_a_version_3_database() {
     let t0 = Timestamp::from_millis(28_000_000);
     {
         // The schema as version 3 left it.
-        let mut conn = store.conn().await.unwrap();
-        conn.batch_execute(&format!(
-            "CREATE TABLE {} (version INT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE = InnoDB",
-            t.migrations
-        ))
-        .await
-        .unwrap();
-        for (version, sql) in &migrations::MIGRATIONS[..3] {
-            for statement in migrations::statements(sql, store.prefix()) {
-                conn.batch_execute(&statement).await.unwrap();
-            }
-            conn.batch_execute(&format!(
-                "INSERT INTO {} (version, applied_at) VALUES ({version}, 0)",
-                t.migrations
-            ))
-            .await
-            .unwrap();
-        }
+        schema_at_version(&store, 3).await;
     }
     let old = insert("job", t0);
     insert_old_row(&store, &old).await;
@@ -2571,24 +2560,8 @@ async fn migration_5_upgrades_a_version_4_database() {
     {
         // The schema as version 4 left it, and a first run of migration 5 that stopped
         // after one index.
+        schema_at_version(&store, 4).await;
         let mut conn = store.conn().await.unwrap();
-        conn.batch_execute(&format!(
-            "CREATE TABLE {} (version INT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE = InnoDB",
-            t.migrations
-        ))
-        .await
-        .unwrap();
-        for (version, sql) in &migrations::MIGRATIONS[..4] {
-            for statement in migrations::statements(sql, store.prefix()) {
-                conn.batch_execute(&statement).await.unwrap();
-            }
-            conn.batch_execute(&format!(
-                "INSERT INTO {} (version, applied_at) VALUES ({version}, 0)",
-                t.migrations
-            ))
-            .await
-            .unwrap();
-        }
         conn.batch_execute(&format!("ALTER TABLE {} ADD KEY commands_attempts (attempts, id)", t.commands))
             .await
             .unwrap();
@@ -2641,24 +2614,7 @@ async fn migration_6_upgrades_a_version_5_database() {
     let t0 = Timestamp::from_millis(31_000_000);
     {
         // The schema as version 5 left it.
-        let mut conn = store.conn().await.unwrap();
-        conn.batch_execute(&format!(
-            "CREATE TABLE {} (version INT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL) ENGINE = InnoDB",
-            t.migrations
-        ))
-        .await
-        .unwrap();
-        for (version, sql) in &migrations::MIGRATIONS[..5] {
-            for statement in migrations::statements(sql, store.prefix()) {
-                conn.batch_execute(&statement).await.unwrap();
-            }
-            conn.batch_execute(&format!(
-                "INSERT INTO {} (version, applied_at) VALUES ({version}, 0)",
-                t.migrations
-            ))
-            .await
-            .unwrap();
-        }
+        schema_at_version(&store, 5).await;
     }
     let old = insert("job", t0);
     insert_old_row(&store, &old).await;
