@@ -11,10 +11,10 @@
 
 use std::collections::HashMap;
 
-use diesel::QueryableByName;
 use diesel::mysql::Mysql;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{BigInt, Nullable, SmallInt, Text};
+use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 use orch::store::backend::{
     NewJournalEntry, PolicyEncoder, RawCommand, add_queue_count, attempt_given_back, distinct_successes,
@@ -32,7 +32,7 @@ use orch::{FailureKind, State, Timestamp};
 use crate::{Tables, TxResult};
 use crate::{dependencies, journal};
 
-/// Rows per multi-row INSERT: 15 binds each, far below MySQL's 65,535 placeholders,
+/// Rows per multi-row INSERT: 18 binds each, far below MySQL's 65,535 placeholders,
 /// and few enough to keep a statement well within `max_allowed_packet` for
 /// ordinary inputs.
 const INSERT_CHUNK: usize = 500;
@@ -123,6 +123,10 @@ pub(crate) struct CommandRow {
     step: Option<String>,
     #[diesel(sql_type = SmallInt)]
     priority: i16,
+    #[diesel(sql_type = Nullable<Text>)]
+    unique_key: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    unique_window: i64,
 }
 
 impl CommandRow {
@@ -155,6 +159,8 @@ impl CommandRow {
             workflow_id: self.workflow_id,
             step: self.step,
             priority: i64::from(self.priority),
+            unique_key: self.unique_key,
+            unique_window: self.unique_window,
         }
         .into_record()
     }
@@ -181,12 +187,13 @@ pub(crate) async fn insert(
     for chunk in commands.chunks(INSERT_CHUNK) {
         let mut sql = format!(
             "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
-             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step, priority) VALUES ",
+             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step, priority, \
+             unique_key, unique_window) VALUES ",
             tables.commands
         );
         for i in 0..chunk.len() {
             sql.push_str(if i == 0 { "(" } else { ", (" });
-            sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+            sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         }
         let mut q = query(sql);
         for c in chunk {
@@ -207,13 +214,82 @@ pub(crate) async fn insert(
                 .bind::<Text, _>(c.correlation_id.clone())
                 .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.workflow_id.to_string()))
                 .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.step.clone()))
-                .bind::<SmallInt, _>(c.priority);
+                .bind::<SmallInt, _>(c.priority)
+                .bind::<Nullable<Text>, _>(c.unique.as_ref().map(|u| u.key.clone()))
+                .bind::<BigInt, _>(c.unique.as_ref().map_or(0, |u| u.window_micros()));
         }
         q.execute(conn).await?;
     }
     dependencies::insert_edges(conn, tables, commands).await?;
     let entries: Vec<NewJournalEntry> = commands.iter().map(|c| NewJournalEntry::enqueued(c)).collect();
     journal::append(conn, tables, &entries).await
+}
+
+/// Inserts commands as [`insert`] does, and returns the id each is stored under.
+///
+/// A command whose unique key another command holds is not inserted; the holder's id
+/// stands for it. Keyed commands are inserted one at a time: the unique index on
+/// `unique_live` makes a second insert of a held key fail with a duplicate-key error,
+/// after waiting for a concurrent insert of that key to commit or roll back, and only
+/// that statement is undone; the holder is then read with a locking read (which sees
+/// the latest committed rows, not the transaction's snapshot). If the holder finished
+/// in between, the insert is tried again.
+pub(crate) async fn insert_unique(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    commands: &[InsertCommand],
+) -> TxResult<Vec<CommandId>> {
+    let mut ids: Vec<CommandId> = commands.iter().map(|c| c.id).collect();
+    let plain: Vec<&InsertCommand> = commands.iter().filter(|c| c.unique.is_none()).collect();
+    insert(conn, tables, &plain).await?;
+    let mut first_of: HashMap<String, CommandId> = HashMap::new();
+    for (i, c) in commands.iter().enumerate() {
+        let Some(unique) = &c.unique else { continue };
+        let live = format!("{} {}", unique.window_micros(), unique.key);
+        if let Some(first) = first_of.get(&live) {
+            ids[i] = *first;
+            continue;
+        }
+        ids[i] = insert_keyed(conn, tables, c, &live).await?;
+        first_of.insert(live, ids[i]);
+    }
+    Ok(ids)
+}
+
+/// How often [`insert_keyed`] tries again when the key's holder finished between the
+/// failed insert and the lookup.
+const UNIQUE_ROUNDS: usize = 16;
+
+async fn insert_keyed(
+    conn: &mut AsyncMysqlConnection,
+    tables: &Tables,
+    command: &InsertCommand,
+    live: &str,
+) -> TxResult<CommandId> {
+    for _ in 0..UNIQUE_ROUNDS {
+        match insert(conn, tables, &[command]).await {
+            Ok(()) => return Ok(command.id),
+            Err(crate::TxError::Diesel(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                info,
+            ))) if info.message().contains("commands_unique") => {}
+            Err(e) => return Err(e),
+        }
+        let holder: Option<IdRow> =
+            query(format!("SELECT id FROM {} WHERE unique_live = ? LOCK IN SHARE MODE", tables.commands))
+                .bind::<Text, _>(live.to_owned())
+                .get_result(conn)
+                .await
+                .optional()?;
+        if let Some(holder) = holder {
+            return Ok(holder.id.parse()?);
+        }
+    }
+    Err(orch::Error::Corrupt(format!(
+        "unique key {:?} changed holders {UNIQUE_ROUNDS} times during one push",
+        live
+    ))
+    .into())
 }
 
 /// The state a new command starts in: `blocked` while it has dependencies.

@@ -72,6 +72,7 @@ mod migrations;
 mod pauses;
 mod retention;
 mod sagas;
+mod schedules;
 mod workers;
 
 use std::future::Future;
@@ -287,6 +288,7 @@ pub(crate) struct Tables {
     pub(crate) sagas: String,
     pub(crate) workers: String,
     pub(crate) pauses: String,
+    pub(crate) schedules: String,
     pub(crate) migrations: String,
     /// Every command column, for `SELECT` lists.
     pub(crate) columns: String,
@@ -302,6 +304,7 @@ impl Tables {
             sagas: format!("`{prefix}sagas`"),
             workers: format!("`{prefix}workers`"),
             pauses: format!("`{prefix}pauses`"),
+            schedules: format!("`{prefix}schedules`"),
             migrations: format!("`{prefix}migrations`"),
             columns: COMMAND_COLUMNS.join(", "),
         }
@@ -688,13 +691,21 @@ impl Store for MysqlStore {
         migrations::run(&mut conn, &self.inner.tables, &self.inner.prefix).await.map_err(Error::from)
     }
 
-    async fn enqueue(&self, commands: Vec<InsertCommand>) -> Result<()> {
+    async fn enqueue(&self, commands: Vec<InsertCommand>) -> Result<Vec<CommandId>> {
         if commands.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        self.write("enqueue", commands.as_slice(), |c, t, rows| Box::pin(insert_all(c, t, rows))).await?;
+        let ids = if commands.iter().any(|c| c.unique.is_some()) {
+            self.write("enqueue", commands.as_slice(), |c, t, rows| {
+                Box::pin(commands::insert_unique(c, t, rows))
+            })
+            .await?
+        } else {
+            self.write("enqueue", commands.as_slice(), |c, t, rows| Box::pin(insert_all(c, t, rows))).await?;
+            commands.iter().map(|c| c.id).collect()
+        };
         self.woken();
-        Ok(())
+        Ok(ids)
     }
 
     async fn claim(&self, params: ClaimParams) -> Result<Vec<ClaimedCommand>> {
@@ -875,6 +886,26 @@ impl Store for MysqlStore {
 
     async fn pauses(&self) -> Result<Vec<PauseRecord>> {
         self.read(&(), |c, t, ()| Box::pin(pauses::list(c, t))).await
+    }
+
+    async fn save_schedule(&self, record: orch::store::ScheduleRecord) -> Result<()> {
+        self.write("save_schedule", &record, |c, t, r| Box::pin(schedules::save(c, t, r))).await
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<bool> {
+        self.write("remove_schedule", name, |c, t, name| Box::pin(schedules::remove(c, t, name))).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<orch::store::ScheduleRecord>> {
+        self.read(&(), |c, t, ()| Box::pin(schedules::list(c, t))).await
+    }
+
+    async fn fire_schedule(&self, fire: orch::store::ScheduleFire) -> Result<orch::store::FireStatus> {
+        let status = self.write("fire_schedule", &fire, |c, t, f| Box::pin(schedules::fire(c, t, f))).await?;
+        if matches!(status, orch::store::FireStatus::Fired(_)) {
+            self.woken();
+        }
+        Ok(status)
     }
 
     async fn server_time(&self) -> Result<Option<Timestamp>> {

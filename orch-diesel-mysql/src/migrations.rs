@@ -26,6 +26,8 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("../migrations/0005_monitor_indexes.sql")),
     (6, include_str!("../migrations/0006_priority.sql")),
     (7, include_str!("../migrations/0007_pauses.sql")),
+    (8, include_str!("../migrations/0008_unique_keys.sql")),
+    (9, include_str!("../migrations/0009_schedules.sql")),
 ];
 
 /// How long `migrate` waits for another process's migration, in seconds.

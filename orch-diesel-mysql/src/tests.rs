@@ -239,7 +239,7 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     .unwrap();
     assert_eq!(
         versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
-        vec!["1", "2", "3", "4", "5", "6", "7"]
+        vec!["1", "2", "3", "4", "5", "6", "7", "8", "9"]
     );
     let tables: Vec<TableName> = diesel::sql_query(
         "SELECT CAST(table_name AS CHAR) AS name FROM information_schema.tables \
@@ -250,7 +250,7 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
     .await
     .unwrap();
     let expected: Vec<String> =
-        ["commands", "dependencies", "journal", "migrations", "pauses", "sagas", "workers"]
+        ["commands", "dependencies", "journal", "migrations", "pauses", "sagas", "schedules", "workers"]
             .iter()
             .map(|t| format!("{prefix}{t}"))
             .collect();
@@ -949,7 +949,7 @@ async fn cancelled_operations_do_not_poison_the_pool() {
             match i % 3 {
                 0 => s.list(ListParams::default()).await.map(drop),
                 1 => s.claim(claim_params(&["a"], t0, "w", 50)).await.map(drop),
-                _ => s.enqueue((0..200).map(|_| insert("b", t0)).collect()).await,
+                _ => s.enqueue((0..200).map(|_| insert("b", t0)).collect()).await.map(drop),
             }
         });
         tokio::time::sleep(Duration::from_micros(200 + (i * 397) % 6_000)).await;
@@ -1468,7 +1468,7 @@ async fn migration_2_upgrades_a_version_1_database() {
     let started = stopwatch();
     store.migrate().await.unwrap();
     eprintln!("migration 1 → 2 of a half-migrated database: {:?}", started.elapsed());
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7", "8", "9"]);
     let expected_schema = (
         vec![
             ("step".to_owned(), Some("utf8mb4_bin".to_owned())),
@@ -1487,7 +1487,7 @@ async fn migration_2_upgrades_a_version_1_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 2", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7", "8", "9"]);
     assert_eq!(workflow_schema(&store).await, expected_schema);
 
     // The upgraded tables run workflows.
@@ -1936,7 +1936,7 @@ async fn migration_3_upgrades_a_version_2_database() {
     let started = stopwatch();
     store.migrate().await.unwrap();
     eprintln!("migration 2 → 3: {:?}", started.elapsed());
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7", "8", "9"]);
     let schema = || table_schema(&store, "sagas");
     let text = |c: &str| (c.to_owned(), Some("utf8mb4_bin".to_owned()));
     let ascii = |c: &str| (c.to_owned(), Some("ascii_bin".to_owned()));
@@ -1985,7 +1985,7 @@ async fn migration_3_upgrades_a_version_2_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 3", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7", "8", "9"]);
     assert_eq!(schema().await, expected);
     assert_eq!(store.saga("order", "1").await.unwrap().as_ref(), Some(&first));
     assert_eq!(state_of(&store, cmd.id).await, State::Pending);
@@ -2140,7 +2140,7 @@ async fn migration_4_upgrades_a_version_3_database() {
     assert!(store.workers().await.is_err(), "no workers table yet");
 
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7", "8", "9"]);
     let schema = || table_schema(&store, "workers");
     let text = |c: &str| (c.to_owned(), Some("utf8mb4_bin".to_owned()));
     let number = |c: &str| (c.to_owned(), None);
@@ -2171,7 +2171,7 @@ async fn migration_4_upgrades_a_version_3_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 4", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7", "8", "9"]);
     assert_eq!(schema().await, expected);
     assert_eq!(store.workers().await.unwrap(), vec![w]);
     drop_tables(&store).await;
@@ -2591,7 +2591,7 @@ async fn migration_5_upgrades_a_version_4_database() {
     .to_vec();
 
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7", "8", "9"]);
     assert_eq!(indexes().await, expected);
     // Migration 5 again, as after a crash before its version was recorded.
     {
@@ -2599,7 +2599,7 @@ async fn migration_5_upgrades_a_version_4_database() {
         conn.batch_execute(&format!("DELETE FROM {} WHERE version = 5", t.migrations)).await.unwrap();
     }
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7", "8", "9"]);
     assert_eq!(indexes().await, expected);
     assert_eq!(state_of(&store, old.id).await, State::Pending);
     drop_tables(&store).await;
@@ -2636,7 +2636,7 @@ async fn migration_6_upgrades_a_version_5_database() {
                     commands_due.priority commands_due.scheduled_at commands_due.id commands_due.name";
 
     store.migrate().await.unwrap();
-    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7"]);
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7", "8", "9"]);
     assert_eq!(claim_indexes().await, expected);
     // Migration 6 again, as after a crash before its version was recorded: nothing to do.
     {
@@ -2653,5 +2653,49 @@ async fn migration_6_upgrades_a_version_5_database() {
     assert_eq!(claimed[0].lease.id, urgent.id);
     let claimed = store.claim(claim_params(&["job", "other"], t0, "w", 1)).await.unwrap();
     assert_eq!(claimed[0].lease.id, old.id);
+    drop_tables(&store).await;
+}
+
+#[tokio::test]
+#[cfg_attr(orch_no_mysql, ignore = "ORCH_MYSQL_URL is not set")]
+async fn migration_8_upgrades_a_version_7_database() {
+    let Some(url) = server_url() else { return };
+    let store = connect(&url, &fresh_prefix()).await;
+    let t = &store.inner.tables;
+    let t0 = Timestamp::from_millis(31_000_000);
+    schema_at_version(&store, 7).await;
+    let old = insert("job", t0);
+    insert_old_row(&store, &old).await;
+
+    store.migrate().await.unwrap();
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7", "8", "9"]);
+    // Migration 8 again, as after a crash before its version was recorded: nothing to do.
+    {
+        let mut conn = store.conn().await.unwrap();
+        conn.batch_execute(&format!("DELETE FROM {} WHERE version = 8", t.migrations)).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    assert_eq!(versions(&store).await, vec!["1", "2", "3", "4", "5", "6", "7", "8", "9"]);
+    // The old row has no key; keyed rows written after the upgrade deduplicate, and the
+    // generated column frees a key when its holder leaves the unfinished states.
+    assert_eq!(store.get(old.id).await.unwrap().unwrap().unique, None);
+    let keyed = |now| InsertCommand {
+        unique: Some(orch::UniqueKey { key: "k".into(), until: None }),
+        ..insert("job", now)
+    };
+    let first = keyed(t0);
+    assert_eq!(store.enqueue(vec![first.clone()]).await.unwrap(), vec![first.id]);
+    assert_eq!(store.enqueue(vec![keyed(t0)]).await.unwrap(), vec![first.id]);
+    {
+        let mut conn = store.conn().await.unwrap();
+        conn.batch_execute(&format!(
+            "UPDATE {} SET state = 'cancelled' WHERE id = '{}'",
+            t.commands, first.id
+        ))
+        .await
+        .unwrap();
+    }
+    let second = keyed(t0);
+    assert_eq!(store.enqueue(vec![second.clone()]).await.unwrap(), vec![second.id]);
     drop_tables(&store).await;
 }

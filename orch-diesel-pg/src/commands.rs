@@ -93,6 +93,10 @@ pub(crate) struct CommandRow {
     step: Option<String>,
     #[diesel(sql_type = SmallInt)]
     priority: i16,
+    #[diesel(sql_type = Nullable<Text>)]
+    unique_key: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    unique_window: i64,
 }
 
 impl CommandRow {
@@ -126,6 +130,8 @@ impl CommandRow {
             workflow_id: self.workflow_id.map(|w| w.hyphenated().to_string()),
             step: self.step,
             priority: i64::from(self.priority),
+            unique_key: self.unique_key,
+            unique_window: self.unique_window,
         }
         .into_record()
     }
@@ -199,6 +205,8 @@ struct CommandArrays {
     workflows: Vec<Option<uuid::Uuid>>,
     steps: Vec<Option<String>>,
     priorities: Vec<i16>,
+    unique_keys: Vec<Option<String>>,
+    unique_windows: Vec<i64>,
 }
 
 impl CommandArrays {
@@ -221,6 +229,8 @@ impl CommandArrays {
             workflows: Vec::with_capacity(n),
             steps: Vec::with_capacity(n),
             priorities: Vec::with_capacity(n),
+            unique_keys: Vec::with_capacity(n),
+            unique_windows: Vec::with_capacity(n),
         };
         let mut policies = PolicyEncoder::default();
         for c in commands {
@@ -239,27 +249,47 @@ impl CommandArrays {
             a.workflows.push(c.workflow.as_ref().map(|w| w.workflow_id.as_uuid()));
             a.steps.push(c.workflow.as_ref().map(|w| w.step.clone()));
             a.priorities.push(c.priority);
+            a.unique_keys.push(c.unique.as_ref().map(|u| u.key.clone()));
+            a.unique_windows.push(c.unique.as_ref().map_or(0, |u| u.window_micros()));
         }
         Ok(a)
     }
 
     /// How many parameters [`CommandArrays::sql`] reads.
-    const PARAMS: usize = 15;
+    const PARAMS: usize = 17;
 
-    /// The INSERT, reading the arrays from parameters `$first` to `$first + 14`.
+    /// The INSERT, reading the arrays from parameters `$first` to `$first + 16`.
     fn sql(table: &str, first: usize) -> String {
         let p: Vec<String> = (first..first + Self::PARAMS).map(|i| format!("${i}")).collect();
         format!(
             "INSERT INTO {table} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
-             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step, priority) \
+             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step, priority, \
+             unique_key, unique_window) \
              SELECT v.id, v.name, v.target, v.state, v.input, v.max_attempts, v.timeout_ms, v.retry_policy, \
              v.scheduled_at, v.created_at, v.created_at, v.parent_id, v.correlation_id, v.workflow_id, v.step, \
-             v.priority \
+             v.priority, v.unique_key, v.unique_window \
              FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[], {}::text[], {}::integer[], {}::bigint[], \
-             {}::text[], {}::bigint[], {}::bigint[], {}::uuid[], {}::text[], {}::uuid[], {}::text[], {}::smallint[]) \
+             {}::text[], {}::bigint[], {}::bigint[], {}::uuid[], {}::text[], {}::uuid[], {}::text[], {}::smallint[], \
+             {}::text[], {}::bigint[]) \
              AS v(id, name, target, state, input, max_attempts, timeout_ms, retry_policy, scheduled_at, created_at, \
-             parent_id, correlation_id, workflow_id, step, priority)",
-            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14]
+             parent_id, correlation_id, workflow_id, step, priority, unique_key, unique_window)",
+            p[0],
+            p[1],
+            p[2],
+            p[3],
+            p[4],
+            p[5],
+            p[6],
+            p[7],
+            p[8],
+            p[9],
+            p[10],
+            p[11],
+            p[12],
+            p[13],
+            p[14],
+            p[15],
+            p[16]
         )
     }
 
@@ -279,6 +309,8 @@ impl CommandArrays {
             .bind::<Array<Nullable<Uuid>>, _>(self.workflows)
             .bind::<Array<Nullable<Text>>, _>(self.steps)
             .bind::<Array<SmallInt>, _>(self.priorities)
+            .bind::<Array<Nullable<Text>>, _>(self.unique_keys)
+            .bind::<Array<BigInt>, _>(self.unique_windows)
     }
 }
 
@@ -297,16 +329,130 @@ async fn insert_rows(
     dependencies::insert_edges(conn, tables, commands).await
 }
 
-/// Inserts commands and their `enqueued` journal entries.
+/// The condition under which a row holds its unique key, as the partial index
+/// `commands_unique` states it (and `ON CONFLICT` must repeat it to name that index).
+const HOLDS_KEY: &str =
+    "unique_key IS NOT NULL AND (unique_window <> 0 OR state IN ('blocked', 'pending', 'running'))";
+
+/// How often [`insert`] tries again for a command whose key holder finished between
+/// the conflict and the lookup, before it reports the race as an error.
+const UNIQUE_ROUNDS: usize = 16;
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = Uuid)]
+    id: uuid::Uuid,
+}
+
+#[derive(QueryableByName)]
+struct HolderRow {
+    #[diesel(sql_type = Uuid)]
+    id: uuid::Uuid,
+    #[diesel(sql_type = Text)]
+    unique_key: String,
+    #[diesel(sql_type = BigInt)]
+    unique_window: i64,
+}
+
+/// Inserts commands and their `enqueued` journal entries, and returns the id each is
+/// stored under.
+///
+/// A command whose unique key another command holds is not inserted; the holder's id
+/// stands for it. The insert names the unique index in `ON CONFLICT … DO NOTHING`,
+/// which waits for a concurrent insert of the same key to commit or roll back, so of
+/// concurrent pushes exactly one inserts; the others then read the holder.
 pub(crate) async fn insert(
     conn: &mut AsyncPgConnection,
     tables: &Tables,
     commands: &[InsertCommand],
-) -> TxResult<()> {
-    let rows: Vec<&InsertCommand> = commands.iter().collect();
-    insert_rows(conn, tables, &rows).await?;
-    let entries: Vec<NewJournalEntry> = commands.iter().map(NewJournalEntry::enqueued).collect();
-    journal::append(conn, tables, &entries).await
+) -> TxResult<Vec<CommandId>> {
+    let mut ids: Vec<CommandId> = commands.iter().map(|c| c.id).collect();
+    if commands.iter().all(|c| c.unique.is_none()) {
+        let rows: Vec<&InsertCommand> = commands.iter().collect();
+        insert_rows(conn, tables, &rows).await?;
+        let entries: Vec<NewJournalEntry> = commands.iter().map(NewJournalEntry::enqueued).collect();
+        journal::append(conn, tables, &entries).await?;
+        return Ok(ids);
+    }
+    // Commands of this call with one key: the first stands for the rest.
+    let mut first_of: HashMap<(&str, i64), usize> = HashMap::new();
+    let mut stands_for: Vec<Option<usize>> = vec![None; commands.len()];
+    let mut todo: Vec<usize> = Vec::new();
+    for (i, c) in commands.iter().enumerate() {
+        match &c.unique {
+            Some(u) => match first_of.get(&(u.key.as_str(), u.window_micros())) {
+                Some(&first) => stands_for[i] = Some(first),
+                None => {
+                    first_of.insert((u.key.as_str(), u.window_micros()), i);
+                    todo.push(i);
+                }
+            },
+            None => todo.push(i),
+        }
+    }
+    let mut inserted: Vec<&InsertCommand> = Vec::new();
+    for _ in 0..UNIQUE_ROUNDS {
+        if todo.is_empty() {
+            break;
+        }
+        let rows: Vec<&InsertCommand> = todo.iter().map(|&i| &commands[i]).collect();
+        let sql = format!(
+            "{} ON CONFLICT (unique_key, unique_window) WHERE {HOLDS_KEY} DO NOTHING RETURNING id",
+            CommandArrays::sql(&tables.commands, 1)
+        );
+        let query = CommandArrays::of(&rows)?.bind(diesel::sql_query(sql).into_boxed::<Pg>());
+        let new: std::collections::HashSet<uuid::Uuid> =
+            query.load::<IdRow>(conn).await?.into_iter().map(|r| r.id).collect();
+        let (done, conflicted): (Vec<usize>, Vec<usize>) =
+            todo.iter().partition(|&&i| new.contains(&commands[i].id.as_uuid()));
+        inserted.extend(done.iter().map(|&i| &commands[i]));
+        if conflicted.is_empty() {
+            todo.clear();
+            break;
+        }
+        // Each conflict met a holder of the key; read it (a statement of its own, so
+        // its snapshot includes the holder that committed while the insert waited).
+        let (keys, windows): (Vec<String>, Vec<i64>) = conflicted
+            .iter()
+            .filter_map(|&i| commands[i].unique.as_ref().map(|u| (u.key.clone(), u.window_micros())))
+            .unzip();
+        let holders: Vec<HolderRow> = diesel::sql_query(format!(
+            "SELECT id, unique_key, unique_window FROM {} \
+             WHERE (unique_key, unique_window) IN (SELECT * FROM unnest($1::text[], $2::bigint[])) \
+             AND {HOLDS_KEY}",
+            tables.commands
+        ))
+        .bind::<Array<Text>, _>(keys)
+        .bind::<Array<BigInt>, _>(windows)
+        .load(conn)
+        .await?;
+        let holder_of: HashMap<(&str, i64), uuid::Uuid> =
+            holders.iter().map(|h| ((h.unique_key.as_str(), h.unique_window), h.id)).collect();
+        // A command whose holder finished in between tries again.
+        todo = Vec::new();
+        for i in conflicted {
+            let u = commands[i].unique.as_ref().expect("only keyed commands conflict");
+            match holder_of.get(&(u.key.as_str(), u.window_micros())) {
+                Some(&holder) => ids[i] = CommandId::from_uuid(holder),
+                None => todo.push(i),
+            }
+        }
+    }
+    if !todo.is_empty() {
+        return Err(TxError::from(orch::Error::Corrupt(format!(
+            "unique key {:?} changed holders {UNIQUE_ROUNDS} times during one push",
+            commands[todo[0]].unique.as_ref().map(|u| u.key.as_str())
+        ))));
+    }
+    for (i, first) in stands_for.iter().enumerate() {
+        if let Some(first) = first {
+            ids[i] = ids[*first];
+        }
+    }
+    dependencies::insert_edges(conn, tables, &inserted).await?;
+    let entries: Vec<NewJournalEntry> = inserted.iter().map(|c| NewJournalEntry::enqueued(c)).collect();
+    journal::append(conn, tables, &entries).await?;
+    Ok(ids)
 }
 
 /// Inserts commands that depend on nothing, their `enqueued` journal entries and the

@@ -64,6 +64,7 @@ mod pauses;
 mod prepared;
 mod retention;
 mod sagas;
+mod schedules;
 mod workers;
 
 use std::fmt;
@@ -332,6 +333,7 @@ pub(crate) struct Tables {
     pub(crate) sagas: String,
     pub(crate) workers: String,
     pub(crate) pauses: String,
+    pub(crate) schedules: String,
     pub(crate) migrations: String,
     /// The `LISTEN`/`NOTIFY` channel of wake-ups.
     pub(crate) channel: String,
@@ -349,6 +351,7 @@ impl Tables {
             sagas: format!("{p}sagas"),
             workers: format!("{p}workers"),
             pauses: format!("{p}pauses"),
+            schedules: format!("{p}schedules"),
             migrations: format!("{p}migrations"),
             channel: format!("{p}wake"),
             prefix: p,
@@ -451,7 +454,8 @@ impl PgStore {
     /// Pushes commands on the caller's connection, inside whatever transaction the
     /// caller has open: if the caller rolls back they never exist, if it commits they
     /// run. Each command is resolved at `now` (usually `orch.clock().now()`), and the
-    /// ids are returned in order.
+    /// ids are returned in order (for a command whose unique key another command holds, the
+    /// holder's).
     ///
     /// The commands, their journal entries and the wake-up `NOTIFY` are written in a
     /// savepoint of the caller's transaction (or in a transaction of their own when
@@ -506,20 +510,21 @@ impl PgStore {
         commands: Vec<NewCommand>,
     ) -> Result<Vec<CommandId>> {
         let rows = commands.into_iter().map(|c| c.resolve(now)).collect::<Result<Vec<_>>>()?;
-        let ids: Vec<CommandId> = rows.iter().map(|r| r.id).collect();
         if rows.is_empty() {
-            return Ok(ids);
+            return Ok(Vec::new());
         }
         let outer = AnsiTransactionManager::transaction_manager_status_mut(conn)
             .transaction_depth()
             .map_err(|e| Error::backend(BACKEND, e))?
             .is_some();
         let tables = &self.inner.tables;
-        conn.transaction::<_, TxError, _>(async |conn| {
-            commands::insert(conn, tables, &rows).await?;
-            notify(conn, tables).await
-        })
-        .await?;
+        let ids = conn
+            .transaction::<_, TxError, _>(async |conn| {
+                let ids = commands::insert(conn, tables, &rows).await?;
+                notify(conn, tables).await?;
+                Ok(ids)
+            })
+            .await?;
         if !outer {
             // Committed here: wake local workers at once. Inside the caller's
             // transaction the NOTIFY does it at commit (when listening).
@@ -570,23 +575,25 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn enqueue(&self, commands: Vec<InsertCommand>) -> Result<()> {
+    async fn enqueue(&self, commands: Vec<InsertCommand>) -> Result<Vec<CommandId>> {
         if commands.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let tables = &self.inner.tables;
         let mut conn = self.conn().await?;
-        if commands.iter().all(|c| c.depends_on.is_empty()) {
+        let ids = if commands.iter().all(|c| c.depends_on.is_empty() && c.unique.is_none()) {
             commands::insert_and_notify(&mut conn, tables, &commands).await?;
+            commands.iter().map(|c| c.id).collect()
         } else {
             conn.transaction::<_, TxError, _>(async |conn| {
-                commands::insert(conn, tables, &commands).await?;
-                notify(conn, tables).await
+                let ids = commands::insert(conn, tables, &commands).await?;
+                notify(conn, tables).await?;
+                Ok(ids)
             })
-            .await?;
-        }
+            .await?
+        };
         self.inner.wake.notify_waiters();
-        Ok(())
+        Ok(ids)
     }
 
     async fn claim(&self, params: ClaimParams) -> Result<Vec<ClaimedCommand>> {
@@ -810,6 +817,39 @@ impl Store for PgStore {
     async fn pauses(&self) -> Result<Vec<PauseRecord>> {
         let mut conn = self.conn().await?;
         Ok(pauses::list(&mut conn, &self.inner.tables).await?)
+    }
+
+    async fn save_schedule(&self, record: orch::store::ScheduleRecord) -> Result<()> {
+        let mut conn = self.conn().await?;
+        Ok(schedules::save(&mut conn, &self.inner.tables, &record).await?)
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        Ok(schedules::remove(&mut conn, &self.inner.tables, name).await?)
+    }
+
+    async fn schedules(&self) -> Result<Vec<orch::store::ScheduleRecord>> {
+        let mut conn = self.conn().await?;
+        Ok(schedules::list(&mut conn, &self.inner.tables).await?)
+    }
+
+    async fn fire_schedule(&self, fire: orch::store::ScheduleFire) -> Result<orch::store::FireStatus> {
+        let mut conn = self.conn().await?;
+        let tables = &self.inner.tables;
+        let status = conn
+            .transaction::<_, TxError, _>(async |conn| {
+                let status = schedules::fire(conn, tables, &fire).await?;
+                if matches!(status, orch::store::FireStatus::Fired(_)) {
+                    notify(conn, tables).await?;
+                }
+                Ok(status)
+            })
+            .await?;
+        if matches!(status, orch::store::FireStatus::Fired(_)) {
+            self.inner.wake.notify_waiters();
+        }
+        Ok(status)
     }
 
     async fn server_time(&self) -> Result<Option<Timestamp>> {

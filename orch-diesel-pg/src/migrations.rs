@@ -21,6 +21,8 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../migrations/0006_claim_index.sql")),
     (7, include_str!("../migrations/0007_priority.sql")),
     (8, include_str!("../migrations/0008_pauses.sql")),
+    (9, include_str!("../migrations/0009_unique_keys.sql")),
+    (10, include_str!("../migrations/0010_schedules.sql")),
 ];
 
 #[derive(QueryableByName)]
@@ -102,13 +104,14 @@ pub(crate) async fn run(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResu
 pub(crate) async fn drop_all(conn: &mut AsyncPgConnection, tables: &Tables) -> TxResult<()> {
     lock(conn, tables).await?;
     conn.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}",
+        "DROP TABLE IF EXISTS {}, {}, {}, {}, {}, {}, {}, {}",
         tables.commands,
         tables.journal,
         tables.dependencies,
         tables.sagas,
         tables.workers,
         tables.pauses,
+        tables.schedules,
         tables.migrations
     ))
     .await?;

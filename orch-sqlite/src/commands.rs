@@ -6,7 +6,9 @@
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{BigInt, Binary, Bool, Integer, Nullable, Text};
 use diesel::sqlite::Sqlite;
-use diesel::{QueryableByName, RunQueryDsl, SqliteConnection};
+use std::collections::HashMap;
+
+use diesel::{OptionalExtension, QueryableByName, RunQueryDsl, SqliteConnection};
 use orch::store::backend::{
     NewJournalEntry, PolicyEncoder, RawCommand, add_queue_count, attempt_given_back, distinct_successes,
     finish_queue_stats, micros, millis, outcome_follow_ups, u32_of, unreadable_completion,
@@ -28,9 +30,9 @@ use crate::{dependencies, journal};
 pub(crate) const COLUMNS: &str = "id, name, target, state, input, output, error_kind, error, attempts, \
      max_attempts, timeout_ms, retry_policy, scheduled_at, created_at, updated_at, started_at, finished_at, \
      lease_token, lease_expires_at, worker, cancel_requested, follow_ups_due, parent_id, correlation_id, \
-     workflow_id, step, priority";
+     workflow_id, step, priority, unique_key, unique_window";
 
-/// Most rows per INSERT, a power of two (`shaped_chunks`): 16 binds each.
+/// Most rows per INSERT, a power of two (`shaped_chunks`): 18 binds each.
 const INSERT_CHUNK: usize = 64;
 
 #[derive(QueryableByName)]
@@ -91,6 +93,10 @@ pub(crate) struct CommandRow {
     step: Option<String>,
     #[diesel(sql_type = Integer)]
     priority: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    unique_key: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    unique_window: i64,
 }
 
 impl CommandRow {
@@ -132,6 +138,8 @@ impl CommandRow {
             workflow_id: self.workflow_id,
             step: self.step,
             priority: self.priority.into(),
+            unique_key: self.unique_key,
+            unique_window: self.unique_window,
         }
         .into_record()
     }
@@ -145,22 +153,65 @@ pub(crate) fn placeholders(n: usize) -> String {
     s
 }
 
-/// Inserts commands and their `enqueued` journal entries.
+/// The condition under which a row holds its unique key, as the partial index
+/// `commands_unique` states it.
+const HOLDS_KEY: &str =
+    "unique_key IS NOT NULL AND (unique_window <> 0 OR state IN ('blocked', 'pending', 'running'))";
+
+/// Inserts commands and their `enqueued` journal entries, and returns the id each is
+/// stored under. A command whose unique key a stored command (or an earlier one of this
+/// call) holds is not inserted: the holder's id stands for it. The caller's write
+/// transaction keeps the check and the insert together, so no other push can come
+/// between them.
 pub(crate) fn insert(
     conn: &mut SqliteConnection,
     tables: &Tables,
     commands: &[InsertCommand],
-) -> TxResult<()> {
+) -> TxResult<Vec<CommandId>> {
+    let mut ids: Vec<CommandId> = commands.iter().map(|c| c.id).collect();
+    let mut holders: HashMap<(&str, i64), CommandId> = HashMap::new();
+    let mut duplicate = vec![false; commands.len()];
+    for (i, c) in commands.iter().enumerate() {
+        let Some(unique) = &c.unique else { continue };
+        let slot = (unique.key.as_str(), unique.window_micros());
+        if let Some(holder) = holders.get(&slot) {
+            (ids[i], duplicate[i]) = (*holder, true);
+            continue;
+        }
+        let found: Option<IdRow> = diesel::sql_query(format!(
+            "SELECT id FROM {} WHERE unique_key = ? AND unique_window = ? AND {HOLDS_KEY} LIMIT 1",
+            tables.commands
+        ))
+        .bind::<Text, _>(&unique.key)
+        .bind::<BigInt, _>(slot.1)
+        .get_result(conn)
+        .optional()?;
+        match found {
+            Some(row) => (ids[i], duplicate[i]) = (row.id.parse()?, true),
+            None => {
+                holders.insert(slot, c.id);
+            }
+        }
+    }
+    let fresh: Vec<&InsertCommand> =
+        commands.iter().zip(&duplicate).filter(|(_, d)| !**d).map(|(c, _)| c).collect();
+    insert_rows(conn, tables, &fresh)?;
+    Ok(ids)
+}
+
+/// Inserts command rows, their dependency edges and their `enqueued` journal entries.
+fn insert_rows(conn: &mut SqliteConnection, tables: &Tables, commands: &[&InsertCommand]) -> TxResult<()> {
     let mut policies = PolicyEncoder::default();
     for chunk in shaped_chunks(commands, INSERT_CHUNK) {
         let mut sql = format!(
             "INSERT INTO {} (id, name, target, state, input, max_attempts, timeout_ms, retry_policy, \
-             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step, priority) VALUES ",
+             scheduled_at, created_at, updated_at, parent_id, correlation_id, workflow_id, step, priority, \
+             unique_key, unique_window) VALUES ",
             tables.commands
         );
         for i in 0..chunk.len() {
             sql.push_str(if i == 0 { "(" } else { ", (" });
-            sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+            sql.push_str("?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
         }
         let mut query = diesel::sql_query(sql).into_boxed::<Sqlite>();
         for c in chunk {
@@ -181,12 +232,14 @@ pub(crate) fn insert(
                 .bind::<Text, _>(c.correlation_id.clone())
                 .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.workflow_id.to_string()))
                 .bind::<Nullable<Text>, _>(c.workflow.as_ref().map(|w| w.step.clone()))
-                .bind::<Integer, _>(i32::from(c.priority));
+                .bind::<Integer, _>(i32::from(c.priority))
+                .bind::<Nullable<Text>, _>(c.unique.as_ref().map(|u| u.key.clone()))
+                .bind::<BigInt, _>(c.unique.as_ref().map_or(0, |u| u.window_micros()));
         }
         query.prepared().execute(conn)?;
     }
     dependencies::insert_edges(conn, tables, commands)?;
-    let entries: Vec<NewJournalEntry> = commands.iter().map(NewJournalEntry::enqueued).collect();
+    let entries: Vec<NewJournalEntry> = commands.iter().map(|c| NewJournalEntry::enqueued(c)).collect();
     journal::append(conn, tables, &entries)
 }
 
@@ -905,6 +958,5 @@ pub(crate) fn retry(
 #[derive(QueryableByName)]
 struct IdRow {
     #[diesel(sql_type = Text)]
-    #[allow(dead_code, reason = "only the number of rows matters")]
     id: String,
 }

@@ -34,10 +34,10 @@ struct Edge {
 }
 
 /// Stores the dependency edges of newly inserted commands.
-pub(crate) fn insert_edges(
+pub(crate) fn insert_edges<C: std::borrow::Borrow<InsertCommand>>(
     conn: &mut SqliteConnection,
     tables: &Tables,
-    commands: &[InsertCommand],
+    commands: &[C],
 ) -> TxResult<()> {
     let edges: Vec<(CommandId, CommandId)> =
         dependency_edges(commands)?.into_iter().map(|e| (e.command, e.dependency)).collect();

@@ -25,6 +25,7 @@ mod pauses;
 mod prepared;
 mod retention;
 mod sagas;
+mod schedules;
 mod workers;
 
 use std::path::{Path, PathBuf};
@@ -39,9 +40,10 @@ use tokio::sync::Notify;
 pub use orch;
 use orch::store::{
     CancelStatus, ClaimParams, ClaimedCommand, CommandId, CommandRecord, Completion, CompletionStatus,
-    CountRow, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, PauseRecord, PauseScope,
-    QueueStats, Rescued, RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus, WorkerRecord,
-    WorkflowId, WorkflowQuery, WorkflowStepRecord, WorkflowSummary,
+    CountRow, FireStatus, HeartbeatParams, InsertCommand, JournalEntry, LeaseStatus, ListParams, PauseRecord,
+    PauseScope, QueueStats, Rescued, RetryStatus, SagaQuery, SagaRecord, SagaWrite, SagaWriteStatus,
+    ScheduleFire, ScheduleRecord, WorkerRecord, WorkflowId, WorkflowQuery, WorkflowStepRecord,
+    WorkflowSummary,
 };
 use orch::{Error, Result, Store, TablePrefix, Timestamp};
 
@@ -192,6 +194,7 @@ pub(crate) struct Tables {
     pub(crate) sagas: String,
     pub(crate) workers: String,
     pub(crate) pauses: String,
+    pub(crate) schedules: String,
     pub(crate) migrations: String,
 }
 
@@ -204,6 +207,7 @@ impl Tables {
             sagas: format!("{prefix}sagas"),
             workers: format!("{prefix}workers"),
             pauses: format!("{prefix}pauses"),
+            schedules: format!("{prefix}schedules"),
             migrations: format!("{prefix}migrations"),
         }
     }
@@ -360,10 +364,10 @@ impl Store for SqliteStore {
         self.write(move |conn, tables| migrations::run(conn, tables, &prefix)).await
     }
 
-    async fn enqueue(&self, commands: Vec<InsertCommand>) -> Result<()> {
-        self.write(move |conn, tables| commands::insert(conn, tables, &commands)).await?;
+    async fn enqueue(&self, commands: Vec<InsertCommand>) -> Result<Vec<CommandId>> {
+        let ids = self.write(move |conn, tables| commands::insert(conn, tables, &commands)).await?;
         self.inner.wake.notify_waiters();
-        Ok(())
+        Ok(ids)
     }
 
     async fn claim(&self, params: ClaimParams) -> Result<Vec<ClaimedCommand>> {
@@ -521,6 +525,27 @@ impl Store for SqliteStore {
 
     async fn pauses(&self) -> Result<Vec<PauseRecord>> {
         self.with_conn(pauses::list).await
+    }
+
+    async fn save_schedule(&self, record: ScheduleRecord) -> Result<()> {
+        self.write(move |conn, tables| schedules::save(conn, tables, &record)).await
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.write(move |conn, tables| schedules::remove(conn, tables, &name)).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        self.with_conn(schedules::list).await
+    }
+
+    async fn fire_schedule(&self, fire: ScheduleFire) -> Result<FireStatus> {
+        let status = self.write(move |conn, tables| schedules::fire(conn, tables, &fire)).await?;
+        if matches!(status, FireStatus::Fired(_)) {
+            self.inner.wake.notify_waiters();
+        }
+        Ok(status)
     }
 
     async fn server_time(&self) -> Result<Option<Timestamp>> {

@@ -436,6 +436,13 @@ pub fn detail_lines(app: &App) -> Option<Vec<Line<'static>>> {
     if record.priority != 0 {
         lines.push(field("priority", format!("{} (lowest first)", record.priority)));
     }
+    if let Some(unique) = &record.unique {
+        let holds = match unique.until {
+            None => "while unfinished".to_owned(),
+            Some(end) => format!("until {}", time(end)),
+        };
+        lines.push(field("unique key", format!("{} ({holds})", unique.key)));
+    }
     if let Some(step) = &record.workflow {
         lines.push(field("workflow", format!("{} step {}", step.workflow_id, step.step)));
     }

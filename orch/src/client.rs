@@ -10,9 +10,10 @@ use crate::clock::{SharedClock, SyncedClock, SystemClock};
 use crate::command::{Command, NewCommand};
 use crate::error::{Error, Failure, FailureKind, Result};
 use crate::saga::{SagaData, SagaEvent, SagaInstance, decode_instance, event_for};
+use crate::schedule::Schedule;
 use crate::store::{
-    CancelStatus, CommandId, CommandRecord, JournalEntry, ListParams, PauseRecord, PauseScope, RetryStatus,
-    SagaQuery, SagaRecord, SagaStatus, State, Store, WorkflowId,
+    CancelStatus, CommandId, CommandRecord, JournalEntry, ListParams, PauseRecord, PauseScope, Pushed,
+    RetryStatus, SagaQuery, SagaRecord, SagaStatus, ScheduleRecord, State, Store, WorkflowId,
 };
 use crate::workflow::{Workflow, WorkflowState, WorkflowStatus};
 
@@ -103,6 +104,8 @@ impl ClockSync {
 pub(crate) struct Signals {
     pub(crate) pushed: Notify,
     pub(crate) finished: Notify,
+    /// A schedule was saved: workers read the schedules again.
+    pub(crate) scheduled: Notify,
 }
 
 /// The handle applications use: push, read, cancel, wait. Cheap to clone.
@@ -296,14 +299,28 @@ impl Orch {
         self.push_new(NewCommand::of(command)).await
     }
 
-    /// Pushes a command with per-push overrides.
+    /// Pushes a command with per-push overrides. For a command whose
+    /// [unique key](NewCommand::unique_key) another command holds, nothing is inserted
+    /// and the holder's id is returned; [`Orch::push_outcome`] also says which happened.
     pub async fn push_new(&self, command: NewCommand) -> Result<CommandId> {
-        let ids = self.push_many(vec![command]).await?;
-        Ok(ids[0])
+        Ok(self.push_outcome(command).await?.id)
     }
 
-    /// Pushes many commands in one round trip, all or none. Ids are returned in order.
+    /// Pushes a command and reports whether it was inserted or was a duplicate of a
+    /// command holding the same [unique key](NewCommand::unique_key).
+    pub async fn push_outcome(&self, command: NewCommand) -> Result<Pushed> {
+        Ok(self.push_many_outcomes(vec![command]).await?[0])
+    }
+
+    /// Pushes many commands in one round trip, all or none. Ids are returned in order
+    /// (for a duplicate unique key, the holder's).
     pub async fn push_many(&self, commands: Vec<NewCommand>) -> Result<Vec<CommandId>> {
+        Ok(self.push_many_outcomes(commands).await?.into_iter().map(|p| p.id).collect())
+    }
+
+    /// Pushes many commands in one transaction and reports, in order, what became of
+    /// each.
+    pub async fn push_many_outcomes(&self, commands: Vec<NewCommand>) -> Result<Vec<Pushed>> {
         let now = self.now().await;
         let rows = commands.into_iter().map(|c| c.into_insert(now, None)).collect::<Result<Vec<_>>>()?;
         self.insert(rows).await
@@ -316,20 +333,54 @@ impl Orch {
         correlation_id: &str,
     ) -> Result<CommandId> {
         let row = command.into_insert(self.now().await, Some((parent, correlation_id)))?;
-        Ok(self.insert(vec![row]).await?[0])
+        Ok(self.insert(vec![row]).await?[0].id)
     }
 
-    async fn insert(&self, rows: Vec<crate::store::InsertCommand>) -> Result<Vec<CommandId>> {
-        let ids: Vec<CommandId> = rows.iter().map(|r| r.id).collect();
+    async fn insert(&self, rows: Vec<crate::store::InsertCommand>) -> Result<Vec<Pushed>> {
         if rows.is_empty() {
-            return Ok(ids);
+            return Ok(Vec::new());
         }
         crate::command::check_input_sizes(&rows, self.max_input_bytes)?;
+        let own: Vec<CommandId> = rows.iter().map(|r| r.id).collect();
         let count = rows.len();
-        self.store.enqueue(rows).await?;
-        tracing::debug!(count, "commands pushed");
-        self.signals.pushed.notify_waiters();
-        Ok(ids)
+        let stored = self.store.enqueue(rows).await?;
+        if stored.len() != count {
+            return Err(Error::Corrupt(format!(
+                "the store reported {} ids for {count} pushed commands",
+                stored.len()
+            )));
+        }
+        let pushed: Vec<Pushed> =
+            own.iter().zip(stored).map(|(own, id)| Pushed { id, duplicate: *own != id }).collect();
+        let duplicates = pushed.iter().filter(|p| p.duplicate).count();
+        tracing::debug!(count, duplicates, "commands pushed");
+        if duplicates < count {
+            self.signals.pushed.notify_waiters();
+        }
+        Ok(pushed)
+    }
+
+    /// Saves a recurring schedule (see [`crate::schedule`]): from now on, running
+    /// workers push its command at each slot, each slot once. Saving a schedule of the
+    /// same name again updates its definition; its next slot stays unless the cadence
+    /// or zone changed, so every process may save its schedules at startup.
+    pub async fn schedule(&self, schedule: Schedule) -> Result<()> {
+        let record = schedule.to_record(self.now().await)?;
+        let (name, next) = (record.name.clone(), record.next_fire);
+        self.store.save_schedule(record).await?;
+        tracing::info!(schedule = %name, next = %next, "schedule saved");
+        self.signals.scheduled.notify_waiters();
+        Ok(())
+    }
+
+    /// Deletes a schedule; whether it existed. Commands it pushed are not touched.
+    pub async fn unschedule(&self, name: &str) -> Result<bool> {
+        self.store.remove_schedule(name).await
+    }
+
+    /// Every stored schedule, by name, with its next and latest slots.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        self.store.schedules().await
     }
 
     /// The stored command, if it exists.

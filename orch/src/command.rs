@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Timestamp;
 use crate::error::{Error, Failure, Result};
 use crate::retry::RetryPolicy;
-use crate::store::{CommandId, InsertCommand};
+use crate::store::{CommandId, InsertCommand, MAX_UNIQUE_KEY_BYTES, UniqueKey};
 
 /// The default timeout of a command: 5 s.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -220,6 +220,7 @@ pub struct NewCommand {
     pub(crate) retry_policy: RetryPolicy,
     pub(crate) correlation_id: Option<String>,
     pub(crate) priority: i16,
+    pub(crate) unique: Option<(String, Option<Duration>)>,
 }
 
 impl NewCommand {
@@ -239,6 +240,7 @@ impl NewCommand {
             retry_policy: C::retry_policy(),
             correlation_id: None,
             priority: C::PRIORITY,
+            unique: None,
         }
     }
 
@@ -255,6 +257,7 @@ impl NewCommand {
             retry_policy: RetryPolicy::default(),
             correlation_id: None,
             priority: 0,
+            unique: None,
         }
     }
 
@@ -281,6 +284,7 @@ impl NewCommand {
 
     /// The command as a serializable spec (for storing it to push later).
     pub(crate) fn to_spec(&self) -> Result<CommandSpec> {
+        self.check_no_unique_key("stored for a later push (a saga compensation)")?;
         let input = self.input.clone().map_err(|message| Error::Encode {
             what: format!("input of command `{}`", self.name),
             source: <serde_json::Error as serde::ser::Error>::custom(message),
@@ -311,6 +315,21 @@ impl NewCommand {
             retry_policy: spec.retry_policy,
             correlation_id: spec.correlation_id,
             priority: spec.priority,
+            unique: None,
+        }
+    }
+
+    /// Rejects a unique key where the command is not pushed through
+    /// [`Orch::push`](crate::Orch::push) and its kin, the only paths that deduplicate.
+    pub(crate) fn check_no_unique_key(&self, where_: &str) -> Result<()> {
+        match &self.unique {
+            None => Ok(()),
+            Some((key, _)) => Err(Error::invalid_config(format!(
+                "command `{}` has unique key {key:?}, but a command {where_} cannot carry one: \
+                 unique keys apply to commands pushed with Orch::push, push_new, push_many, \
+                 push_outcome or Context::push",
+                self.name
+            ))),
         }
     }
 
@@ -365,6 +384,30 @@ impl NewCommand {
         self
     }
 
+    /// Deduplicates by `key`: while a command pushed with the same key is blocked,
+    /// pending or running, pushing this one inserts nothing and returns that command's
+    /// id ([`Orch::push_outcome`](crate::Orch::push_outcome) says which happened). Once
+    /// the holder finishes, the key is free again.
+    ///
+    /// The key is 1 to [`MAX_UNIQUE_KEY_BYTES`](crate::store::MAX_UNIQUE_KEY_BYTES) bytes.
+    /// A unique index enforces it, so concurrent pushes from any number of processes
+    /// insert one command. Keys apply to commands pushed directly (`Orch::push*`,
+    /// [`Context::push`](crate::Context::push)); follow-ups, workflow steps and saga
+    /// commands with a key are rejected as invalid.
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique = Some((key.into(), None));
+        self
+    }
+
+    /// Deduplicates by `key` within a fixed period: of all pushes with this key in one
+    /// period (periods of length `period` aligned to the Unix epoch, so one hour means
+    /// each clock hour in UTC), the first inserts and the rest return its id, whether it
+    /// has finished or not. The next period starts afresh.
+    pub fn unique_within(mut self, key: impl Into<String>, period: Duration) -> Self {
+        self.unique = Some((key.into(), Some(period)));
+        self
+    }
+
     /// Sets the correlation id (by default a command's own id, inherited by follow-ups).
     pub fn correlation_id(mut self, correlation_id: impl Into<String>) -> Self {
         self.correlation_id = Some(correlation_id.into());
@@ -412,6 +455,10 @@ impl NewCommand {
             )));
         }
         self.retry_policy.validate()?;
+        let unique = match self.unique {
+            None => None,
+            Some((key, period)) => Some(unique_key_at(&self.name, key, period, now)?),
+        };
         let id = self.id.unwrap_or_else(|| CommandId::generate(now));
         let correlation_id = match (self.correlation_id, parent) {
             (Some(c), _) => c,
@@ -433,8 +480,33 @@ impl NewCommand {
             workflow: None,
             depends_on: Vec::new(),
             priority: self.priority,
+            unique,
         })
     }
+}
+
+/// Validates a unique key and, for a period, finds the end of the period `now` is in.
+fn unique_key_at(name: &str, key: String, period: Option<Duration>, now: Timestamp) -> Result<UniqueKey> {
+    if key.is_empty() || key.len() > MAX_UNIQUE_KEY_BYTES {
+        return Err(Error::invalid_config(format!(
+            "unique key of command `{name}` has {} bytes; it must have 1 to {MAX_UNIQUE_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    let until = match period {
+        None => None,
+        Some(period) => {
+            let micros = i64::try_from(period.as_micros()).unwrap_or(i64::MAX);
+            if micros < 1_000 {
+                return Err(Error::invalid_config(format!(
+                    "unique period {period:?} of command `{name}` is shorter than a millisecond"
+                )));
+            }
+            let start = now.as_micros().div_euclid(micros).saturating_mul(micros);
+            Some(Timestamp::from_micros(start.saturating_add(micros)))
+        }
+    };
+    Ok(UniqueKey { key, until })
 }
 
 #[cfg(test)]

@@ -414,7 +414,7 @@ impl Store for EncryptedStore {
         self.inner.migrate().await
     }
 
-    async fn enqueue(&self, mut commands: Vec<InsertCommand>) -> Result<()> {
+    async fn enqueue(&self, mut commands: Vec<InsertCommand>) -> Result<Vec<CommandId>> {
         self.seal_rows(&mut commands)?;
         self.inner.enqueue(commands).await
     }
@@ -604,6 +604,27 @@ impl Store for EncryptedStore {
 
     async fn pauses(&self) -> Result<Vec<PauseRecord>> {
         self.inner.pauses().await
+    }
+
+    // A schedule's stored command is its definition, kept as given; each command it
+    // pushes is sealed like any other.
+    async fn save_schedule(&self, record: crate::store::ScheduleRecord) -> Result<()> {
+        self.inner.save_schedule(record).await
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<bool> {
+        self.inner.remove_schedule(name).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<crate::store::ScheduleRecord>> {
+        self.inner.schedules().await
+    }
+
+    async fn fire_schedule(&self, mut fire: crate::store::ScheduleFire) -> Result<crate::store::FireStatus> {
+        if let Some((_, row)) = &mut fire.fire {
+            self.seal_rows(std::slice::from_mut(row))?;
+        }
+        self.inner.fire_schedule(fire).await
     }
 
     fn wake_signal(&self) -> Option<Arc<Notify>> {

@@ -45,12 +45,14 @@
 mod client;
 mod clock;
 mod command;
+pub mod cron;
 #[cfg(feature = "encryption")]
 pub mod encryption;
 mod error;
 mod handler;
 mod retry;
 pub mod saga;
+pub mod schedule;
 pub mod store;
 pub mod testing;
 mod worker;
@@ -66,10 +68,12 @@ pub use error::{Error, Failure, FailureKind, HandlerError, Result};
 pub use handler::{Context, Handler, Registry};
 pub use retry::RetryPolicy;
 pub use saga::{SagaData, SagaEvent, SagaInstance, SagaMachine, SagaStep};
+pub use schedule::{Missed, Schedule};
 pub use store::{
     CancelStatus, CommandId, CommandRecord, JournalEntry, JournalKind, ListCursor, ListOrder, ListParams,
-    PauseRecord, PauseScope, QueueStats, RetryStatus, SagaStatus, State, StepOf, Store, TablePrefix,
-    WorkerRecord, WorkflowId, WorkflowQuery, WorkflowSummary,
+    MAX_UNIQUE_KEY_BYTES, PauseRecord, PauseScope, Pushed, QueueStats, RetryStatus, SagaStatus,
+    ScheduleRecord, State, StepOf, Store, TablePrefix, UniqueKey, WorkerRecord, WorkflowId, WorkflowQuery,
+    WorkflowSummary,
 };
 pub use worker::{
     DEFAULT_RETENTION, FORGET_DEAD_WORKERS_AFTER, MAX_HELD, PRUNE_EVERY, PRUNE_PER_ROUND, Worker,

@@ -747,6 +747,7 @@ fn build_write(
     let version = current.map_or(1, |r| r.version + 1);
     let mut commands: Vec<InsertCommand> = Vec::new();
     for command in applied.pushes {
+        command.check_no_unique_key("pushed by a saga transition").map_err(invalid)?;
         let command = command.correlation_id_if_unset(&cmd.correlation_id);
         commands.push(command.into_insert(now, Some((event_id, &cmd.correlation_id))).map_err(invalid)?);
     }

@@ -337,6 +337,117 @@ pub struct InsertCommand {
     pub depends_on: Vec<CommandId>,
     /// The claim priority: the lowest value first, then due time, then id.
     pub priority: i16,
+    /// The deduplication key, if the command was pushed with one.
+    pub unique: Option<UniqueKey>,
+}
+
+/// The most bytes a [`UniqueKey`] may have (every backend indexes it whole).
+pub const MAX_UNIQUE_KEY_BYTES: usize = 200;
+
+/// A command's deduplication key: while a command holding it is unfinished (or, with
+/// `until`, until the end of the fixed period the push fell in), another push with the
+/// same key inserts nothing and reports the holder's id. Every backend enforces it with
+/// a unique index, so concurrent pushes cannot both insert.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UniqueKey {
+    /// The key, 1 to [`MAX_UNIQUE_KEY_BYTES`] bytes.
+    pub key: String,
+    /// `None`: unique while a command holding the key is blocked, pending or running.
+    /// `Some(end)`: unique among the commands pushed in the period ending at `end`,
+    /// finished or not (periods are aligned to the Unix epoch).
+    pub until: Option<Timestamp>,
+}
+
+impl UniqueKey {
+    /// The period end as stored: 0 when the key holds while unfinished.
+    pub fn window_micros(&self) -> i64 {
+        self.until.map_or(0, Timestamp::as_micros)
+    }
+
+    /// The key as stored (`window` 0: unique while unfinished).
+    pub fn from_stored(key: Option<String>, window: i64) -> Option<UniqueKey> {
+        key.map(|key| UniqueKey { key, until: (window != 0).then_some(Timestamp::from_micros(window)) })
+    }
+}
+
+/// What a push did with one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pushed {
+    /// The id of the stored command: the new one, or for a duplicate the command
+    /// holding the unique key.
+    pub id: CommandId,
+    /// Whether nothing was inserted because an unfinished command (or one of the same
+    /// period) holds the same unique key.
+    pub duplicate: bool,
+}
+
+/// A recurring schedule as stored: its definition (see [`crate::schedule::Schedule`])
+/// and where it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleRecord {
+    /// The schedule's unique name.
+    pub name: String,
+    /// The cadence as stored: `cron <expression>` or `every <microseconds>`.
+    pub cadence: String,
+    /// The IANA time zone cron slots are read in (`UTC` for intervals).
+    pub zone: String,
+    /// The command pushed at each slot, as JSON.
+    pub command: String,
+    /// What happens to slots missed while no worker ran: `skip` or `once`.
+    pub on_missed: String,
+    /// How late a slot may fire before it counts as missed.
+    pub missed_after: Duration,
+    /// The next slot to fire.
+    pub next_fire: Timestamp,
+    /// The latest slot fired, if any.
+    pub last_fire: Option<Timestamp>,
+    /// The command the latest fire pushed.
+    pub last_command: Option<CommandId>,
+    /// How many slots were missed (skipped, or folded into one catch-up fire) in all.
+    pub missed: u64,
+    /// When the schedule was first saved.
+    pub created_at: Timestamp,
+    /// When it last changed (saved or fired).
+    pub updated_at: Timestamp,
+}
+
+impl ScheduleRecord {
+    /// Whether its next slot is overdue at `now` by more than `missed_after`: no worker
+    /// has fired it (none is running, or all are behind).
+    pub fn is_late(&self, now: Timestamp) -> bool {
+        now.saturating_duration_since(self.next_fire) > self.missed_after
+    }
+}
+
+/// What [`Store::fire_schedule`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FireStatus {
+    /// The slot fired; its command has this id.
+    Fired(CommandId),
+    /// The schedule moved on without firing (skipped slots).
+    Skipped,
+    /// Nothing changed: another worker stepped the schedule first.
+    Lost,
+}
+
+/// One step of a schedule, applied by [`Store::fire_schedule`] only if the schedule
+/// still stands where its caller read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleFire {
+    /// The schedule.
+    pub name: String,
+    /// The next slot the caller read: the step applies only while it is unchanged.
+    pub expected_next: Timestamp,
+    /// The slot fired and the command it pushes (inserted in the same transaction);
+    /// `None` when slots are only skipped. A slot fires only if it is later than the
+    /// latest fired one, so no slot ever fires twice.
+    pub fire: Option<(Timestamp, InsertCommand)>,
+    /// The next slot after this step.
+    pub next_fire: Timestamp,
+    /// Slots this step counts as missed.
+    pub missed: u64,
+    /// The time of the step.
+    pub now: Timestamp,
 }
 
 /// A stored command, as read back.
@@ -393,6 +504,8 @@ pub struct CommandRecord {
     pub workflow: Option<StepOf>,
     /// The claim priority: the lowest value first, then due time, then id.
     pub priority: i16,
+    /// The deduplication key it was pushed with, if any.
+    pub unique: Option<UniqueKey>,
 }
 
 /// The handle on one claimed command.
@@ -1113,7 +1226,11 @@ pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> Result<()>;
 
     /// Inserts commands, all or none, with an `enqueued` journal entry each.
-    async fn enqueue(&self, commands: Vec<InsertCommand>) -> Result<()>;
+    ///
+    /// Returns, in order, the id each command is stored under: its own, or for a
+    /// command whose [`UniqueKey`] another command holds, the holder's (nothing is
+    /// inserted for it). Two commands of one call with the same key insert the first.
+    async fn enqueue(&self, commands: Vec<InsertCommand>) -> Result<Vec<CommandId>>;
 
     /// Leases up to `limit` due pending commands for the target and names, oldest due
     /// first, each with a fresh lease token, counting an attempt and journaling the claim.
@@ -1223,6 +1340,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every pause, ordered by kind and value.
     async fn pauses(&self) -> Result<Vec<PauseRecord>>;
+
+    /// Saves a schedule: inserts it, or updates the definition of the one of that
+    /// name. An update keeps the stored next slot unless the cadence or zone changed
+    /// (then `record.next_fire` replaces it), and keeps the fire history.
+    async fn save_schedule(&self, record: ScheduleRecord) -> Result<()>;
+
+    /// Deletes a schedule; whether it existed.
+    async fn remove_schedule(&self, name: &str) -> Result<bool>;
+
+    /// Every schedule, by name.
+    async fn schedules(&self) -> Result<Vec<ScheduleRecord>>;
+
+    /// Applies one step of a schedule in one transaction: moves its next slot from
+    /// `expected_next` to `next_fire`, counts missed slots, and with `fire` records the
+    /// slot as fired and inserts its command. Changes nothing ([`FireStatus::Lost`]) if
+    /// the next slot is no longer `expected_next` (another worker stepped first) or the
+    /// slot is not later than the latest fired.
+    async fn fire_schedule(&self, fire: ScheduleFire) -> Result<FireStatus>;
 
     /// The database's own clock, read now: what every process's clock is corrected to
     /// (see [`crate::Orch::sync_clock`]). `None` (the default) for a store with no

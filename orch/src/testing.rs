@@ -225,7 +225,10 @@ impl<'r> Inline<'r> {
         let now = clock.now();
         let follow_ups = follow_ups
             .into_iter()
-            .map(|f| f.into_insert(now, Some((id, &correlation_id))))
+            .map(|f| {
+                f.check_no_unique_key("chained as a follow-up")?;
+                f.into_insert(now, Some((id, &correlation_id)))
+            })
             .collect::<Result<Vec<_>>>()?;
         check_input_sizes(&follow_ups, Some(DEFAULT_MAX_INPUT_BYTES))?;
         let pushed = std::mem::take(&mut *store.pushed.lock().unwrap_or_else(|e| e.into_inner()));
@@ -354,9 +357,10 @@ impl Store for InlineStore {
         Ok(())
     }
 
-    async fn enqueue(&self, commands: Vec<InsertCommand>) -> Result<()> {
+    async fn enqueue(&self, commands: Vec<InsertCommand>) -> Result<Vec<CommandId>> {
+        let ids = commands.iter().map(|c| c.id).collect();
         self.pushed.lock().unwrap_or_else(|e| e.into_inner()).extend(commands);
-        Ok(())
+        Ok(ids)
     }
 
     async fn claim(&self, _: ClaimParams) -> Result<Vec<ClaimedCommand>> {
@@ -461,6 +465,22 @@ impl Store for InlineStore {
 
     async fn pauses(&self) -> Result<Vec<crate::PauseRecord>> {
         no_store("pauses")
+    }
+
+    async fn save_schedule(&self, _: crate::store::ScheduleRecord) -> Result<()> {
+        no_store("save_schedule")
+    }
+
+    async fn remove_schedule(&self, _: &str) -> Result<bool> {
+        no_store("remove_schedule")
+    }
+
+    async fn schedules(&self) -> Result<Vec<crate::store::ScheduleRecord>> {
+        no_store("schedules")
+    }
+
+    async fn fire_schedule(&self, _: crate::store::ScheduleFire) -> Result<crate::store::FireStatus> {
+        no_store("fire_schedule")
     }
 }
 

@@ -75,6 +75,9 @@ pub struct WorkerConfig {
     /// ([`Store::prune_finished`]). `None` keeps everything. Default
     /// [`DEFAULT_RETENTION`] (7 days).
     pub retention: Option<Duration>,
+    /// Whether this worker fires due [schedules](crate::schedule) (any worker may; each
+    /// slot fires once however many do). Default true.
+    pub fire_schedules: bool,
 }
 
 /// How long finished commands are kept by default: 7 days.
@@ -101,6 +104,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(10),
             worker_id: None,
             retention: Some(DEFAULT_RETENTION),
+            fire_schedules: true,
         }
     }
 }
@@ -356,6 +360,9 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let completer = AbortOnDrop(tokio::spawn(completer(Arc::clone(&shared), complete_rx)));
     let maintainer_stop = CancellationToken::new();
     let mut maintainer = AbortOnDrop(tokio::spawn(maintainer(Arc::clone(&shared), maintainer_stop.clone())));
+    let scheduler = config
+        .fire_schedules
+        .then(|| AbortOnDrop(tokio::spawn(scheduler(shared.orch.clone(), maintainer_stop.clone()))));
 
     // A busy worker claims once this many slots are free, so it fetches batches instead
     // of one command per finished one. Never more than `prefetch`: while fewer slots are
@@ -461,6 +468,9 @@ async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     maintainer_stop.cancel();
     // Waited for, so a heartbeat under way cannot write the row back after it is removed.
     let _ = (&mut maintainer.0).await;
+    if let Some(mut scheduler) = scheduler {
+        let _ = (&mut scheduler.0).await;
+    }
     if let Err(e) = shared.orch.store().remove_worker(&shared.worker_id).await {
         tracing::warn!(error = %e, "removing the worker's row failed; it will look stale and be pruned");
     }
@@ -730,7 +740,13 @@ fn resolve_for(
     correlation_id: &str,
     follow_ups: Vec<NewCommand>,
 ) -> Result<Vec<InsertCommand>> {
-    follow_ups.into_iter().map(|f| f.into_insert(now, Some((parent, correlation_id)))).collect()
+    follow_ups
+        .into_iter()
+        .map(|f| {
+            f.check_no_unique_key("chained as a follow-up")?;
+            f.into_insert(now, Some((parent, correlation_id)))
+        })
+        .collect()
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
@@ -884,6 +900,46 @@ async fn maintainer(shared: Arc<Shared>, stop: CancellationToken) {
             _ = clock.sleep_until(wake) => {}
         }
         heartbeat(&shared).await;
+    }
+}
+
+/// How often a worker reads the schedules again when none is due sooner: schedules
+/// saved by other processes are seen within this time (in this process, at once).
+pub const SCHEDULE_REFRESH: Duration = Duration::from_secs(10);
+
+/// Fires due schedules: sleeps until the earliest next slot (or the refresh), then
+/// steps every due schedule.
+async fn scheduler(orch: Orch, stop: CancellationToken) {
+    let clock = Arc::clone(orch.clock());
+    let signals = Arc::clone(orch.signals());
+    let mut failures: u32 = 0;
+    loop {
+        // Registered before reading, so a schedule saved meanwhile wakes the next sleep.
+        let saved = signals.scheduled.notified();
+        let now = clock.now();
+        let wake = match crate::schedule::fire_due(orch.store().as_ref(), now).await {
+            Ok(next) => {
+                failures = 0;
+                next.map_or(now + SCHEDULE_REFRESH, |n| n.min(now + SCHEDULE_REFRESH))
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait = (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(6)))
+                    .min(MAX_CLAIM_BACKOFF);
+                tracing::warn!(error = %e, ?wait, "reading the schedules failed; will retry");
+                now + wait
+            }
+        };
+        if wake <= now {
+            // Another worker stepped a schedule just now: read again.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = clock.sleep_until(wake) => {}
+            _ = saved => {}
+        }
     }
 }
 

@@ -225,6 +225,7 @@ impl Workflow {
                 if command.preset_correlation_id().is_none() {
                     command = command.correlation_id(correlation.clone());
                 }
+                command.check_no_unique_key("in a workflow")?;
                 let mut row = command.into_insert(now, None)?;
                 row.depends_on = spec.depends_on.iter().map(|d| ids[d]).collect();
                 row.workflow = Some(StepOf { workflow_id, step: spec.name });

@@ -462,7 +462,7 @@ impl Store for CountingStore {
     async fn migrate(&self) -> Result<()> {
         self.count().migrate().await
     }
-    async fn enqueue(&self, commands: Vec<InsertCommand>) -> Result<()> {
+    async fn enqueue(&self, commands: Vec<InsertCommand>) -> Result<Vec<CommandId>> {
         self.count().enqueue(commands).await
     }
     async fn claim(&self, params: ClaimParams) -> Result<Vec<ClaimedCommand>> {
@@ -557,6 +557,18 @@ impl Store for CountingStore {
     }
     async fn pauses(&self) -> Result<Vec<orch::PauseRecord>> {
         self.count().pauses().await
+    }
+    async fn save_schedule(&self, record: orch::ScheduleRecord) -> Result<()> {
+        self.count().save_schedule(record).await
+    }
+    async fn remove_schedule(&self, name: &str) -> Result<bool> {
+        self.count().remove_schedule(name).await
+    }
+    async fn schedules(&self) -> Result<Vec<orch::ScheduleRecord>> {
+        self.count().schedules().await
+    }
+    async fn fire_schedule(&self, fire: orch::store::ScheduleFire) -> Result<orch::store::FireStatus> {
+        self.count().fire_schedule(fire).await
     }
     fn wake_signal(&self) -> Option<Arc<Notify>> {
         self.inner.wake_signal()

@@ -28,6 +28,12 @@ pub use crate::conformance_sagas::{
     saga_events_reach_only_their_saga, saga_failed_compensation_is_visible, saga_order_completes,
     saga_order_refunds_when_inventory_fails, saga_timeout_compensates,
 };
+pub use crate::conformance_schedules::{
+    cron_slots_follow_the_dst_rule, schedule_fires_each_slot_once_across_workers,
+};
+pub use crate::conformance_unique::{
+    unique_key_admits_one_of_concurrent_pushes, unique_key_holds_while_unfinished_or_for_its_period,
+};
 pub use crate::conformance_workflows::{
     workflow_builder_rejections, workflow_cancel_stops_unfinished, workflow_failure_cancels_dependents,
     workflow_runs_in_dependency_order, workflow_steps_run_concurrently,

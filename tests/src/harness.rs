@@ -350,7 +350,8 @@ pub const MYSQL_APP_HOSTS: [&str; 2] = ["%", "localhost"];
 
 /// The tables of a prefix that the application reads and writes (the migrations table
 /// is the owner's alone).
-pub const APP_TABLES: [&str; 6] = ["commands", "journal", "dependencies", "sagas", "workers", "pauses"];
+pub const APP_TABLES: [&str; 7] =
+    ["commands", "journal", "dependencies", "sagas", "workers", "pauses", "schedules"];
 
 /// `url` with its user (and any password) replaced by `user`.
 pub fn with_user(url: &str, user: &str) -> String {
@@ -602,7 +603,7 @@ impl Store for OwnerMigrated {
         self.app().await.map(|_| ())
     }
 
-    async fn enqueue(&self, commands: Vec<InsertCommand>) -> orch::Result<()> {
+    async fn enqueue(&self, commands: Vec<InsertCommand>) -> orch::Result<Vec<CommandId>> {
         self.app().await?.enqueue(commands).await
     }
 
@@ -717,6 +718,18 @@ impl Store for OwnerMigrated {
 
     async fn pauses(&self) -> orch::Result<Vec<orch::PauseRecord>> {
         self.app().await?.pauses().await
+    }
+    async fn save_schedule(&self, record: orch::ScheduleRecord) -> orch::Result<()> {
+        self.app().await?.save_schedule(record).await
+    }
+    async fn remove_schedule(&self, name: &str) -> orch::Result<bool> {
+        self.app().await?.remove_schedule(name).await
+    }
+    async fn schedules(&self) -> orch::Result<Vec<orch::ScheduleRecord>> {
+        self.app().await?.schedules().await
+    }
+    async fn fire_schedule(&self, fire: orch::store::ScheduleFire) -> orch::Result<orch::store::FireStatus> {
+        self.app().await?.fire_schedule(fire).await
     }
 
     fn wake_signal(&self) -> Option<Arc<tokio::sync::Notify>> {

@@ -23,6 +23,8 @@ pub mod chaos;
 pub mod conformance;
 pub mod conformance_monitor;
 pub mod conformance_sagas;
+pub mod conformance_schedules;
+pub mod conformance_unique;
 pub mod conformance_workflows;
 pub mod crash;
 pub mod encryption;
@@ -60,6 +62,10 @@ macro_rules! conformance_suite {
             claims_follow_priority,
             pause_holds_back_claims_until_resumed,
             retention_prunes_only_old_finished_commands,
+            unique_key_admits_one_of_concurrent_pushes,
+            unique_key_holds_while_unfinished_or_for_its_period,
+            schedule_fires_each_slot_once_across_workers,
+            cron_slots_follow_the_dst_rule,
             target_routing,
             success_follow_ups_commit_with_success,
             cancel_defaults_to_failure_follow_ups,

@@ -56,6 +56,7 @@ pub fn fast_config(instance_key: &str) -> WorkerConfig {
         rescue_interval: Duration::from_millis(50),
         shutdown_grace: Duration::from_secs(5),
         retention: Some(orch::DEFAULT_RETENTION),
+        fire_schedules: true,
         worker_id: Some(format!("{instance_key}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])),
     }
 }
@@ -73,6 +74,7 @@ pub fn manual_config(worker_id: &str) -> WorkerConfig {
         rescue_interval: Duration::from_millis(500),
         shutdown_grace: Duration::from_secs(5),
         retention: Some(orch::DEFAULT_RETENTION),
+        fire_schedules: true,
         worker_id: Some(worker_id.to_owned()),
     }
 }

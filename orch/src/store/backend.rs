@@ -8,7 +8,8 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Failure, FailureKind, Result};
 use crate::retry::RetryPolicy;
 use crate::store::{
-    CommandId, CommandRecord, Completion, InsertCommand, JournalKind, Lease, Outcome, State, StepOf,
+    CommandId, CommandRecord, Completion, InsertCommand, JournalKind, Lease, Outcome, ScheduleRecord, State,
+    StepOf, UniqueKey,
 };
 
 /// The start of the error text of a row failed because it does not read as a command.
@@ -577,10 +578,44 @@ pub struct RawCommand {
     pub workflow_id: Option<String>,
     pub step: Option<String>,
     pub priority: i64,
+    pub unique_key: Option<String>,
+    pub unique_window: i64,
+}
+
+/// A schedule row, decoded and validated (shared so every backend reads alike).
+#[allow(clippy::too_many_arguments)]
+pub fn schedule_record(
+    name: String,
+    cadence: String,
+    zone: String,
+    command: String,
+    on_missed: String,
+    missed_after_ms: i64,
+    next_fire: i64,
+    last_fire: Option<i64>,
+    last_command: Option<String>,
+    missed: i64,
+    created_at: i64,
+    updated_at: i64,
+) -> Result<ScheduleRecord> {
+    Ok(ScheduleRecord {
+        name,
+        cadence,
+        zone,
+        command,
+        on_missed,
+        missed_after: Duration::from_millis(u64::try_from(missed_after_ms).unwrap_or(0)),
+        next_fire: Timestamp::from_micros(next_fire),
+        last_fire: last_fire.map(Timestamp::from_micros),
+        last_command: last_command.as_deref().map(str::parse).transpose()?,
+        missed: u64::try_from(missed).unwrap_or(0),
+        created_at: Timestamp::from_micros(created_at),
+        updated_at: Timestamp::from_micros(updated_at),
+    })
 }
 
 /// Every column of a [`RawCommand`], in its field order, for `SELECT` lists.
-pub const COMMAND_COLUMNS: [&str; 27] = [
+pub const COMMAND_COLUMNS: [&str; 29] = [
     "id",
     "name",
     "target",
@@ -608,6 +643,8 @@ pub const COMMAND_COLUMNS: [&str; 27] = [
     "workflow_id",
     "step",
     "priority",
+    "unique_key",
+    "unique_window",
 ];
 
 impl RawCommand {
@@ -649,6 +686,7 @@ impl RawCommand {
             correlation_id: self.correlation_id,
             priority: i16::try_from(self.priority)
                 .map_err(|_| Error::Corrupt(format!("priority {} is out of range", self.priority)))?,
+            unique: UniqueKey::from_stored(self.unique_key, self.unique_window),
             workflow: match (self.workflow_id, self.step) {
                 (Some(workflow_id), Some(step)) => Some(StepOf { workflow_id: workflow_id.parse()?, step }),
                 (None, None) => None,
@@ -743,6 +781,8 @@ mod tests {
             workflow_id: None,
             step: None,
             priority: 0,
+            unique_key: None,
+            unique_window: 0,
         }
     }
 
