@@ -1629,12 +1629,15 @@ async fn a_version_2_database_migrates_to_sagas() {
         "CREATE TABLE {prefix}migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at BIGINT NOT NULL); \
          {schema}; \
          INSERT INTO {prefix}migrations (version, applied_at) VALUES (1, 0), (2, 0); \
-         ALTER TABLE {prefix}commands ADD COLUMN priority SMALLINT NOT NULL DEFAULT 0;"
+         ALTER TABLE {prefix}commands ADD COLUMN priority SMALLINT NOT NULL DEFAULT 0; \
+         ALTER TABLE {prefix}commands ADD COLUMN unique_key TEXT COLLATE \"C\" NULL; \
+         ALTER TABLE {prefix}commands ADD COLUMN unique_window BIGINT NOT NULL DEFAULT 0;"
     ))
     .await
     .unwrap();
-    // (Today's store writes the priority column of migration 7, added above ahead of
-    // its time so that the old rows can be written with it; migration 7 keeps it.)
+    // (Today's store writes the priority column of migration 7 and the unique-key
+    // columns of migration 9, added above ahead of their time so that the old rows can
+    // be written with them; those migrations keep them.)
     let now = Timestamp::from_millis(90_000_000);
     let (workflow_id, rows) = workflow_rows(now, &[("a", &[]), ("b", &["a"])]);
     {

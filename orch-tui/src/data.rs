@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use orch::store::{
     CommandRecord, JournalEntry, ListCursor, ListOrder, ListParams, PauseRecord, QueueStats, SagaQuery,
-    SagaRecord, WorkflowQuery, WorkflowStepRecord, WorkflowSummary,
+    SagaRecord, ScheduleRecord, WorkflowQuery, WorkflowStepRecord, WorkflowSummary,
 };
 use orch::{CommandId, Error, SagaStatus, Store, Timestamp, WorkerRecord, WorkflowId, WorkflowState};
 use serde::Serialize;
@@ -183,6 +183,8 @@ pub struct Snapshot {
     pub workers: Vec<WorkerRow>,
     /// Paused targets and names.
     pub pauses: Vec<PauseRecord>,
+    /// Recurring schedules, by name.
+    pub schedules: Vec<ScheduleRecord>,
     /// The command page, when the list is on screen.
     pub commands: Option<CommandPage>,
     /// The detail, when a command is open.
@@ -244,6 +246,7 @@ pub async fn load(store: &dyn Store, query: &Query, now: Timestamp) -> Result<Sn
     let workers = s.count().workers().await?;
     let mut snapshot = load_parts(now, &stats, workers);
     snapshot.pauses = s.count().pauses().await?;
+    snapshot.schedules = s.count().schedules().await?;
 
     let commands = match &query.list {
         Some(list) => Some(page(s.count(), list, now).await?),
@@ -372,6 +375,27 @@ pub struct OverviewJson {
     pub names: BTreeMap<String, StateCounts>,
     /// Paused targets and names, as `target X` / `name Y`.
     pub paused: Vec<String>,
+    /// Recurring schedules.
+    pub schedules: Vec<ScheduleJson>,
+}
+
+/// One schedule in the JSON overview.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleJson {
+    /// Its name.
+    pub name: String,
+    /// `cron <expression>` or `every <microseconds>`.
+    pub cadence: String,
+    /// The zone cron slots are read in.
+    pub zone: String,
+    /// The next slot, microseconds since the epoch.
+    pub next_fire_us: i64,
+    /// The latest slot fired.
+    pub last_fire_us: Option<i64>,
+    /// Slots missed in all.
+    pub missed: u64,
+    /// Whether the next slot is overdue past its allowance (no worker fired it).
+    pub late: bool,
 }
 
 impl OverviewJson {
@@ -388,6 +412,19 @@ impl OverviewJson {
             stale_workers: snapshot.workers.iter().filter(|w| w.stale).count(),
             names: snapshot.names.iter().map(|r| (format!("{}@{}", r.name, r.target), r.counts)).collect(),
             paused: snapshot.pauses.iter().map(|p| p.scope.to_string()).collect(),
+            schedules: snapshot
+                .schedules
+                .iter()
+                .map(|s| ScheduleJson {
+                    name: s.name.clone(),
+                    cadence: s.cadence.clone(),
+                    zone: s.zone.clone(),
+                    next_fire_us: s.next_fire.as_micros(),
+                    last_fire_us: s.last_fire.map(Timestamp::as_micros),
+                    missed: s.missed,
+                    late: s.is_late(snapshot.taken_at),
+                })
+                .collect(),
         }
     }
 }

@@ -189,6 +189,9 @@ fn draw_overview(frame: &mut Frame, area: Rect, app: &App, s: &Snapshot) {
             FAILED_STYLE,
         )));
     }
+    for schedule in &s.schedules {
+        lines.push(schedule_line(schedule, s.taken_at));
+    }
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(" Queue ")), side);
 
     let [ok_area, failed_area] =
@@ -354,6 +357,26 @@ fn pretty_json(text: &str) -> Vec<Line<'static>> {
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or_else(|| format!("{text} (not JSON)"));
     pretty.lines().map(|l| Line::from(format!("  {l}"))).collect()
+}
+
+/// A schedule in the queue panel: when it fires next and last, and how many slots it
+/// missed; a schedule whose next slot no worker has fired in time is flagged LATE.
+fn schedule_line(schedule: &orch::ScheduleRecord, now: Timestamp) -> Line<'static> {
+    let next = if schedule.next_fire > now {
+        format!("next in {}", short_duration(schedule.next_fire.saturating_duration_since(now)))
+    } else {
+        format!("due {} ago", short_duration(now.saturating_duration_since(schedule.next_fire)))
+    };
+    let last = match schedule.last_fire {
+        Some(t) => format!("last {} ago", short_duration(now.saturating_duration_since(t))),
+        None => "never fired".to_owned(),
+    };
+    let late = schedule.is_late(now);
+    let mut text = format!("SCHEDULE {}{}: {next}, {last}", schedule.name, if late { " LATE" } else { "" });
+    if schedule.missed > 0 {
+        text.push_str(&format!(", {} missed", schedule.missed));
+    }
+    if late { Line::from(Span::styled(text, FAILED_STYLE)) } else { Line::from(text) }
 }
 
 fn field(label: &str, value: impl Into<String>) -> Line<'static> {

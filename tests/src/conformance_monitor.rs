@@ -272,6 +272,17 @@ pub async fn monitor_counts_match_sql(h: &dyn Harness) {
     assert_eq!(store.claim(claim(&["wf_step"], now)).await.unwrap().len(), 1);
 
     orch.pause(orch::PauseScope::target("eu")).await.unwrap();
+    // A schedule no worker fires: an hour-long period, saved by a clock two hours
+    // behind, so its next slot is an hour overdue when the monitor looks.
+    let behind = orch::Orch::new(store.clone()).with_clock(std::sync::Arc::new(orch::ManualClock::new(
+        orch::Clock::now(&orch::SystemClock) - Duration::from_secs(7_200),
+    )));
+    let hourly = orch::Schedule::every(
+        "hourly-report",
+        Duration::from_secs(3_600),
+        NewCommand::raw("report", serde_json::json!({})),
+    );
+    behind.schedule(hourly.unwrap()).await.unwrap();
     let monitor = Source { url: location.url.clone(), prefix: location.prefix.clone() }
         .open()
         .await
@@ -307,6 +318,11 @@ pub async fn monitor_counts_match_sql(h: &dyn Harness) {
     assert_eq!(snapshot.pauses.iter().map(|p| p.scope.to_string()).collect::<Vec<_>>(), vec!["target eu"]);
     let json = orch_tui::data::OverviewJson::of(h.backend(), &snapshot);
     assert_eq!(json.paused, vec!["target eu".to_owned()]);
+    // The schedule, with its next slot and flagged late.
+    assert_eq!(snapshot.schedules.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["hourly-report"]);
+    assert_eq!(json.schedules.len(), 1);
+    assert!(json.schedules[0].late && json.schedules[0].last_fire_us.is_none(), "{:?}", json.schedules);
+    assert_eq!(json.schedules[0].cadence, "every 3600000000");
     let page = snapshot.commands.unwrap();
     assert_eq!(page.rows.len() as i64, sql["failed"]);
     assert!(page.rows.iter().all(|r| r.state == State::Failed));
