@@ -72,7 +72,7 @@ pub struct WorkerConfig {
     /// How long finished commands (succeeded, failed, cancelled) and their journal are
     /// kept: once a minute a worker deletes those that finished longer ago, in
     /// transactions of [`crate::store::PRUNE_BATCH`], one worker of the store at a time
-    /// ([`Store::prune_finished`]). `None` keeps everything. Default
+    /// ([`Store::prune_finished`](crate::Store::prune_finished)). `None` keeps everything. Default
     /// [`DEFAULT_RETENTION`] (7 days).
     pub retention: Option<Duration>,
     /// Whether this worker fires due [schedules](crate::schedule) (any worker may; each
