@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use orch::{
     Command, Context, Error, HandlerError, NewCommand, Orch, Registry, RetryPolicy, SagaEvent, SagaMachine,
-    Store, Worker, WorkerConfig, WorkerHandle, Workflow,
+    Schedule, Store, Worker, WorkerConfig, WorkerHandle, Workflow,
 };
 use serde::{Deserialize, Serialize};
 
@@ -279,7 +279,8 @@ pub async fn fill(orch: &Orch, scale: u64) -> Result<Filled, Error> {
         batch.push(NewCommand::of(&ChargeCard { order: 1000 + i, cents }));
     }
     for hook in ["https://hooks.example/a", "https://hooks.example/b"] {
-        batch.push(NewCommand::of(&CallWebhook { url: hook.into() }));
+        // Keyed: pushing the same webhook again while one is queued adds nothing.
+        batch.push(NewCommand::of(&CallWebhook { url: hook.into() }).unique_key(format!("webhook {hook}")));
     }
     for (i, report) in ["daily-sales", "weekly-churn", "monthly-invoices"].into_iter().enumerate() {
         batch.push(
@@ -292,6 +293,10 @@ pub async fn fill(orch: &Orch, scale: u64) -> Result<Filled, Error> {
     }
     let mut commands = batch.len();
     orch.push_many(batch).await?;
+    // A recurring warehouse sync, shown in the queue panel (no demo worker serves the
+    // warehouse, so its commands wait there).
+    let sync = NewCommand::of(&SyncInventory { sku: "ALL".into() }).target("warehouse");
+    orch.schedule(Schedule::every("warehouse-sync", Duration::from_secs(60), sync)?).await?;
     let stage = |s: &str| NewCommand::of(&EtlStage { stage: s.into() });
     let workflow = Workflow::builder()
         .step("extract", stage("extract"))

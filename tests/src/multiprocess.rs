@@ -197,3 +197,69 @@ async fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStat
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Slots the multi-process schedule test waits for.
+pub const SCHEDULE_SLOTS: usize = 30;
+
+/// Saves a schedule of every second in `store` (opened at `url` with `prefix`), starts
+/// `processes` worker processes on it with real clocks, lets them run until
+/// [`SCHEDULE_SLOTS`] slots have fired, and asserts that the fired slots are exactly
+/// the consecutive seconds from the schedule's first slot on: none missing, none twice.
+pub async fn run_schedule(
+    binary: &str,
+    backend: &str,
+    url: &str,
+    prefix: &str,
+    store: Arc<dyn Store>,
+    processes: usize,
+) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let client = Orch::new(Arc::clone(&store));
+    let schedule =
+        orch::Schedule::every("tick", Duration::from_secs(1), NewCommand::raw("tick", serde_json::json!({})))
+            .expect("a valid schedule");
+    client.schedule(schedule).await.expect("save the schedule");
+    let first = client.schedules().await.expect("read the schedule")[0].next_fire;
+
+    let mut workers = Vec::new();
+    for i in 0..processes {
+        let ledger = dir.path().join(format!("ledger-{i}.txt"));
+        let child = Process::new(binary)
+            .args(["--backend", backend, "--url", url, "--prefix", prefix])
+            .args(["--instance", orch::DEFAULT_TARGET, "--ledger"])
+            .arg(&ledger)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start orch-test-worker");
+        workers.push(Worker { child, ledger });
+    }
+    let ticks = || async {
+        let params =
+            orch::store::ListParams { name: Some("tick".into()), limit: 10_000, ..Default::default() };
+        store.list(params).await.expect("list the fired commands")
+    };
+    eventually(&format!("{SCHEDULE_SLOTS} slots fired on {backend}"), || async {
+        (ticks().await.len() > SCHEDULE_SLOTS).then_some(())
+    })
+    .await;
+    for worker in &mut workers {
+        drop(worker.child.stdin.take());
+    }
+    for worker in &mut workers {
+        let status = wait_exit(&mut worker.child, Duration::from_secs(60)).await;
+        assert!(status.success(), "worker exited with {status}");
+    }
+
+    let mut slots: Vec<orch::Timestamp> = ticks().await.into_iter().map(|r| r.scheduled_at).collect();
+    slots.sort();
+    let fired = slots.len();
+    assert!(fired > SCHEDULE_SLOTS, "{backend}: {fired} slots");
+    let expected: Vec<orch::Timestamp> = (0..fired).map(|i| first + Duration::from_secs(i as u64)).collect();
+    assert_eq!(slots, expected, "{backend}: every second from the first slot, each once");
+    let record = client.schedules().await.expect("read the schedule").remove(0);
+    assert_eq!(record.last_fire, slots.last().copied(), "{backend}");
+    assert_eq!(record.missed, 0, "{backend}");
+    eprintln!("{backend}: {fired} slots fired by {processes} processes, each once, none missing");
+}
