@@ -10,8 +10,8 @@ use orch_sqlite::SqliteStore;
 use orch_sqlite::orch::store::Outcome;
 use orch_sqlite::orch::testing::TestQueue;
 use orch_sqlite::orch::{
-    Command, Context, FailureKind, HandlerError, ManualClock, NewCommand, Registry, State, Status, Store,
-    WorkerConfig, Workflow, WorkflowState,
+    Command, Context, FailureKind, HandlerError, ManualClock, NewCommand, Registry, Schedule, State, Status,
+    Store, WorkerConfig, Workflow, WorkflowState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -240,4 +240,22 @@ async fn assert_pushed_lists_what_was_pushed() {
     let queue = TestQueue::new(store(&dir).await, registry()).unwrap();
     queue.push(&IndexCommand { url: "https://example.com/x".into(), status: 404 }).await.unwrap();
     queue.assert_pushed(&IndexCommand { url: "https://example.com/x".into(), status: 200 }).await.unwrap();
+}
+
+#[tokio::test]
+async fn run_until_idle_fires_the_schedules_due_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = TestQueue::new(store(&dir).await, registry()).unwrap();
+    let alert = NewCommand::of(&AlertCommand { message: "tick".into() });
+    let schedule = Schedule::every("minutely", Duration::from_secs(60), alert).unwrap();
+    queue.orch().schedule(schedule).await.unwrap();
+    // 2030-01-01T00:00:00Z is a whole minute: the first slot is a minute away.
+    assert_eq!(queue.run_until_idle().await.unwrap().ran(), 0);
+    queue.advance(Duration::from_secs(60));
+    assert_eq!(queue.run_until_idle().await.unwrap().succeeded(), 1);
+    assert_eq!(queue.run_until_idle().await.unwrap().ran(), 0, "a slot fires once");
+    queue.advance(Duration::from_secs(120));
+    // Two slots are due (one a minute late, within the allowance): both fire.
+    assert_eq!(queue.run_until_idle().await.unwrap().succeeded(), 2);
+    assert_eq!(queue.pushed::<AlertCommand>().await.unwrap().len(), 3);
 }

@@ -570,7 +570,9 @@ impl TestQueue {
     /// Runs every command that is due now, for this queue's target and handlers, and
     /// whatever becomes due as they finish (their follow-ups, the workflow steps they
     /// unblock, retries whose backoff is zero, follow-ups of commands cancelled or
-    /// rescued meanwhile), until a claim finds nothing; the clock does not move.
+    /// rescued meanwhile), until a claim finds nothing; the clock does not move. First
+    /// it fires the [schedules](crate::schedule) due now (unless the configuration's
+    /// `fire_schedules` is off), as a worker would.
     ///
     /// # Panics
     ///
@@ -578,6 +580,9 @@ impl TestQueue {
     /// chains itself forever, say).
     pub async fn run_until_idle(&self) -> Result<RunSummary> {
         let mut summary = RunSummary::default();
+        if self.config.fire_schedules {
+            crate::schedule::fire_due(self.orch.store().as_ref(), self.now()).await?;
+        }
         loop {
             let runs = self.worker.run_due_once().await?;
             if runs.is_empty() {
