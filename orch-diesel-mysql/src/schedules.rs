@@ -3,7 +3,7 @@
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
-use orch::store::backend::{millis, schedule_record};
+use orch::store::backend::{ScheduleStep, millis, schedule_record};
 use orch::store::{FireStatus, ScheduleFire, ScheduleRecord};
 
 use crate::commands;
@@ -119,16 +119,14 @@ pub(crate) async fn fire(
             .bind::<Text, _>(&f.name)
             .load(conn)
             .await?;
-    let Some(row) = rows.into_iter().next() else { return Ok(FireStatus::Lost) };
-    if row.next_fire != f.expected_next.as_micros() {
-        return Ok(FireStatus::Lost);
-    }
-    let fired = match &f.fire {
-        Some((slot, command)) if row.last_fire.is_none_or(|last| last < slot.as_micros()) => {
+    let stored = rows.into_iter().next().map(|r| (r.next_fire, r.last_fire));
+    let fired = match ScheduleStep::decide(stored, f) {
+        ScheduleStep::Lost => return Ok(FireStatus::Lost),
+        ScheduleStep::Advance => None,
+        ScheduleStep::Fire(slot, command) => {
             commands::insert(conn, tables, &[command]).await?;
-            Some((*slot, command.id))
+            Some((slot, command.id))
         }
-        _ => None,
     };
     diesel::sql_query(format!(
         "UPDATE {} SET next_fire = ?, last_fire = COALESCE(?, last_fire), \

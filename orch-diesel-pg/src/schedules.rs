@@ -3,7 +3,7 @@
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable, Text, Uuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use orch::store::backend::{millis, schedule_record};
+use orch::store::backend::{ScheduleStep, millis, schedule_record};
 use orch::store::{FireStatus, ScheduleFire, ScheduleRecord};
 
 use crate::commands;
@@ -115,16 +115,14 @@ pub(crate) async fn fire(
             .bind::<Text, _>(&f.name)
             .load(conn)
             .await?;
-    let Some(row) = rows.into_iter().next() else { return Ok(FireStatus::Lost) };
-    if row.next_fire != f.expected_next.as_micros() {
-        return Ok(FireStatus::Lost);
-    }
-    let fired = match &f.fire {
-        Some((slot, command)) if row.last_fire.is_none_or(|last| last < slot.as_micros()) => {
+    let stored = rows.into_iter().next().map(|r| (r.next_fire, r.last_fire));
+    let fired = match ScheduleStep::decide(stored, f) {
+        ScheduleStep::Lost => return Ok(FireStatus::Lost),
+        ScheduleStep::Advance => None,
+        ScheduleStep::Fire(slot, command) => {
             let ids = commands::insert(conn, tables, std::slice::from_ref(command)).await?;
-            Some((*slot, ids[0]))
+            Some((slot, ids[0]))
         }
-        _ => None,
     };
     diesel::sql_query(format!(
         "UPDATE {} SET next_fire = $1, last_fire = COALESCE($2, last_fire), \

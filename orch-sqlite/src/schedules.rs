@@ -2,7 +2,7 @@
 
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::{OptionalExtension, QueryableByName, RunQueryDsl, SqliteConnection};
-use orch::store::backend::{millis, schedule_record};
+use orch::store::backend::{ScheduleStep, millis, schedule_record};
 use orch::store::{FireStatus, ScheduleFire, ScheduleRecord};
 
 use crate::commands;
@@ -105,16 +105,13 @@ pub(crate) fn fire(conn: &mut SqliteConnection, tables: &Tables, f: &ScheduleFir
             .bind::<Text, _>(&f.name)
             .get_result(conn)
             .optional()?;
-    let Some(row) = row else { return Ok(FireStatus::Lost) };
-    if row.next_fire != f.expected_next.as_micros() {
-        return Ok(FireStatus::Lost);
-    }
-    let fired = match &f.fire {
-        Some((slot, command)) if row.last_fire.is_none_or(|last| last < slot.as_micros()) => {
+    let fired = match ScheduleStep::decide(row.map(|r| (r.next_fire, r.last_fire)), f) {
+        ScheduleStep::Lost => return Ok(FireStatus::Lost),
+        ScheduleStep::Advance => None,
+        ScheduleStep::Fire(slot, command) => {
             let ids = commands::insert(conn, tables, std::slice::from_ref(command))?;
-            Some((*slot, ids[0]))
+            Some((slot, ids[0]))
         }
-        _ => None,
     };
     diesel::sql_query(format!(
         "UPDATE {} SET next_fire = ?, last_fire = COALESCE(?, last_fire), \

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use orch::store::{ClaimParams, Completion, CompletionStatus, ListParams, Outcome};
+use orch::store::{ClaimParams, ClaimedCommand, Completion, CompletionStatus, ListParams, Outcome};
 use orch::{
     Clock, Error, JournalKind, ManualClock, NewCommand, Orch, Pushed, State, Store, SystemClock, Timestamp,
     UniqueKey, Workflow,
@@ -26,17 +26,19 @@ async fn named(store: &Arc<dyn Store>, name: &str) -> Vec<orch::CommandRecord> {
     store.list(ListParams { name: Some(name.into()), limit: 100_000, ..ListParams::default() }).await.unwrap()
 }
 
-/// Claims every due `name` command at `now` and completes them; returns how many.
-async fn run_all(store: &Arc<dyn Store>, name: &str, now: Timestamp) -> usize {
-    let params = ClaimParams {
+fn claim_params(name: &str, now: Timestamp) -> ClaimParams {
+    ClaimParams {
         names: vec![name.into()],
         target: orch::DEFAULT_TARGET.into(),
         now,
         limit: 100,
         worker: "unique-test".into(),
         lease_buffer: Duration::from_secs(60),
-    };
-    let claimed = store.claim(params).await.unwrap();
+    }
+}
+
+/// Completes the claimed commands as succeeded at `now`; returns how many.
+async fn succeed(store: &Arc<dyn Store>, claimed: &[ClaimedCommand], now: Timestamp) -> usize {
     let completions: Vec<Completion> = claimed
         .iter()
         .map(|c| Completion {
@@ -49,6 +51,12 @@ async fn run_all(store: &Arc<dyn Store>, name: &str, now: Timestamp) -> usize {
     let applied = store.complete(completions).await.unwrap();
     assert!(applied.iter().all(|s| *s == CompletionStatus::Applied), "{applied:?}");
     applied.len()
+}
+
+/// Claims every due `name` command at `now` and completes them; returns how many.
+async fn run_all(store: &Arc<dyn Store>, name: &str, now: Timestamp) -> usize {
+    let claimed = store.claim(claim_params(name, now)).await.unwrap();
+    succeed(store, &claimed, now).await
 }
 
 /// Many tasks pushing one key at once store one command and all get its id back;
@@ -91,29 +99,11 @@ pub async fn unique_key_admits_one_of_concurrent_pushes(h: &dyn Harness) {
     assert_ne!(plain, holder);
 
     // A running holder still holds its key; a finished one does not.
-    let params = ClaimParams {
-        names: vec!["keyed".into()],
-        target: orch::DEFAULT_TARGET.into(),
-        now: SystemClock.now(),
-        limit: 100,
-        worker: "unique-test".into(),
-        lease_buffer: Duration::from_secs(60),
-    };
-    let claimed = store.claim(params).await.unwrap();
+    let claimed = store.claim(claim_params("keyed", SystemClock.now())).await.unwrap();
     assert_eq!(claimed.len(), 3, "{backend}");
     assert_eq!(store.get(holder).await.unwrap().unwrap().state, State::Running);
     assert_eq!(orch.push_outcome(keyed("report-42")).await.unwrap(), Pushed { id: holder, duplicate: true });
-    let now = SystemClock.now();
-    let completions = claimed
-        .iter()
-        .map(|c| Completion {
-            lease: c.lease,
-            now,
-            worker: "unique-test".into(),
-            outcome: Outcome::Succeeded { output: "null".into(), follow_ups: Vec::new() },
-        })
-        .collect();
-    store.complete(completions).await.unwrap();
+    succeed(&store, &claimed, SystemClock.now()).await;
     let again = orch.push_outcome(keyed("report-42")).await.unwrap();
     assert!(!again.duplicate && again.id != holder, "{backend}: a finished holder frees its key");
     assert_eq!(

@@ -71,6 +71,23 @@ struct Worker {
     ledger: PathBuf,
 }
 
+impl Worker {
+    /// Starts `orch-test-worker` for `[backend, url, prefix, instance]`, recording its
+    /// executions in `ledger`; it stops when its standard input closes.
+    fn spawn(binary: &str, [backend, url, prefix, instance]: [&str; 4], ledger: PathBuf) -> Self {
+        let child = Process::new(binary)
+            .args(["--backend", backend, "--url", url, "--prefix", prefix])
+            .args(["--instance", instance, "--ledger"])
+            .arg(&ledger)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start orch-test-worker");
+        Worker { child, ledger }
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -110,16 +127,7 @@ pub async fn run(harness: &ServerHarness, commands: u64, processes: Processes<'_
         .enumerate()
     {
         let ledger = dir.path().join(format!("ledger-{i}.txt"));
-        let child = Process::new(binary)
-            .args(["--backend", backend, "--url", harness.url(), "--prefix", &prefix])
-            .args(["--instance", instance, "--ledger"])
-            .arg(&ledger)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start orch-test-worker");
-        workers.push(Worker { child, ledger });
+        workers.push(Worker::spawn(binary, [backend, harness.url(), &prefix, instance], ledger));
     }
 
     let client = Orch::new(Arc::clone(&store));
@@ -224,16 +232,7 @@ pub async fn run_schedule(
     let mut workers = Vec::new();
     for i in 0..processes {
         let ledger = dir.path().join(format!("ledger-{i}.txt"));
-        let child = Process::new(binary)
-            .args(["--backend", backend, "--url", url, "--prefix", prefix])
-            .args(["--instance", orch::DEFAULT_TARGET, "--ledger"])
-            .arg(&ledger)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start orch-test-worker");
-        workers.push(Worker { child, ledger });
+        workers.push(Worker::spawn(binary, [backend, url, prefix, orch::DEFAULT_TARGET], ledger));
     }
     let ticks = || async {
         let params =

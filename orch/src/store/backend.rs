@@ -8,8 +8,8 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Failure, FailureKind, Result};
 use crate::retry::RetryPolicy;
 use crate::store::{
-    CommandId, CommandRecord, Completion, InsertCommand, JournalKind, Lease, Outcome, ScheduleRecord, State,
-    StepOf, UniqueKey,
+    CommandId, CommandRecord, Completion, InsertCommand, JournalKind, Lease, Outcome, ScheduleFire,
+    ScheduleRecord, State, StepOf, UniqueKey,
 };
 
 /// The start of the error text of a row failed because it does not read as a command.
@@ -614,6 +614,35 @@ pub fn schedule_record(
     })
 }
 
+/// What a schedule step does to the stored schedule (see [`Store::fire_schedule`](crate::Store::fire_schedule)),
+/// decided alike by every backend from the locked row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ScheduleStep<'a> {
+    /// The stored next slot is not the one the caller read: change nothing.
+    Lost,
+    /// Move the next slot on without firing (skipped slots, or a slot not later than
+    /// the latest fired).
+    Advance,
+    /// Insert this command for this slot and move the next slot on.
+    Fire(Timestamp, &'a InsertCommand),
+}
+
+impl<'a> ScheduleStep<'a> {
+    /// The step for a schedule stored with `next_fire` and `last_fire` (`None`: no
+    /// such schedule).
+    pub fn decide(stored: Option<(i64, Option<i64>)>, fire: &'a ScheduleFire) -> Self {
+        match stored {
+            Some((next, last)) if next == fire.expected_next.as_micros() => match &fire.fire {
+                Some((slot, command)) if last.is_none_or(|last| last < slot.as_micros()) => {
+                    ScheduleStep::Fire(*slot, command)
+                }
+                _ => ScheduleStep::Advance,
+            },
+            _ => ScheduleStep::Lost,
+        }
+    }
+}
+
 /// Every column of a [`RawCommand`], in its field order, for `SELECT` lists.
 pub const COMMAND_COLUMNS: [&str; 29] = [
     "id",
@@ -703,6 +732,33 @@ impl RawCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schedule_step_fires_only_from_the_slot_read_and_after_the_latest_fired() {
+        let row =
+            crate::NewCommand::raw("tick", serde_json::json!({})).resolve(Timestamp::from_micros(5)).unwrap();
+        let fire = ScheduleFire {
+            name: "s".into(),
+            expected_next: Timestamp::from_micros(10),
+            fire: Some((Timestamp::from_micros(10), row)),
+            next_fire: Timestamp::from_micros(20),
+            missed: 0,
+            now: Timestamp::from_micros(12),
+        };
+        assert!(
+            matches!(ScheduleStep::decide(Some((10, None)), &fire), ScheduleStep::Fire(t, _) if t.as_micros() == 10)
+        );
+        assert!(matches!(ScheduleStep::decide(Some((10, Some(9))), &fire), ScheduleStep::Fire(..)));
+        assert_eq!(ScheduleStep::decide(Some((10, Some(10))), &fire), ScheduleStep::Advance, "fired already");
+        assert_eq!(
+            ScheduleStep::decide(Some((20, Some(10))), &fire),
+            ScheduleStep::Lost,
+            "stepped by another"
+        );
+        assert_eq!(ScheduleStep::decide(None, &fire), ScheduleStep::Lost, "removed");
+        let skip = ScheduleFire { fire: None, ..fire.clone() };
+        assert_eq!(ScheduleStep::decide(Some((10, None)), &skip), ScheduleStep::Advance);
+    }
     use crate::store::LeaseToken;
 
     fn insert_rows(n: usize) -> Vec<InsertCommand> {
