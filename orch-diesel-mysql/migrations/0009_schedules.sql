@@ -2,7 +2,8 @@
 -- by moving it on in the transaction that inserts the slot's command, holding the row
 -- lock (`SELECT … FOR UPDATE`) and only if it still holds the value the worker read,
 -- so each slot fires once however many workers race. `last_fire` only grows: a slot
--- not later than it never fires again.
+-- not later than it never fires again. `version` grows with every save and step, and a
+-- step applies only to the version it was planned from.
 --
 -- One statement, idempotent on its own (DDL commits implicitly).
 CREATE TABLE IF NOT EXISTS `{prefix}schedules` (
@@ -18,5 +19,6 @@ CREATE TABLE IF NOT EXISTS `{prefix}schedules` (
     missed          BIGINT NOT NULL DEFAULT 0,
     created_at      BIGINT NOT NULL,
     updated_at      BIGINT NOT NULL,
+    version         BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (name)
 ) ENGINE = InnoDB DEFAULT CHARACTER SET = utf8mb4 COLLATE = utf8mb4_bin;

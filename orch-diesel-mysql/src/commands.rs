@@ -243,7 +243,15 @@ pub(crate) async fn insert_unique(
     let plain: Vec<&InsertCommand> = commands.iter().filter(|c| c.unique.is_none()).collect();
     insert(conn, tables, &plain).await?;
     let mut first_of: HashMap<String, CommandId> = HashMap::new();
-    for (i, c) in commands.iter().enumerate() {
+    // In key order, so that pushes of several keys at once wait for each other's keys
+    // in one order.
+    let mut keyed: Vec<(usize, &InsertCommand)> =
+        commands.iter().enumerate().filter(|(_, c)| c.unique.is_some()).collect();
+    keyed.sort_by(|(_, a), (_, b)| {
+        let key = |c: &InsertCommand| c.unique.as_ref().map(|u| (u.key.clone(), u.window_micros()));
+        key(a).cmp(&key(b))
+    });
+    for (i, c) in keyed {
         let Some(unique) = &c.unique else { continue };
         let live = format!("{} {}", unique.window_micros(), unique.key);
         if let Some(first) = first_of.get(&live) {

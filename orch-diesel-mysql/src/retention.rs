@@ -74,9 +74,10 @@ async fn prune_batch(
     let doomed: Vec<IdRow> = diesel::sql_query(format!(
         "SELECT id FROM {} FORCE INDEX (commands_scheduled) WHERE scheduled_at < ? \
          AND state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ? AND follow_ups_due = 0 \
-         ORDER BY scheduled_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
+         AND unique_window < ? ORDER BY scheduled_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
         tables.commands
     ))
+    .bind::<BigInt, _>(before.as_micros())
     .bind::<BigInt, _>(before.as_micros())
     .bind::<BigInt, _>(before.as_micros())
     .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))

@@ -35,10 +35,12 @@ struct ScheduleRow {
     created_at: i64,
     #[diesel(sql_type = BigInt)]
     updated_at: i64,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
 }
 
 const COLUMNS: &str = "name, cadence, zone, command, on_missed, missed_after_ms, next_fire, last_fire, \
-                       last_command, missed, created_at, updated_at";
+                       last_command, missed, created_at, updated_at, version";
 
 impl ScheduleRow {
     fn into_record(self) -> orch::Result<ScheduleRecord> {
@@ -55,6 +57,7 @@ impl ScheduleRow {
             self.missed,
             self.created_at,
             self.updated_at,
+            self.version,
         )
     }
 }
@@ -68,12 +71,12 @@ pub(crate) async fn save(
     r: &ScheduleRecord,
 ) -> TxResult<()> {
     diesel::sql_query(format!(
-        "INSERT INTO {t} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0, ?, ?) \
+        "INSERT INTO {t} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0, ?, ?, 0) \
          ON DUPLICATE KEY UPDATE \
          next_fire = IF(cadence <> VALUES(cadence) OR zone <> VALUES(zone), VALUES(next_fire), next_fire), \
          cadence = VALUES(cadence), zone = VALUES(zone), command = VALUES(command), \
          on_missed = VALUES(on_missed), missed_after_ms = VALUES(missed_after_ms), \
-         updated_at = VALUES(updated_at)",
+         updated_at = VALUES(updated_at), version = version + 1",
         t = tables.schedules
     ))
     .bind::<Text, _>(&r.name)
@@ -119,7 +122,7 @@ pub(crate) async fn fire(
             .bind::<Text, _>(&f.name)
             .load(conn)
             .await?;
-    let stored = rows.into_iter().next().map(|r| (r.next_fire, r.last_fire));
+    let stored = rows.into_iter().next().map(|r| (r.next_fire, r.last_fire, r.version));
     let fired = match ScheduleStep::decide(stored, f) {
         ScheduleStep::Lost => return Ok(FireStatus::Lost),
         ScheduleStep::Advance => None,
@@ -130,7 +133,7 @@ pub(crate) async fn fire(
     };
     diesel::sql_query(format!(
         "UPDATE {} SET next_fire = ?, last_fire = COALESCE(?, last_fire), \
-         last_command = COALESCE(?, last_command), missed = missed + ?, updated_at = ? WHERE name = ?",
+         last_command = COALESCE(?, last_command), missed = missed + ?, updated_at = ?, version = version + 1 WHERE name = ?",
         tables.schedules
     ))
     .bind::<BigInt, _>(f.next_fire.as_micros())

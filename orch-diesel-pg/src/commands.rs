@@ -390,6 +390,10 @@ pub(crate) async fn insert(
             None => todo.push(i),
         }
     }
+    // Keyed rows go in in key order, so that pushes of several keys at once wait for
+    // each other's keys in one order and cannot deadlock.
+    let order = |i: &usize| commands[*i].unique.as_ref().map(|u| (u.key.as_str(), u.window_micros()));
+    todo.sort_by(|a, b| order(a).cmp(&order(b)));
     let mut inserted: Vec<&InsertCommand> = Vec::new();
     for _ in 0..UNIQUE_ROUNDS {
         if todo.is_empty() {

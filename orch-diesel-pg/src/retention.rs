@@ -40,6 +40,7 @@ pub(crate) async fn prune(
     let gone: Gone = diesel::sql_query(format!(
         "WITH doomed AS (SELECT id FROM {c} WHERE scheduled_at < $1 \
          AND state IN ('succeeded', 'failed', 'cancelled') AND finished_at < $1 AND NOT follow_ups_due \
+         AND unique_window < $1 \
          ORDER BY scheduled_at, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
          j AS (DELETE FROM {j} WHERE command_id IN (SELECT id FROM doomed)), \
          d AS (DELETE FROM {d} WHERE command_id IN (SELECT id FROM doomed) OR depends_on IN (SELECT id FROM doomed)), \

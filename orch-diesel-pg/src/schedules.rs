@@ -35,10 +35,12 @@ struct ScheduleRow {
     created_at: i64,
     #[diesel(sql_type = BigInt)]
     updated_at: i64,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
 }
 
 const COLUMNS: &str = "name, cadence, zone, command, on_missed, missed_after_ms, next_fire, last_fire, \
-                       last_command, missed, created_at, updated_at";
+                       last_command, missed, created_at, updated_at, version";
 
 impl ScheduleRow {
     fn into_record(self) -> orch::Result<ScheduleRecord> {
@@ -55,6 +57,7 @@ impl ScheduleRow {
             self.missed,
             self.created_at,
             self.updated_at,
+            self.version,
         )
     }
 }
@@ -63,13 +66,13 @@ impl ScheduleRow {
 /// slot stays unless the cadence or zone changed.
 pub(crate) async fn save(conn: &mut AsyncPgConnection, tables: &Tables, r: &ScheduleRecord) -> TxResult<()> {
     diesel::sql_query(format!(
-        "INSERT INTO {t} AS s ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, 0, $8, $9) \
+        "INSERT INTO {t} AS s ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, 0, $8, $9, 0) \
          ON CONFLICT (name) DO UPDATE SET \
          next_fire = CASE WHEN s.cadence <> EXCLUDED.cadence OR s.zone <> EXCLUDED.zone \
          THEN EXCLUDED.next_fire ELSE s.next_fire END, \
          cadence = EXCLUDED.cadence, zone = EXCLUDED.zone, command = EXCLUDED.command, \
          on_missed = EXCLUDED.on_missed, missed_after_ms = EXCLUDED.missed_after_ms, \
-         updated_at = EXCLUDED.updated_at",
+         updated_at = EXCLUDED.updated_at, version = s.version + 1",
         t = tables.schedules
     ))
     .bind::<Text, _>(&r.name)
@@ -115,7 +118,7 @@ pub(crate) async fn fire(
             .bind::<Text, _>(&f.name)
             .load(conn)
             .await?;
-    let stored = rows.into_iter().next().map(|r| (r.next_fire, r.last_fire));
+    let stored = rows.into_iter().next().map(|r| (r.next_fire, r.last_fire, r.version));
     let fired = match ScheduleStep::decide(stored, f) {
         ScheduleStep::Lost => return Ok(FireStatus::Lost),
         ScheduleStep::Advance => None,
@@ -126,7 +129,7 @@ pub(crate) async fn fire(
     };
     diesel::sql_query(format!(
         "UPDATE {} SET next_fire = $1, last_fire = COALESCE($2, last_fire), \
-         last_command = COALESCE($3, last_command), missed = missed + $4, updated_at = $5 WHERE name = $6",
+         last_command = COALESCE($3, last_command), missed = missed + $4, updated_at = $5, version = version + 1 WHERE name = $6",
         tables.schedules
     ))
     .bind::<BigInt, _>(f.next_fire.as_micros())

@@ -24,9 +24,10 @@ pub(crate) fn prune(
 ) -> TxResult<u64> {
     let doomed: Vec<Doomed> = diesel::sql_query(format!(
         "SELECT id FROM {} WHERE scheduled_at < ? AND state IN ('succeeded', 'failed', 'cancelled') \
-         AND finished_at < ? AND follow_ups_due = 0 ORDER BY scheduled_at, id LIMIT ?",
+         AND finished_at < ? AND follow_ups_due = 0 AND unique_window < ? ORDER BY scheduled_at, id LIMIT ?",
         tables.commands
     ))
+    .bind::<BigInt, _>(before.as_micros())
     .bind::<BigInt, _>(before.as_micros())
     .bind::<BigInt, _>(before.as_micros())
     .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))

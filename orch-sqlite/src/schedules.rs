@@ -34,10 +34,12 @@ struct ScheduleRow {
     created_at: i64,
     #[diesel(sql_type = BigInt)]
     updated_at: i64,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
 }
 
 const COLUMNS: &str = "name, cadence, zone, command, on_missed, missed_after_ms, next_fire, last_fire, \
-                       last_command, missed, created_at, updated_at";
+                       last_command, missed, created_at, updated_at, version";
 
 impl ScheduleRow {
     fn into_record(self) -> orch::Result<ScheduleRecord> {
@@ -54,6 +56,7 @@ impl ScheduleRow {
             self.missed,
             self.created_at,
             self.updated_at,
+            self.version,
         )
     }
 }
@@ -62,13 +65,13 @@ impl ScheduleRow {
 /// the cadence or zone changed.
 pub(crate) fn save(conn: &mut SqliteConnection, tables: &Tables, r: &ScheduleRecord) -> TxResult<()> {
     diesel::sql_query(format!(
-        "INSERT INTO {t} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0, ?, ?) \
+        "INSERT INTO {t} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0, ?, ?, 0) \
          ON CONFLICT (name) DO UPDATE SET \
          next_fire = CASE WHEN {t}.cadence <> excluded.cadence OR {t}.zone <> excluded.zone \
          THEN excluded.next_fire ELSE {t}.next_fire END, \
          cadence = excluded.cadence, zone = excluded.zone, command = excluded.command, \
          on_missed = excluded.on_missed, missed_after_ms = excluded.missed_after_ms, \
-         updated_at = excluded.updated_at",
+         updated_at = excluded.updated_at, version = {t}.version + 1",
         t = tables.schedules
     ))
     .bind::<Text, _>(&r.name)
@@ -105,7 +108,7 @@ pub(crate) fn fire(conn: &mut SqliteConnection, tables: &Tables, f: &ScheduleFir
             .bind::<Text, _>(&f.name)
             .get_result(conn)
             .optional()?;
-    let fired = match ScheduleStep::decide(row.map(|r| (r.next_fire, r.last_fire)), f) {
+    let fired = match ScheduleStep::decide(row.map(|r| (r.next_fire, r.last_fire, r.version)), f) {
         ScheduleStep::Lost => return Ok(FireStatus::Lost),
         ScheduleStep::Advance => None,
         ScheduleStep::Fire(slot, command) => {
@@ -115,7 +118,7 @@ pub(crate) fn fire(conn: &mut SqliteConnection, tables: &Tables, f: &ScheduleFir
     };
     diesel::sql_query(format!(
         "UPDATE {} SET next_fire = ?, last_fire = COALESCE(?, last_fire), \
-         last_command = COALESCE(?, last_command), missed = missed + ?, updated_at = ? WHERE name = ?",
+         last_command = COALESCE(?, last_command), missed = missed + ?, updated_at = ?, version = version + 1 WHERE name = ?",
         tables.schedules
     ))
     .bind::<BigInt, _>(f.next_fire.as_micros())

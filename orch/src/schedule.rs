@@ -189,9 +189,10 @@ impl Schedule {
     }
 
     fn new(name: String, cadence: Cadence, command: NewCommand) -> Result<Schedule> {
-        if name.is_empty() || name.len() > MAX_SCHEDULE_NAME_BYTES {
+        if name.is_empty() || name.len() > MAX_SCHEDULE_NAME_BYTES || name.trim() != name {
             return Err(Error::invalid_config(format!(
-                "schedule name {name:?} must have 1 to {MAX_SCHEDULE_NAME_BYTES} bytes"
+                "schedule name {name:?} must have 1 to {MAX_SCHEDULE_NAME_BYTES} bytes and no leading or \
+                 trailing whitespace"
             )));
         }
         command.check_no_unique_key("pushed by a schedule (each slot fires once already)")?;
@@ -259,6 +260,7 @@ impl Schedule {
             missed: 0,
             created_at: now,
             updated_at: now,
+            version: 0,
         })
     }
 }
@@ -296,17 +298,11 @@ pub(crate) fn plan(
             break;
         }
         if missed >= MAX_SLOTS_COUNTED {
-            // Too many to count one by one: jump to the last slot before the cutoff.
-            match cadence.next_after(cutoff - Duration::from_micros(1)) {
-                Some(first_kept) => {
-                    slot = Some(first_kept);
-                    break;
-                }
-                None => {
-                    slot = None;
-                    break;
-                }
-            }
+            // Too many to count one by one: find the latest slot before the cutoff by
+            // bisection, and go on from the one after it.
+            latest_missed = latest_before(cadence, s, cutoff);
+            slot = cadence.next_after(latest_missed);
+            break;
         }
         latest_missed = s;
         missed += 1;
@@ -316,6 +312,24 @@ pub(crate) fn plan(
         Missed::Skip => Step { fire: None, next: slot, missed },
         Missed::RunOnce => Step { fire: Some(latest_missed), next: slot, missed: missed - 1 },
     }
+}
+
+/// The latest slot before `cutoff`, given that `from` is a slot before it: bisects for
+/// the latest instant whose next slot is still before the cutoff (the next slot never
+/// goes down as the instant grows), in about 64 steps however many slots lie between.
+fn latest_before(cadence: &Cadence, from: Timestamp, cutoff: Timestamp) -> Timestamp {
+    let before_cutoff = |t: i64| cadence.next_after(Timestamp::from_micros(t)).is_some_and(|n| n < cutoff);
+    // `lo` always has its next slot before the cutoff, `hi` never.
+    let (mut lo, mut hi) = (from.as_micros() - 1, cutoff.as_micros());
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if before_cutoff(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    cadence.next_after(Timestamp::from_micros(lo)).unwrap_or(from)
 }
 
 /// Fires the due slots of every stored schedule at `now`, one step per transaction.
@@ -341,6 +355,7 @@ async fn fire_one(store: &dyn Store, record: ScheduleRecord, now: Timestamp) -> 
     let spec: CommandSpec = serde_json::from_str(&record.command)
         .map_err(|e| Error::Corrupt(format!("invalid command of schedule `{}`: {e}", record.name)))?;
     let mut next = record.next_fire;
+    let mut version = record.version;
     while next <= now {
         let step = plan(&cadence, policy, record.missed_after, next, now);
         let after = step.next.unwrap_or_else(|| {
@@ -354,6 +369,7 @@ async fn fire_one(store: &dyn Store, record: ScheduleRecord, now: Timestamp) -> 
         let params = ScheduleFire {
             name: record.name.clone(),
             expected_next: next,
+            expected_version: version,
             fire,
             next_fire: after,
             missed: step.missed,
@@ -362,6 +378,9 @@ async fn fire_one(store: &dyn Store, record: ScheduleRecord, now: Timestamp) -> 
         match store.fire_schedule(params).await? {
             FireStatus::Fired(id) => {
                 tracing::info!(schedule = %record.name, slot = %step.fire.unwrap_or(next), command = %id, "schedule fired");
+            }
+            FireStatus::Skipped if step.fire.is_some() => {
+                tracing::debug!(schedule = %record.name, next = %after, "slot fired already; moved on");
             }
             FireStatus::Skipped => {
                 tracing::warn!(schedule = %record.name, missed = step.missed, next = %after, "missed slots skipped");
@@ -373,6 +392,7 @@ async fn fire_one(store: &dyn Store, record: ScheduleRecord, now: Timestamp) -> 
             tracing::warn!(schedule = %record.name, missed = step.missed, "missed slots folded into one catch-up fire");
         }
         next = after;
+        version += 1;
     }
     Ok(Some(next))
 }
@@ -444,6 +464,19 @@ mod tests {
         assert_eq!(step.fire, None);
         assert_eq!(step.next, Some(at(1_000)));
         assert_eq!(step.missed, MAX_SLOTS_COUNTED);
+        // The catch-up fire is the latest missed slot, a millisecond before the cutoff.
+        let step = plan(&c, Missed::RunOnce, Duration::ZERO, at(0), at(1_000));
+        assert_eq!(step.fire, Some(at(1_000) - Duration::from_millis(1)));
+        assert_eq!(step.next, Some(at(1_000)));
+        // The same for a cron schedule of every second, two days down.
+        let cron = Cadence::Cron {
+            expr: CronExpr::parse("* * * * * *").unwrap(),
+            zone_name: "UTC".into(),
+            zone: jiff::tz::TimeZone::UTC,
+        };
+        let step = plan(&cron, Missed::RunOnce, Duration::from_secs(60), at(0), at(172_800));
+        assert_eq!(step.fire, Some(at(172_800 - 61)));
+        assert_eq!(step.next, Some(at(172_800 - 60)));
     }
 
     #[test]
@@ -452,6 +485,10 @@ mod tests {
         assert!(matches!(Schedule::cron("s", "61 * * * * *", cmd()), Err(Error::InvalidConfig(_))));
         assert!(matches!(Schedule::every("s", Duration::ZERO, cmd()), Err(Error::InvalidConfig(_))));
         assert!(matches!(Schedule::every("", Duration::from_secs(1), cmd()), Err(Error::InvalidConfig(_))));
+        assert!(matches!(
+            Schedule::every("tick ", Duration::from_secs(1), cmd()),
+            Err(Error::InvalidConfig(_))
+        ));
         assert!(matches!(
             Schedule::cron("s", "* * * * * *", cmd()).unwrap().in_zone("Mars/Olympus"),
             Err(Error::InvalidConfig(_))

@@ -407,8 +407,11 @@ pub struct ScheduleRecord {
     pub missed: u64,
     /// When the schedule was first saved.
     pub created_at: Timestamp,
-    /// When it last changed (saved or fired).
+    /// When it last changed (saved or stepped).
     pub updated_at: Timestamp,
+    /// Grows by one with every save and every step, so a step planned from an older
+    /// read changes nothing.
+    pub version: i64,
 }
 
 impl ScheduleRecord {
@@ -438,6 +441,9 @@ pub struct ScheduleFire {
     pub name: String,
     /// The next slot the caller read: the step applies only while it is unchanged.
     pub expected_next: Timestamp,
+    /// The version the caller read: the step applies only while it is unchanged (the
+    /// schedule was not saved again, nor stepped by another worker).
+    pub expected_version: i64,
     /// The slot fired and the command it pushes (inserted in the same transaction);
     /// `None` when slots are only skipped. A slot fires only if it is later than the
     /// latest fired one, so no slot ever fires twice.
@@ -1323,7 +1329,8 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_workers(&self, before: Timestamp) -> Result<u64>;
 
     /// Deletes finished commands (succeeded, failed or cancelled, with no follow-ups
-    /// still to push) that finished before `before`, oldest due first, with their
+    /// still to push, holding no period [`UniqueKey`] whose period ends after
+    /// `before`) that finished before `before`, oldest due first, with their
     /// journal entries and dependency edges: at most `limit`, in transactions of at most
     /// [`PRUNE_BATCH`] commands each, so no lock is held for long. One caller prunes a
     /// store at a time: `None` when another is pruning it right now; else how many were
@@ -1355,8 +1362,10 @@ pub trait Store: Send + Sync + 'static {
     /// Applies one step of a schedule in one transaction: moves its next slot from
     /// `expected_next` to `next_fire`, counts missed slots, and with `fire` records the
     /// slot as fired and inserts its command. Changes nothing ([`FireStatus::Lost`]) if
-    /// the next slot is no longer `expected_next` (another worker stepped first) or the
-    /// slot is not later than the latest fired.
+    /// the schedule is gone or its next slot or version is no longer the one the
+    /// caller read (another worker stepped it, or it was saved again). A slot not later
+    /// than the latest fired does not fire: the schedule moves on
+    /// ([`FireStatus::Skipped`]).
     async fn fire_schedule(&self, fire: ScheduleFire) -> Result<FireStatus>;
 
     /// The database's own clock, read now: what every process's clock is corrected to

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use orch::store::ListParams;
+use orch::store::{FireStatus, ListParams, ScheduleFire};
 use orch::{
     Context, HandlerError, ManualClock, Missed, NewCommand, Orch, Registry, Schedule, ScheduleRecord, Store,
     Timestamp, Worker, WorkerHandle,
@@ -109,8 +109,22 @@ pub async fn schedule_fires_each_slot_once_across_workers(h: &dyn Harness) {
 
     // Saved again with a catch-up policy: same cadence, so the next slot stays. After
     // 100 s down, the latest missed slot fires once for all 99, then the current one.
+    let before = schedule_of(&orch, "tick").await;
     orch.schedule(schedule.on_missed(Missed::RunOnce)).await.unwrap();
-    assert_eq!(schedule_of(&orch, "tick").await.next_fire, down_until + secs(1), "{backend}: kept");
+    let after = schedule_of(&orch, "tick").await;
+    assert_eq!(after.next_fire, down_until + secs(1), "{backend}: kept");
+    assert_eq!((after.on_missed.as_str(), after.version), ("once", before.version + 1), "{backend}");
+    // A step planned from the read before the save changes nothing.
+    let stale = ScheduleFire {
+        name: "tick".into(),
+        expected_next: before.next_fire,
+        expected_version: before.version,
+        fire: None,
+        next_fire: before.next_fire + secs(1),
+        missed: 1,
+        now: down_until,
+    };
+    assert_eq!(store.fire_schedule(stale).await.unwrap(), FireStatus::Lost, "{backend}");
     let back = down_until + secs(100);
     clock.set(back);
     let worker = start_worker(&orch, 10);

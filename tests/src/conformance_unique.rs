@@ -92,6 +92,27 @@ pub async fn unique_key_admits_one_of_concurrent_pushes(h: &dyn Harness) {
     let journal = store.journal(holder).await.unwrap();
     assert_eq!(journal.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![JournalKind::Enqueued], "{backend}");
 
+    // Pushes of two keys in opposite orders at once neither deadlock nor insert twice.
+    let crossed: Vec<_> = [["x", "y"], ["y", "x"]]
+        .into_iter()
+        .map(|keys| {
+            let orch = orch.clone();
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    orch.push_many_outcomes(keys.iter().map(|k| keyed(k)).collect()).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in crossed {
+        task.await.unwrap();
+    }
+    let xy = named(&store, "keyed")
+        .await
+        .into_iter()
+        .filter(|r| r.unique.as_ref().is_some_and(|u| u.key != "report-42"));
+    assert_eq!(xy.count(), 2, "{backend}: one command for x, one for y");
+
     // Other keys and keyless commands are not affected.
     let other = orch.push_outcome(keyed("report-43")).await.unwrap();
     assert!(!other.duplicate && other.id != holder, "{backend}");
@@ -100,7 +121,7 @@ pub async fn unique_key_admits_one_of_concurrent_pushes(h: &dyn Harness) {
 
     // A running holder still holds its key; a finished one does not.
     let claimed = store.claim(claim_params("keyed", SystemClock.now())).await.unwrap();
-    assert_eq!(claimed.len(), 3, "{backend}");
+    assert_eq!(claimed.len(), 5, "{backend}");
     assert_eq!(store.get(holder).await.unwrap().unwrap().state, State::Running);
     assert_eq!(orch.push_outcome(keyed("report-42")).await.unwrap(), Pushed { id: holder, duplicate: true });
     succeed(&store, &claimed, SystemClock.now()).await;
@@ -139,6 +160,8 @@ pub async fn unique_key_holds_while_unfinished_or_for_its_period(h: &dyn Harness
         batch[0].id,
         "{backend}: push_new returns the holder"
     );
+    // Keys compare byte for byte: a trailing space makes another key.
+    assert!(!orch.push_outcome(keyed("a ")).await.unwrap().duplicate, "{backend}");
 
     // A period key: the hour 17:00–18:00 UTC holds it, whatever becomes of the holder.
     let hourly = || {
@@ -150,6 +173,9 @@ pub async fn unique_key_holds_while_unfinished_or_for_its_period(h: &dyn Harness
     let record = store.get(first.id).await.unwrap().unwrap();
     assert_eq!(record.unique, Some(UniqueKey { key: "digest".into(), until: Some(hour_end) }), "{backend}");
     assert_eq!(run_all(&store, "hourly", t0).await, 1, "{backend}");
+    // Retention keeps a finished holder until its period is over.
+    store.prune_finished(hour_end - Duration::from_millis(1), 100).await.unwrap();
+    assert!(store.get(first.id).await.unwrap().is_some(), "{backend}: pruned within its period");
     clock.set(hour_end - Duration::from_millis(1));
     assert_eq!(
         orch.push_outcome(hourly()).await.unwrap(),

@@ -597,6 +597,7 @@ pub fn schedule_record(
     missed: i64,
     created_at: i64,
     updated_at: i64,
+    version: i64,
 ) -> Result<ScheduleRecord> {
     Ok(ScheduleRecord {
         name,
@@ -611,6 +612,7 @@ pub fn schedule_record(
         missed: u64::try_from(missed).unwrap_or(0),
         created_at: Timestamp::from_micros(created_at),
         updated_at: Timestamp::from_micros(updated_at),
+        version,
     })
 }
 
@@ -628,16 +630,20 @@ pub enum ScheduleStep<'a> {
 }
 
 impl<'a> ScheduleStep<'a> {
-    /// The step for a schedule stored with `next_fire` and `last_fire` (`None`: no
-    /// such schedule).
-    pub fn decide(stored: Option<(i64, Option<i64>)>, fire: &'a ScheduleFire) -> Self {
+    /// The step for a schedule stored with `(next_fire, last_fire, version)` (`None`:
+    /// no such schedule).
+    pub fn decide(stored: Option<(i64, Option<i64>, i64)>, fire: &'a ScheduleFire) -> Self {
         match stored {
-            Some((next, last)) if next == fire.expected_next.as_micros() => match &fire.fire {
-                Some((slot, command)) if last.is_none_or(|last| last < slot.as_micros()) => {
-                    ScheduleStep::Fire(*slot, command)
+            Some((next, last, version))
+                if next == fire.expected_next.as_micros() && version == fire.expected_version =>
+            {
+                match &fire.fire {
+                    Some((slot, command)) if last.is_none_or(|last| last < slot.as_micros()) => {
+                        ScheduleStep::Fire(*slot, command)
+                    }
+                    _ => ScheduleStep::Advance,
                 }
-                _ => ScheduleStep::Advance,
-            },
+            }
             _ => ScheduleStep::Lost,
         }
     }
@@ -740,24 +746,30 @@ mod tests {
         let fire = ScheduleFire {
             name: "s".into(),
             expected_next: Timestamp::from_micros(10),
+            expected_version: 3,
             fire: Some((Timestamp::from_micros(10), row)),
             next_fire: Timestamp::from_micros(20),
             missed: 0,
             now: Timestamp::from_micros(12),
         };
         assert!(
-            matches!(ScheduleStep::decide(Some((10, None)), &fire), ScheduleStep::Fire(t, _) if t.as_micros() == 10)
+            matches!(ScheduleStep::decide(Some((10, None, 3)), &fire), ScheduleStep::Fire(t, _) if t.as_micros() == 10)
         );
-        assert!(matches!(ScheduleStep::decide(Some((10, Some(9))), &fire), ScheduleStep::Fire(..)));
-        assert_eq!(ScheduleStep::decide(Some((10, Some(10))), &fire), ScheduleStep::Advance, "fired already");
+        assert!(matches!(ScheduleStep::decide(Some((10, Some(9), 3)), &fire), ScheduleStep::Fire(..)));
         assert_eq!(
-            ScheduleStep::decide(Some((20, Some(10))), &fire),
+            ScheduleStep::decide(Some((10, Some(10), 3)), &fire),
+            ScheduleStep::Advance,
+            "fired already"
+        );
+        assert_eq!(
+            ScheduleStep::decide(Some((20, Some(10), 4)), &fire),
             ScheduleStep::Lost,
             "stepped by another"
         );
+        assert_eq!(ScheduleStep::decide(Some((10, None, 4)), &fire), ScheduleStep::Lost, "saved again");
         assert_eq!(ScheduleStep::decide(None, &fire), ScheduleStep::Lost, "removed");
         let skip = ScheduleFire { fire: None, ..fire.clone() };
-        assert_eq!(ScheduleStep::decide(Some((10, None)), &skip), ScheduleStep::Advance);
+        assert_eq!(ScheduleStep::decide(Some((10, None, 3)), &skip), ScheduleStep::Advance);
     }
     use crate::store::LeaseToken;
 
