@@ -11,6 +11,11 @@
 //! Storage is behind the [`Store`] trait; `orch` itself knows no SQL. Use a backend
 //! crate such as `orch-sqlite`, which re-exports this crate.
 //!
+//! A command pushed with a [unique key](NewCommand::unique_key) is not stored twice
+//! while the first is unfinished, and a [`Schedule`] pushes a command at every slot
+//! of a cron expression or an interval, each slot once however many workers run (see
+//! [`schedule`]).
+//!
 //! Time comes from an injected [`Clock`], so tests drive it with a [`ManualClock`].
 //! [`testing`] runs a handler inline with no store, or a queue on a real store step
 //! by step on a manual clock.
