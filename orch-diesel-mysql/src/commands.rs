@@ -245,14 +245,10 @@ pub(crate) async fn insert_unique(
     let mut first_of: HashMap<String, CommandId> = HashMap::new();
     // In key order, so that pushes of several keys at once wait for each other's keys
     // in one order.
-    let mut keyed: Vec<(usize, &InsertCommand)> =
-        commands.iter().enumerate().filter(|(_, c)| c.unique.is_some()).collect();
-    keyed.sort_by(|(_, a), (_, b)| {
-        let key = |c: &InsertCommand| c.unique.as_ref().map(|u| (u.key.clone(), u.window_micros()));
-        key(a).cmp(&key(b))
-    });
-    for (i, c) in keyed {
-        let Some(unique) = &c.unique else { continue };
+    let mut keyed: Vec<(usize, &InsertCommand, &orch::store::UniqueKey)> =
+        commands.iter().enumerate().filter_map(|(i, c)| c.unique.as_ref().map(|u| (i, c, u))).collect();
+    keyed.sort_by(|(_, _, a), (_, _, b)| (&a.key, a.window_micros()).cmp(&(&b.key, b.window_micros())));
+    for (i, c, unique) in keyed {
         let live = format!("{} {}", unique.window_micros(), unique.key);
         if let Some(first) = first_of.get(&live) {
             ids[i] = *first;

@@ -339,8 +339,7 @@ pub(crate) async fn fire_due(store: &dyn Store, now: Timestamp) -> Result<Option
     for record in store.schedules().await? {
         let name = record.name.clone();
         match fire_one(store, record, now).await {
-            Ok(Some(next)) => earliest = Some(earliest.map_or(next, |e| e.min(next))),
-            Ok(None) => {}
+            Ok(next) => earliest = Some(earliest.map_or(next, |e| e.min(next))),
             Err(e) => tracing::warn!(schedule = %name, error = %e, "firing the schedule failed; will retry"),
         }
     }
@@ -348,8 +347,8 @@ pub(crate) async fn fire_due(store: &dyn Store, now: Timestamp) -> Result<Option
 }
 
 /// Steps one schedule until its next slot is in the future or another worker steps it.
-/// Returns when to look again (`None`: it has no more slots, or cannot be read).
-async fn fire_one(store: &dyn Store, record: ScheduleRecord, now: Timestamp) -> Result<Option<Timestamp>> {
+/// Returns when to look again: its next slot, or now when another worker stepped it.
+async fn fire_one(store: &dyn Store, record: ScheduleRecord, now: Timestamp) -> Result<Timestamp> {
     let cadence = Cadence::parse(&record.cadence, &record.zone)?;
     let policy = Missed::parse(&record.on_missed)?;
     let spec: CommandSpec = serde_json::from_str(&record.command)
@@ -386,7 +385,7 @@ async fn fire_one(store: &dyn Store, record: ScheduleRecord, now: Timestamp) -> 
                 tracing::warn!(schedule = %record.name, missed = step.missed, next = %after, "missed slots skipped");
             }
             // Another worker stepped it: look again at once, from what it stored.
-            FireStatus::Lost => return Ok(Some(now)),
+            FireStatus::Lost => return Ok(now),
         }
         if step.missed > 0 && step.fire.is_some() {
             tracing::warn!(schedule = %record.name, missed = step.missed, "missed slots folded into one catch-up fire");
@@ -394,7 +393,7 @@ async fn fire_one(store: &dyn Store, record: ScheduleRecord, now: Timestamp) -> 
         next = after;
         version += 1;
     }
-    Ok(Some(next))
+    Ok(next)
 }
 
 /// The command a slot pushes: due at the slot (plus its delay), correlated by the
